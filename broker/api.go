@@ -1,0 +1,302 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+)
+
+// maxRequestBody bounds what a client may send; every request fits in a
+// few hundred bytes.
+const maxRequestBody = 64 << 10
+
+// API paths. Versioned, so a newer tokenctl can tell an older tokend.
+const (
+	pathStatus = "/v1/status"
+	pathLeases = "/v1/leases"
+	pathBudget = "/v1/budget"
+)
+
+// RegisterRequest is the body of POST /v1/leases.
+type RegisterRequest struct {
+	Name     string   `json:"name"`
+	OwnerPID int      `json:"owner_pid,omitempty"`
+	OwnerDir string   `json:"owner_dir,omitempty"`
+	GID      *int     `json:"gid,omitempty"` // root only; others get their own group
+	Features []string `json:"features,omitempty"`
+	// Wait asks for admission before the build starts (tokenctl run);
+	// GET the lease until it is admitted.
+	Wait bool `json:"wait,omitempty"`
+}
+
+// Registered is the answer to POST /v1/leases.
+type Registered struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	FIFO string `json:"fifo"`
+}
+
+// BudgetRequest is the body of PUT /v1/budget. Zero hands the budget back
+// to tokend.
+type BudgetRequest struct {
+	Tokens *int `json:"tokens"`
+}
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+// Server serves the broker's control API on a unix socket. Who may do what
+// is decided from the peer's credentials (SO_PEERCRED), never from
+// anything the client says: anyone may read status, root or members of the
+// lease group may register and end leases, only root may set the budget.
+type Server struct {
+	broker *Broker
+	log    hclog.Logger
+	// LeaseGID is the group whose members may register leases; -1 for
+	// root only.
+	leaseGID int
+	http     *http.Server
+}
+
+type peerKey struct{}
+
+// peer is who is on the other end of a connection.
+type peer struct {
+	uid, gid, pid int
+}
+
+// NewServer makes the API for b. leaseGroup names the group whose members
+// may register leases ("" for root only).
+func NewServer(b *Broker, leaseGroup string, log hclog.Logger) (*Server, error) {
+	s := &Server{broker: b, log: log, leaseGID: -1}
+	if leaseGroup != "" {
+		g, err := user.LookupGroup(leaseGroup)
+		if err != nil {
+			return nil, fmt.Errorf("lease group %q: %w; create it or change lease_group", leaseGroup, err)
+		}
+		s.leaseGID, _ = strconv.Atoi(g.Gid)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+pathStatus, s.status)
+	mux.HandleFunc("POST "+pathLeases, s.register)
+	mux.HandleFunc("GET "+pathLeases+"/{id}", s.lease)
+	mux.HandleFunc("DELETE "+pathLeases+"/{id}", s.end)
+	mux.HandleFunc("PUT "+pathBudget, s.setBudget)
+	s.http = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 2 * time.Second,
+		ReadTimeout:       5 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       30 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, peerKey{}, peerOf(c))
+		},
+		ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+	}
+	return s, nil
+}
+
+// peerOf reads the credentials of the process on the other end; a
+// connection whose credentials cannot be read is treated as nobody.
+func peerOf(c net.Conn) peer {
+	nobody := peer{uid: -1, gid: -1, pid: -1}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return nobody
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nobody
+	}
+	var cred *unix.Ucred
+	cerr := rc.Control(func(fd uintptr) {
+		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	if cerr != nil || err != nil {
+		return nobody
+	}
+	return peer{uid: int(cred.Uid), gid: int(cred.Gid), pid: int(cred.Pid)}
+}
+
+// Listen creates the socket at path, replacing a stale one, and makes it
+// reachable by every local user: permission is checked per request.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("listen on %s: another tokend answers there; stop it first", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("open socket %s to local users: %w", path, err)
+	}
+	return l, nil
+}
+
+// Serve answers requests on l until Shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	err := s.http.Serve(l)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting requests and waits for those under way.
+func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+
+func (s *Server) mayLease(p peer) bool {
+	if p.uid == 0 {
+		return true
+	}
+	if s.leaseGID < 0 || p.uid < 0 {
+		return false
+	}
+	if p.gid == s.leaseGID {
+		return true
+	}
+	u, err := user.LookupId(strconv.Itoa(p.uid))
+	if err != nil {
+		return false
+	}
+	groups, err := u.GroupIds()
+	if err != nil {
+		return false
+	}
+	for _, g := range groups {
+		if g == strconv.Itoa(s.leaseGID) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	reply(w, http.StatusOK, s.broker.Status())
+}
+
+func (s *Server) lease(w http.ResponseWriter, r *http.Request) {
+	l, err := s.broker.Lease(r.PathValue("id"))
+	if err != nil {
+		fail(w, http.StatusNotFound, err)
+		return
+	}
+	reply(w, http.StatusOK, l)
+}
+
+func (s *Server) register(w http.ResponseWriter, r *http.Request) {
+	p := r.Context().Value(peerKey{}).(peer)
+	if !s.mayLease(p) {
+		fail(w, http.StatusForbidden, fmt.Errorf("uid %d may not register leases: run as root or as a member of tokend's lease_group", p.uid))
+		return
+	}
+	var req RegisterRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	gid := p.gid
+	if req.GID != nil {
+		if p.uid != 0 && *req.GID != p.gid {
+			fail(w, http.StatusForbidden, fmt.Errorf("only root may give a lease's fifo to another group than its own (%d)", p.gid))
+			return
+		}
+		gid = *req.GID
+	}
+	l, err := s.broker.Register(LeaseRequest{
+		Name: req.Name, Owner: Owner{PID: req.OwnerPID, Dir: req.OwnerDir},
+		UID: p.uid, GID: gid, Features: req.Features, Wait: req.Wait,
+	})
+	if err != nil {
+		fail(w, http.StatusBadRequest, err)
+		return
+	}
+	reply(w, http.StatusCreated, Registered{ID: l.ID, Name: l.Name, FIFO: l.fifo.Path()})
+}
+
+func (s *Server) end(w http.ResponseWriter, r *http.Request) {
+	p := r.Context().Value(peerKey{}).(peer)
+	if !s.mayLease(p) {
+		fail(w, http.StatusForbidden, fmt.Errorf("uid %d may not end leases: run as root or as a member of tokend's lease_group", p.uid))
+		return
+	}
+	if err := s.broker.End(r.PathValue("id"), fmt.Sprintf("ended by uid %d", p.uid)); err != nil {
+		code := http.StatusBadRequest
+		if errors.Is(err, ErrNotFound) {
+			code = http.StatusNotFound
+		}
+		fail(w, code, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) setBudget(w http.ResponseWriter, r *http.Request) {
+	p := r.Context().Value(peerKey{}).(peer)
+	if p.uid != 0 {
+		fail(w, http.StatusForbidden, fmt.Errorf("uid %d may not set the budget: only root may", p.uid))
+		return
+	}
+	var req BudgetRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if req.Tokens == nil {
+		fail(w, http.StatusBadRequest, errors.New(`budget request needs "tokens"`))
+		return
+	}
+	if err := s.broker.SetBudget(*req.Tokens); err != nil {
+		fail(w, http.StatusBadRequest, err)
+		return
+	}
+	s.log.Info("budget set by operator", "tokens", *req.Tokens, "uid", p.uid, "pid", p.pid)
+	reply(w, http.StatusOK, s.broker.Status())
+}
+
+// decode reads a bounded JSON body with no unknown fields, answering 400
+// itself when it cannot.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		fail(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %w", err))
+		return false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		fail(w, http.StatusBadRequest, errors.New("malformed request body: more than one JSON value"))
+		return false
+	}
+	return true
+}
+
+func reply(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func fail(w http.ResponseWriter, code int, err error) {
+	reply(w, code, apiError{Error: err.Error()})
+}

@@ -1,0 +1,163 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// serve runs the API of b on a socket in a directory every user can reach.
+func serve(t *testing.T, b *Broker, leaseGroup string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "tokend-api-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(b, leaseGroup, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(dir, "tokend.sock")
+	ln, err := Listen(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	return socket
+}
+
+func TestAPIRegisterStatusEnd(t *testing.T) {
+	b := startBroker(t, t.TempDir(), 4)
+	c := NewClient(serve(t, b, ""))
+	ctx := context.Background()
+
+	reg, err := c.Register(ctx, RegisterRequest{Name: "api", OwnerPID: os.Getpid()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg.Name != "api" || !strings.HasSuffix(reg.FIFO, reg.ID+".fifo") {
+		t.Fatalf("registered %+v", reg)
+	}
+	st, err := c.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Leases) != 1 || st.Leases[0].ID != reg.ID || st.Budget != 4 {
+		t.Fatalf("status %+v", st)
+	}
+	l, err := c.Lease(ctx, reg.ID)
+	if err != nil || !l.Admitted {
+		t.Fatalf("lease %+v, %v; want an admitted lease", l, err)
+	}
+	if err := c.End(ctx, reg.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.End(ctx, "nope"); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("ending an unknown lease: %v, want 404", err)
+	}
+	if _, err := c.SetBudget(ctx, 70000); err == nil || !strings.Contains(err.Error(), "outside") {
+		t.Fatalf("budget 70000: %v, want a range error", err)
+	}
+}
+
+func TestAPIRejectsMalformedRequestsAndChangesNothing(t *testing.T) {
+	b := startBroker(t, t.TempDir(), 4)
+	socket := serve(t, b, "")
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}}
+	cases := []struct{ method, path, body, want string }{
+		{"POST", pathLeases, `{"name": "x", "owner_pid": 1, "surprise": 1}`, "unknown field"},
+		{"POST", pathLeases, `{"name": "x"`, "malformed"},
+		{"POST", pathLeases, `{"name": "x", "owner_pid": 1} {}`, "more than one"},
+		{"POST", pathLeases, `{"name": ""}`, "needs a name"},
+		{"POST", pathLeases, `{"name": "x"}`, "needs an owner"},
+		{"POST", pathLeases, `{"name": "x", "owner_dir": "relative"}`, "absolute"},
+		{"POST", pathLeases, `{"name": "x", "owner_pid": 999999999}`, "owner process"},
+		{"POST", pathLeases, `{"name": "` + strings.Repeat("x", maxRequestBody) + `"}`, "too large"},
+		{"PUT", pathBudget, `{}`, "needs \"tokens\""},
+		{"PUT", pathBudget, `{"tokens": -1}`, "outside"},
+		{"PUT", pathBudget, `{"tokens": "many"}`, "malformed"},
+	}
+	for _, tc := range cases {
+		req, _ := http.NewRequest(tc.method, "http://tokend"+tc.path, strings.NewReader(tc.body))
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e apiError
+		json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode < 400 || resp.StatusCode >= 500 || !strings.Contains(e.Error, tc.want) {
+			t.Errorf("%s %s %.60s: %d %q, want 4xx mentioning %q", tc.method, tc.path, tc.body, resp.StatusCode, e.Error, tc.want)
+		}
+	}
+	st := b.Status()
+	if len(st.Leases) != 0 || st.Budget != 4 {
+		t.Fatalf("malformed requests changed the broker: %+v", st)
+	}
+}
+
+// A real second user, not a field in a request, must be refused.
+func TestAPIPermissionsFollowPeerCredentials(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("this test needs root to run a client as another uid")
+		}
+		t.Skip("needs root to run a client as another uid")
+	}
+	b := startBroker(t, t.TempDir(), 4)
+	socket := serve(t, b, "")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// The test binary lives in a directory only root may enter.
+	bin := filepath.Join(filepath.Dir(socket), "broker.test")
+	raw, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	child := exec.CommandContext(ctx, bin, "-test.run=^$")
+	child.Env = append(os.Environ(), "TOKEND_BROKER_TEST_CHILD=api", "TOKEND_SOCKET="+socket)
+	child.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	child.Dir = "/"
+	child.Stderr = os.Stderr
+	raw, err = child.Output()
+	if err != nil {
+		t.Fatalf("client as uid 65534: %v", err)
+	}
+	var got map[string]string
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatalf("client output %q: %v", raw, err)
+	}
+	if got["status"] != "ok" {
+		t.Errorf("status as uid 65534: %s, want ok", got["status"])
+	}
+	if !strings.Contains(got["register"], "403") || !strings.Contains(got["register"], "uid 65534 may not register") {
+		t.Errorf("register as uid 65534: %s, want 403", got["register"])
+	}
+	if !strings.Contains(got["budget"], "403") {
+		t.Errorf("set budget as uid 65534: %s, want 403", got["budget"])
+	}
+	if st := b.Status(); len(st.Leases) != 0 || st.Budget != 4 {
+		t.Fatalf("another user changed the broker: %+v", st)
+	}
+}

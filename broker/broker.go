@@ -1,0 +1,814 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/tokend/tokend/jobserver"
+)
+
+// Options configure a Broker. The zero value of each field means its
+// documented default.
+type Options struct {
+	// RuntimeDir holds the state file and the leases' FIFOs.
+	RuntimeDir string
+	// Budget is the number of jobs the host may run at once, implicit
+	// slots included. Zero means the number of usable CPUs.
+	Budget int
+	// Tick is how often the broker looks at every lease. Default 100ms.
+	Tick time.Duration
+	// Grace is how long after a client closed a FIFO the broker waits
+	// before it looks for remaining holders. Default 300ms.
+	Grace time.Duration
+	// ProcDir is where processes are listed. Default /proc.
+	ProcDir string
+	Logger  hclog.Logger
+}
+
+// moveStep bounds how many tokens one pass takes from a lease to give to
+// another, so a build between two jobs is not stripped at once.
+const moveStep = 2
+
+// Broker owns the host's budget of job tokens and the leases it feeds.
+type Broker struct {
+	opts Options
+	log  hclog.Logger
+
+	mu             sync.Mutex
+	budget         int
+	budgetReason   string
+	operatorBudget int // non-zero while an operator has pinned the budget
+	leases         map[string]*Lease
+	byWatch        map[int]*Lease
+	reclaimedTotal int
+	inflatedTotal  int
+	violations     int
+	lastViolation  string
+	dirty          bool // state differs from the state file
+
+	watch       *fifoWatch
+	wake        chan struct{}
+	collectors  sync.WaitGroup
+	collectCtx  context.Context
+	stopCollect context.CancelFunc
+}
+
+// New opens the runtime directory, re-adopts the leases a previous broker
+// left in its state file, and removes FIFOs no lease owns.
+func New(opts Options) (*Broker, error) {
+	if opts.RuntimeDir == "" {
+		return nil, errors.New("broker: no runtime directory given")
+	}
+	if opts.Tick <= 0 {
+		opts.Tick = 100 * time.Millisecond
+	}
+	if opts.Grace <= 0 {
+		opts.Grace = 300 * time.Millisecond
+	}
+	if opts.ProcDir == "" {
+		opts.ProcDir = "/proc"
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	if opts.Budget < 0 {
+		return nil, fmt.Errorf("broker: budget %d is negative", opts.Budget)
+	}
+	if err := os.MkdirAll(filepath.Join(opts.RuntimeDir, "leases"), 0o755); err != nil {
+		return nil, fmt.Errorf("create runtime directory %s: %w", opts.RuntimeDir, err)
+	}
+	watch, err := newFIFOWatch()
+	if err != nil {
+		return nil, err
+	}
+	collectCtx, stopCollect := context.WithCancel(context.Background())
+	b := &Broker{
+		opts:        opts,
+		log:         opts.Logger,
+		leases:      map[string]*Lease{},
+		byWatch:     map[int]*Lease{},
+		watch:       watch,
+		wake:        make(chan struct{}, 1),
+		collectCtx:  collectCtx,
+		stopCollect: stopCollect,
+	}
+	if err := b.adopt(); err != nil {
+		watch.close()
+		stopCollect()
+		return nil, err
+	}
+	return b, nil
+}
+
+// adopt takes over the leases of the state file and cleans stale FIFOs.
+func (b *Broker) adopt() error {
+	st, err := loadState(b.opts.RuntimeDir)
+	if err != nil {
+		return err
+	}
+	b.reclaimedTotal, b.inflatedTotal = st.ReclaimedTotal, st.InflatedTotal
+	b.operatorBudget = st.OperatorBudget
+	b.applyBudget()
+	for _, s := range st.Leases {
+		path := fifoPath(b.opts.RuntimeDir, s.ID)
+		f, err := jobserver.Open(path, s.Granted)
+		if err != nil {
+			// Its clients hold whatever they hold; the tokens are lost to
+			// the budget either way, so count them and go on.
+			b.log.Warn("lease lost its fifo; writing off its tokens", "lease", s.ID, "name", s.Name, "granted", s.Granted, "error", err)
+			b.reclaimedTotal += s.Granted
+			b.dirty = true
+			continue
+		}
+		l := &Lease{
+			ID: s.ID, Name: s.Name, Created: s.Created, Owner: s.Owner, UID: s.UID, GID: s.GID,
+			Features: s.Features, fifo: f, reclaimed: s.Reclaimed, inflated: s.Inflated,
+			admitted: s.Admitted, ending: s.Ending, endReason: s.EndReason,
+		}
+		if err := b.track(l); err != nil {
+			f.Close()
+			return err
+		}
+		// A holder may have closed while nobody watched.
+		l.closeSeen = time.Now()
+		free, _ := f.Free()
+		b.log.Info("lease adopted", "lease", l.ID, "name", l.Name, "granted", s.Granted, "free", free)
+	}
+	entries, err := os.ReadDir(filepath.Join(b.opts.RuntimeDir, "leases"))
+	if err != nil {
+		return fmt.Errorf("list leases in %s: %w", b.opts.RuntimeDir, err)
+	}
+	for _, e := range entries {
+		id := strings.TrimSuffix(e.Name(), ".fifo")
+		if _, ok := b.leases[id]; ok {
+			continue
+		}
+		path := filepath.Join(b.opts.RuntimeDir, "leases", e.Name())
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("remove stale fifo %s: %w", path, err)
+		}
+		b.log.Info("removed stale fifo", "path", path)
+	}
+	return nil
+}
+
+// track makes l known to the broker and watches its FIFO.
+func (b *Broker) track(l *Lease) error {
+	id, err := statID(l.fifo.Path())
+	if err != nil {
+		return fmt.Errorf("lease %s: %w", l.ID, err)
+	}
+	wd, err := b.watch.add(l.fifo.Path())
+	if err != nil {
+		return err
+	}
+	l.inode = id
+	b.leases[l.ID] = l
+	b.byWatch[wd] = l
+	return nil
+}
+
+// LeaseRequest asks for a new lease.
+type LeaseRequest struct {
+	Name     string
+	Owner    Owner
+	UID, GID int
+	Features []string
+	// Wait asks for admission before the build starts, so its implicit
+	// slot does not push the host over the budget. Without it the lease
+	// is admitted at once: for builds that already run.
+	Wait bool
+}
+
+// ErrNotFound means no lease has the given ID.
+var ErrNotFound = errors.New("no such lease")
+
+// Register creates a lease with its own FIFO. The lease starts with no
+// tokens; the next pass gives it its share, so registering never waits.
+func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
+	if req.Name == "" {
+		return nil, errors.New("lease needs a name")
+	}
+	if req.Owner.PID <= 0 && req.Owner.Dir == "" {
+		return nil, errors.New("lease needs an owner: a process ID or a directory whose end ends the lease")
+	}
+	if req.Owner.Dir != "" && !filepath.IsAbs(req.Owner.Dir) {
+		return nil, fmt.Errorf("owner directory %q is not an absolute path", req.Owner.Dir)
+	}
+	if req.Owner.PID > 0 {
+		start, err := processStart(req.Owner.PID)
+		if err != nil {
+			return nil, fmt.Errorf("owner process %d: %w", req.Owner.PID, err)
+		}
+		req.Owner.Start = start
+	}
+	if why := req.Owner.gone(); why != "" {
+		return nil, errors.New(why)
+	}
+	var raw [6]byte
+	rand.Read(raw[:])
+	id := hex.EncodeToString(raw[:])
+	f, err := jobserver.Create(fifoPath(b.opts.RuntimeDir, id), jobserver.FIFOOptions{Mode: 0o660, GID: req.GID})
+	if err != nil {
+		return nil, err
+	}
+	l := &Lease{
+		ID: id, Name: req.Name, Created: time.Now(), Owner: req.Owner,
+		UID: req.UID, GID: req.GID, Features: req.Features, fifo: f, admitted: !req.Wait,
+	}
+	b.mu.Lock()
+	err = b.track(l)
+	if err == nil {
+		b.dirty = true
+		b.pass()
+	}
+	b.mu.Unlock()
+	if err != nil {
+		f.Remove()
+		return nil, err
+	}
+	b.log.Info("lease started", "lease", id, "name", req.Name, "uid", req.UID, "owner_pid", req.Owner.PID, "owner_dir", req.Owner.Dir)
+	return l, nil
+}
+
+// End ends a lease: it gets no more tokens, its free tokens go back to the
+// budget at once, and the rest when its clients return them or are gone.
+func (b *Broker) End(id, reason string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	l, ok := b.leases[id]
+	if !ok {
+		return fmt.Errorf("end lease %s: %w", id, ErrNotFound)
+	}
+	b.end(l, reason)
+	b.pass()
+	return nil
+}
+
+func (b *Broker) end(l *Lease, reason string) {
+	if l.ending {
+		return
+	}
+	l.ending, l.endReason = true, reason
+	l.closeSeen = time.Now()
+	b.dirty = true
+	b.log.Info("lease ending", "lease", l.ID, "name", l.Name, "reason", reason)
+}
+
+// SetBudget pins the budget to n for an operator; n = 0 unpins it.
+func (b *Broker) SetBudget(n int) error {
+	if n < 0 || n > jobserver.MaxTokens {
+		return fmt.Errorf("budget %d is outside 0..%d (0 hands the budget back to tokend)", n, jobserver.MaxTokens)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.operatorBudget = n
+	b.applyBudget()
+	b.dirty = true
+	b.pass()
+	return nil
+}
+
+// Configure changes the configured budget (0: the CPU count), as a reload
+// of the configuration does. An operator's pinned budget still wins.
+func (b *Broker) Configure(budget int) error {
+	if budget < 0 || budget > jobserver.MaxTokens {
+		return fmt.Errorf("budget %d is outside 0..%d", budget, jobserver.MaxTokens)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.opts.Budget = budget
+	b.applyBudget()
+	b.pass()
+	return nil
+}
+
+func (b *Broker) applyBudget() {
+	switch {
+	case b.operatorBudget > 0:
+		b.setBudget(b.operatorBudget, "operator")
+	case b.opts.Budget > 0:
+		b.setBudget(b.opts.Budget, "config")
+	default:
+		b.setBudget(runtime.NumCPU(), "cpu count")
+	}
+}
+
+func (b *Broker) setBudget(n int, reason string) {
+	if n != b.budget || reason != b.budgetReason {
+		b.log.Info("budget changed", "from", b.budget, "to", n, "reason", reason)
+	}
+	b.budget, b.budgetReason = n, reason
+}
+
+// Run moves tokens until ctx ends, then saves the state and closes the
+// FIFOs, leaving them on disk so running builds go on and a restarted
+// broker adopts them.
+func (b *Broker) Run(ctx context.Context) error {
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go b.watch.run(watchCtx)
+	tick := time.NewTicker(b.opts.Tick)
+	defer tick.Stop()
+	events := b.watch.events
+	for {
+		select {
+		case <-ctx.Done():
+			return b.shutdown()
+		case ev, ok := <-events:
+			if !ok {
+				b.log.Error("fifo watch stopped; leaked tokens are now found only when leases end")
+				events = nil
+				continue
+			}
+			b.onFIFOEvent(ev)
+		case <-b.wake:
+			b.mu.Lock()
+			b.pass()
+			b.mu.Unlock()
+		case <-tick.C:
+			b.tick()
+		}
+	}
+}
+
+func (b *Broker) onFIFOEvent(ev fifoEvent) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	l, ok := b.byWatch[ev.wd]
+	if !ok {
+		return
+	}
+	if ev.close {
+		l.closeSeen = time.Now()
+	} else {
+		l.opens++
+	}
+}
+
+func (b *Broker) poke() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// tick is one regular pass: owners, holders, tokens, state.
+func (b *Broker) tick() {
+	b.mu.Lock()
+	for _, l := range b.leases {
+		if l.ending {
+			continue
+		}
+		if why := l.Owner.gone(); why != "" {
+			b.end(l, why)
+		}
+	}
+	scan := b.dueScans()
+	b.mu.Unlock()
+
+	if len(scan) > 0 {
+		b.reclaim(scan)
+	}
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.pass()
+	b.removeEnded()
+	if b.dirty {
+		if err := saveState(b.opts.RuntimeDir, b.snapshot()); err != nil {
+			b.log.Error("cannot save state; a restart will lose track of leases", "error", err)
+		} else {
+			b.dirty = false
+		}
+	}
+}
+
+// scanRequest is a lease to look for holders of, with the open count seen
+// before looking, so an open during the scan voids the answer.
+type scanRequest struct {
+	lease *Lease
+	opens int
+}
+
+func (b *Broker) dueScans() []scanRequest {
+	var due []scanRequest
+	now := time.Now()
+	for _, l := range b.leases {
+		if l.removing || l.closeSeen.IsZero() || now.Sub(l.closeSeen) < b.opts.Grace {
+			continue
+		}
+		due = append(due, scanRequest{lease: l, opens: l.opens})
+	}
+	return due
+}
+
+// reclaim writes off the tokens of leases that nobody holds open any more:
+// whatever they were granted and is not in the FIFO will never come back.
+func (b *Broker) reclaim(due []scanRequest) {
+	want := make(map[fileID]bool, len(due))
+	for _, s := range due {
+		want[s.lease.inode] = true
+	}
+	counts, err := countHolders(b.opts.ProcDir, want)
+	if err != nil {
+		b.log.Error("cannot look for jobserver holders", "error", err)
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, s := range due {
+		l := s.lease
+		if l.opens != s.opens {
+			continue // a client came while we looked; look again after it closes
+		}
+		l.closeSeen = time.Time{}
+		if counts[l.inode] > 0 {
+			if l.ending {
+				l.closeSeen = time.Now() // keep looking until the last one is gone
+			}
+			continue
+		}
+		if l.ending {
+			l.owed = 0
+			if l.collector != nil {
+				l.collector()
+			}
+			if _, err := l.fifo.Take(jobserver.MaxTokens); err != nil {
+				b.log.Error("cannot take tokens back", "lease", l.ID, "error", err)
+			}
+			l.removing = true
+		}
+		free, err := l.fifo.Free()
+		if err != nil {
+			b.log.Error("cannot count tokens", "lease", l.ID, "error", err)
+			continue
+		}
+		if free > l.fifo.Granted() {
+			continue // inflated: the pass takes the excess out first
+		}
+		leaked := l.fifo.Granted() - free
+		if leaked == 0 {
+			continue
+		}
+		if err := l.fifo.Forget(leaked); err != nil {
+			b.log.Error("cannot write off leaked tokens", "lease", l.ID, "error", err)
+			continue
+		}
+		l.reclaimed += leaked
+		b.reclaimedTotal += leaked
+		b.dirty = true
+		b.log.Info("reclaimed leaked tokens", "lease", l.ID, "name", l.Name, "tokens", leaked)
+	}
+}
+
+// removeEnded deletes ended leases once nothing holds them and their
+// collector has stopped, so no poll(2) can race the close.
+func (b *Broker) removeEnded() {
+	for id, l := range b.leases {
+		if !l.removing || l.collector != nil {
+			continue
+		}
+		if n := l.fifo.Granted(); n != 0 {
+			b.log.Error("ended lease still counts tokens; writing them off", "lease", id, "tokens", n)
+			l.fifo.Forget(n)
+			b.reclaimedTotal += n
+		}
+		for wd, wl := range b.byWatch {
+			if wl == l {
+				b.watch.remove(wd)
+				delete(b.byWatch, wd)
+			}
+		}
+		if err := l.fifo.Remove(); err != nil {
+			b.log.Warn("cannot remove fifo", "lease", id, "error", err)
+		}
+		delete(b.leases, id)
+		b.dirty = true
+		b.log.Info("lease ended", "lease", id, "name", l.Name, "reason", l.endReason, "reclaimed", l.reclaimed)
+	}
+}
+
+// pass observes every lease and moves tokens toward their shares. It is
+// cheap (one ioctl per lease and a few reads or writes), so it runs on
+// every tick and after every event.
+func (b *Broker) pass() {
+	leases := b.sorted()
+	use := make([]usage, len(leases))
+	active := 0
+	for i, l := range leases {
+		if extra, err := l.fifo.TakeExcess(); err != nil {
+			b.log.Error("cannot take excess tokens", "lease", l.ID, "error", err)
+		} else if extra > 0 {
+			l.inflated += extra
+			b.inflatedTotal += extra
+			b.dirty = true
+			b.log.Warn("lease fifo held more tokens than granted; took the excess", "lease", l.ID, "name", l.Name, "excess", extra)
+		}
+		free, err := l.fifo.Free()
+		if err != nil {
+			b.log.Error("cannot count tokens", "lease", l.ID, "error", err)
+			free = 0
+		}
+		l.prevFree, l.lastFree = l.lastFree, free
+		use[i] = usage{
+			granted: l.fifo.Granted(),
+			free:    free,
+			idle:    min(l.prevFree, free),
+			hungry:  free == 0 && !l.ending,
+			ending:  l.ending,
+		}
+		if !l.ending {
+			active++
+		}
+	}
+	allowance := max(b.budget-active, 0)
+	target := shares(allowance, use)
+
+	granted := 0
+	for _, u := range use {
+		granted += u.granted
+	}
+	debt := granted > allowance
+	for i, l := range leases {
+		surplus := use[i].granted - target[i]
+		if surplus <= 0 {
+			l.owed = 0
+			continue
+		}
+		step := surplus
+		if !debt && !use[i].ending {
+			step = min(surplus, moveStep)
+		}
+		want := min(step, use[i].free)
+		taken, err := l.fifo.Take(want)
+		if err != nil {
+			b.log.Error("cannot take tokens back", "lease", l.ID, "error", err)
+		}
+		if taken > 0 {
+			b.dirty = true
+			b.log.Debug("took tokens", "lease", l.ID, "tokens", taken, "target", target[i], "debt", debt)
+		}
+		use[i].granted -= taken
+		use[i].free -= taken
+		if taken < want {
+			use[i].free = 0 // clients took the rest since the count: the pipe ran dry
+		}
+		l.lastFree = use[i].free
+		granted -= taken
+		l.owed = use[i].granted - target[i]
+		b.startCollector(l)
+	}
+
+	pool := allowance - granted
+	for i, l := range leases {
+		want := target[i] - use[i].granted
+		if want <= 0 || pool <= 0 || !l.admitted {
+			continue
+		}
+		give := min(want, pool)
+		if err := l.fifo.Add(give); err != nil {
+			b.log.Error("cannot add tokens", "lease", l.ID, "error", err)
+			continue
+		}
+		b.log.Debug("gave tokens", "lease", l.ID, "tokens", give, "target", target[i])
+		use[i].granted += give
+		use[i].free += give
+		l.lastFree += give
+		pool -= give
+		granted += give
+		b.dirty = true
+	}
+	b.admit(leases, granted)
+	b.check(leases, use, target, allowance)
+}
+
+// admit lets waiting leases start, oldest first, while the implicit slots
+// of the admitted leases and the tokens handed out leave room for one more.
+// Allowance already counts waiting leases, so their room is kept free for
+// them as tokens come back.
+func (b *Broker) admit(leases []*Lease, granted int) {
+	room := b.budget - granted
+	for _, l := range leases {
+		if l.admitted && !l.ending {
+			room--
+		}
+	}
+	for _, l := range leases {
+		if l.admitted || l.ending || room < 1 {
+			continue
+		}
+		l.admitted = true
+		room--
+		b.dirty = true
+		b.log.Info("lease admitted", "lease", l.ID, "name", l.Name, "waited", time.Since(l.Created).Round(time.Millisecond))
+	}
+}
+
+// check verifies the accounting after a pass. Held tokens are derived, so
+// what can break is a negative count, a FIFO holding more than it was
+// granted, and tokens over the allowance while free ones sit unclaimed.
+func (b *Broker) check(leases []*Lease, use []usage, target []int, allowance int) {
+	var problems []string
+	granted := 0
+	for i, l := range leases {
+		g := l.fifo.Granted()
+		if g != use[i].granted {
+			problems = append(problems, fmt.Sprintf("lease %s: fifo counts %d granted, pass counted %d", l.ID, g, use[i].granted))
+		}
+		if use[i].free < 0 || use[i].free > g {
+			problems = append(problems, fmt.Sprintf("lease %s: %d free of %d granted", l.ID, use[i].free, g))
+		}
+		if g < 0 || g > jobserver.MaxTokens {
+			problems = append(problems, fmt.Sprintf("lease %s: %d granted", l.ID, g))
+		}
+		granted += g
+	}
+	if granted > allowance {
+		// Over the allowance, no lease may keep a free token above its share.
+		for i, l := range leases {
+			if use[i].free > 0 && use[i].granted > target[i] {
+				problems = append(problems, fmt.Sprintf("granted %d over allowance %d, yet lease %s keeps %d free above its share of %d", granted, allowance, l.ID, use[i].free, target[i]))
+			}
+		}
+	}
+	if len(problems) == 0 {
+		return
+	}
+	b.violations += len(problems)
+	b.lastViolation = problems[0]
+	b.log.Error("token accounting invariant broken", "problems", strings.Join(problems, "; "))
+}
+
+// startCollector takes tokens back from l as its clients return them,
+// until what it owes is paid or the next pass decides it owes nothing.
+func (b *Broker) startCollector(l *Lease) {
+	if l.owed <= 0 || l.collector != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(b.collectCtx)
+	l.collector = cancel
+	b.collectors.Add(1)
+	go func() {
+		defer b.collectors.Done()
+		for {
+			err := l.fifo.AwaitFree(ctx)
+			b.mu.Lock()
+			if err == nil && l.owed > 0 {
+				taken, terr := l.fifo.Take(l.owed)
+				if terr != nil {
+					b.log.Error("cannot take tokens back", "lease", l.ID, "error", terr)
+				}
+				l.owed -= taken
+				l.lastFree = max(l.lastFree-taken, 0)
+				b.dirty = b.dirty || taken > 0
+				if taken > 0 {
+					b.log.Debug("collected returned tokens", "lease", l.ID, "tokens", taken, "still_owed", l.owed)
+					b.poke()
+				}
+			}
+			if err != nil || l.owed <= 0 {
+				if err != nil && !errors.Is(err, context.Canceled) {
+					b.log.Error("cannot wait for tokens", "lease", l.ID, "error", err)
+				}
+				l.collector = nil
+				cancel()
+				b.mu.Unlock()
+				return
+			}
+			b.mu.Unlock()
+		}
+	}()
+}
+
+// sorted lists leases oldest first, so passes are deterministic.
+func (b *Broker) sorted() []*Lease {
+	out := make([]*Lease, 0, len(b.leases))
+	for _, l := range b.leases {
+		out = append(out, l)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Created.Equal(out[j].Created) {
+			return out[i].Created.Before(out[j].Created)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+func (b *Broker) snapshot() savedState {
+	s := savedState{Version: stateVersion, OperatorBudget: b.operatorBudget, ReclaimedTotal: b.reclaimedTotal, InflatedTotal: b.inflatedTotal, Leases: []savedLease{}}
+	for _, l := range b.sorted() {
+		s.Leases = append(s.Leases, savedLease{
+			ID: l.ID, Name: l.Name, Created: l.Created, Owner: l.Owner, UID: l.UID, GID: l.GID,
+			Features: l.Features, Granted: l.fifo.Granted(), Reclaimed: l.reclaimed, Inflated: l.inflated,
+			Admitted: l.admitted, Ending: l.ending, EndReason: l.endReason,
+		})
+	}
+	return s
+}
+
+func (b *Broker) shutdown() error {
+	b.stopCollect()
+	b.collectors.Wait()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	err := saveState(b.opts.RuntimeDir, b.snapshot())
+	for _, l := range b.leases {
+		err = errors.Join(err, l.fifo.Close())
+	}
+	err = errors.Join(err, b.watch.close())
+	b.log.Info("stopped; leases stay on disk for the next start", "leases", len(b.leases))
+	return err
+}
+
+// Status is the broker's state for people and tools.
+type Status struct {
+	Budget       int    `json:"budget"`
+	BudgetReason string `json:"budget_reason"`
+	ActiveLeases int    `json:"active_leases"`
+	// Allowance is the budget less one implicit slot per active lease:
+	// the most tokens that may be handed out.
+	Allowance int `json:"allowance"`
+	Granted   int `json:"granted"`
+	// Debt is how many granted tokens are over the allowance after the
+	// budget shrank, to be kept as clients return them.
+	Debt                int           `json:"debt"`
+	ReclaimedTotal      int           `json:"reclaimed_total"`
+	InflatedTotal       int           `json:"inflated_total"`
+	InvariantViolations int           `json:"invariant_violations"`
+	LastViolation       string        `json:"last_violation,omitempty"`
+	Leases              []LeaseStatus `json:"leases"`
+}
+
+// LeaseStatus is one lease in Status.
+type LeaseStatus struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Created   time.Time `json:"created"`
+	Owner     Owner     `json:"owner"`
+	UID       int       `json:"uid"`
+	Features  []string  `json:"features,omitempty"`
+	FIFO      string    `json:"fifo"`
+	Granted   int       `json:"granted"`
+	Free      int       `json:"free"`
+	Held      int       `json:"held"`
+	Owed      int       `json:"owed"`
+	Reclaimed int       `json:"reclaimed"`
+	Inflated  int       `json:"inflated"`
+	Admitted  bool      `json:"admitted"`
+	Ending    bool      `json:"ending,omitempty"`
+	EndReason string    `json:"end_reason,omitempty"`
+}
+
+// Status reports the budget and every lease.
+func (b *Broker) Status() Status {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := Status{
+		Budget: b.budget, BudgetReason: b.budgetReason, ReclaimedTotal: b.reclaimedTotal,
+		InflatedTotal: b.inflatedTotal, InvariantViolations: b.violations, LastViolation: b.lastViolation,
+		Leases: []LeaseStatus{},
+	}
+	for _, l := range b.sorted() {
+		free, err := l.fifo.Free()
+		if err != nil {
+			free = l.lastFree
+		}
+		g := l.fifo.Granted()
+		s.Leases = append(s.Leases, LeaseStatus{
+			ID: l.ID, Name: l.Name, Created: l.Created, Owner: l.Owner, UID: l.UID, Features: l.Features,
+			FIFO: l.fifo.Path(), Granted: g, Free: min(free, g), Held: max(g-free, 0), Owed: l.owed,
+			Reclaimed: l.reclaimed, Inflated: l.inflated, Admitted: l.admitted, Ending: l.ending, EndReason: l.endReason,
+		})
+		s.Granted += g
+		if !l.ending {
+			s.ActiveLeases++
+		}
+	}
+	s.Allowance = max(s.Budget-s.ActiveLeases, 0)
+	s.Debt = max(s.Granted-s.Allowance, 0)
+	return s
+}
+
+// Lease returns the lease with the given ID.
+func (b *Broker) Lease(id string) (LeaseStatus, error) {
+	for _, l := range b.Status().Leases {
+		if l.ID == id {
+			return l, nil
+		}
+	}
+	return LeaseStatus{}, fmt.Errorf("lease %s: %w", id, ErrNotFound)
+}

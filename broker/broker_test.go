@@ -1,0 +1,436 @@
+package broker
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/tokend/tokend/jobserver"
+)
+
+// The test binary doubles as the child processes some tests need: a build
+// that holds tokens and is then killed, and a client run as another user.
+func TestMain(m *testing.M) {
+	switch os.Getenv("TOKEND_BROKER_TEST_CHILD") {
+	case "hold":
+		holdTokens()
+	case "api":
+		callAPI()
+	default:
+		os.Exit(m.Run())
+	}
+}
+
+// holdTokens takes TOKEND_HOLD tokens from the FIFO in MAKEFLAGS, says so,
+// and waits to be killed, like a make whose jobs are running.
+func holdTokens() {
+	n, _ := strconv.Atoi(os.Getenv("TOKEND_HOLD"))
+	c, err := jobserver.FromEnv()
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	ctx := context.Background()
+	for range n + 1 { // the implicit slot, then n tokens
+		if _, err := c.Acquire(ctx); err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+	}
+	fmt.Println("held")
+	time.Sleep(time.Hour)
+}
+
+// callAPI tries every kind of call on the socket in TOKEND_SOCKET and
+// prints what happened to each as JSON.
+func callAPI() {
+	c := NewClient(os.Getenv("TOKEND_SOCKET"))
+	ctx := context.Background()
+	out := map[string]string{}
+	result := func(err error) string {
+		if err != nil {
+			return err.Error()
+		}
+		return "ok"
+	}
+	_, err := c.Status(ctx)
+	out["status"] = result(err)
+	_, err = c.Register(ctx, RegisterRequest{Name: "intruder", OwnerPID: os.Getpid()})
+	out["register"] = result(err)
+	_, err = c.SetBudget(ctx, 1)
+	out["budget"] = result(err)
+	json.NewEncoder(os.Stdout).Encode(out)
+}
+
+// startBroker runs a broker with a fixed budget in a fresh runtime
+// directory until the test ends.
+func startBroker(t *testing.T, dir string, budget int) *Broker {
+	t.Helper()
+	b, err := New(Options{RuntimeDir: dir, Budget: budget, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{t}})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("broker stopped with %v", err)
+		}
+		if st := b.Status(); st.InvariantViolations != 0 {
+			t.Errorf("broker found %d accounting errors, last: %s", st.InvariantViolations, st.LastViolation)
+		}
+	})
+	return b
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+// waitStatus polls the broker until cond holds.
+func waitStatus(t *testing.T, b *Broker, what string, cond func(Status) bool) Status {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := b.Status()
+		if cond(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s; status: %+v", what, st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func leaseByID(st Status, id string) LeaseStatus {
+	for _, l := range st.Leases {
+		if l.ID == id {
+			return l
+		}
+	}
+	return LeaseStatus{ID: id, Name: "<gone>"}
+}
+
+// jobs runs workers that take a slot, hold it briefly and give it back,
+// counting how many slots are held at once across all of them: the
+// concurrency a build would reach.
+type jobs struct {
+	running, peak atomic.Int64
+	stop          context.CancelFunc
+	ctx           context.Context
+	wg            sync.WaitGroup
+}
+
+func newJobs() *jobs {
+	j := &jobs{}
+	j.ctx, j.stop = context.WithCancel(context.Background())
+	return j
+}
+
+func (j *jobs) run(t *testing.T, c *jobserver.Client, workers int, hold time.Duration) {
+	for range workers {
+		j.wg.Add(1)
+		go func() {
+			defer j.wg.Done()
+			for {
+				s, err := c.Acquire(j.ctx)
+				if err != nil {
+					return
+				}
+				n := j.running.Add(1)
+				for {
+					p := j.peak.Load()
+					if n <= p || j.peak.CompareAndSwap(p, n) {
+						break
+					}
+				}
+				time.Sleep(hold)
+				j.running.Add(-1)
+				if err := c.Release(s); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+}
+
+func (j *jobs) close() {
+	j.stop()
+	j.wg.Wait()
+}
+
+func dial(t *testing.T, fifo string) *jobserver.Client {
+	t.Helper()
+	c, err := jobserver.Dial(jobserver.FIFOAuth(fifo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func self() Owner { return Owner{PID: os.Getpid()} }
+
+func TestLeasesShareTheBudgetWithoutExceedingIt(t *testing.T) {
+	b := startBroker(t, t.TempDir(), 6)
+	j := newJobs()
+	defer j.close()
+
+	a, err := b.Register(LeaseRequest{Name: "a", Owner: self(), GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.run(t, dial(t, a.fifo.Path()), 8, 5*time.Millisecond)
+	waitStatus(t, b, "a lone lease to get the whole allowance", func(st Status) bool { return leaseByID(st, a.ID).Granted == 5 })
+
+	// Later builds wait for admission, as tokenctl run does, so their
+	// implicit slots never push the host over the budget.
+	var ids []string
+	for _, name := range []string{"b", "c"} {
+		l, err := b.Register(LeaseRequest{Name: name, Owner: self(), GID: -1, Wait: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, l.ID)
+		waitStatus(t, b, name+" to be admitted", func(st Status) bool { return leaseByID(st, l.ID).Admitted })
+		j.run(t, dial(t, l.fifo.Path()), 8, 5*time.Millisecond)
+	}
+	st := waitStatus(t, b, "equal shares", func(st Status) bool {
+		for _, l := range st.Leases {
+			if l.Granted != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	if st.Allowance != 3 || st.Granted != 3 {
+		t.Fatalf("allowance %d granted %d, want 3 and 3", st.Allowance, st.Granted)
+	}
+	j.close()
+	if p := j.peak.Load(); p > 6 {
+		t.Fatalf("%d jobs ran at once under a budget of 6", p)
+	}
+	t.Logf("peak concurrency %d under budget 6", j.peak.Load())
+}
+
+func TestShrinkingBudgetIsCollectedAndGrowsBack(t *testing.T) {
+	b := startBroker(t, t.TempDir(), 8)
+	l, err := b.Register(LeaseRequest{Name: "busy", Owner: self(), GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := newJobs()
+	defer j.close()
+	j.run(t, dial(t, l.fifo.Path()), 12, 2*time.Millisecond)
+	waitStatus(t, b, "all 7 tokens granted", func(st Status) bool { return st.Granted == 7 })
+
+	// The build keeps every token busy, so the broker must win returned
+	// tokens from clients that read again at once.
+	if err := b.SetBudget(2); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, b, "the debt to be paid", func(st Status) bool { return st.Granted == 1 && st.Debt == 0 })
+	j.peak.Store(j.running.Load())
+	time.Sleep(300 * time.Millisecond)
+	if p := j.peak.Load(); p > 2 {
+		t.Fatalf("after shrinking to 2, %d jobs ran at once", p)
+	}
+	if err := b.SetBudget(8); err != nil {
+		t.Fatal(err)
+	}
+	st := waitStatus(t, b, "growth back to 7 tokens", func(st Status) bool { return st.Granted == 7 })
+	if st.Budget != 8 || st.BudgetReason != "operator" {
+		t.Fatalf("budget %d (%s), want 8 (operator)", st.Budget, st.BudgetReason)
+	}
+}
+
+func TestTokensOfAKilledBuildAreReclaimed(t *testing.T) {
+	b := startBroker(t, t.TempDir(), 5)
+	l, err := b.Register(LeaseRequest{Name: "doomed", Owner: self(), GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, b, "4 tokens granted", func(st Status) bool { return st.Granted == 4 })
+
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), "TOKEND_BROKER_TEST_CHILD=hold", "TOKEND_HOLD=3",
+		"MAKEFLAGS="+jobserver.WithAuth("", jobserver.FIFOAuth(l.fifo.Path())))
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if line != "held\n" {
+		child.Process.Kill()
+		child.Wait()
+		t.Fatalf("child said %q, want held", line)
+	}
+	st := b.Status()
+	if got := leaseByID(st, l.ID); got.Held != 3 {
+		t.Fatalf("lease holds %d, want 3: %+v", got.Held, got)
+	}
+	child.Process.Kill()
+	child.Wait()
+	killed := time.Now()
+
+	st = waitStatus(t, b, "3 leaked tokens reclaimed", func(st Status) bool { return st.ReclaimedTotal == 3 })
+	t.Logf("reclaimed %v after the last holder died", time.Since(killed))
+	if got := leaseByID(st, l.ID); got.Reclaimed != 3 {
+		t.Fatalf("lease reclaimed %d, want 3", got.Reclaimed)
+	}
+	// The survivor keeps its one free token; the reclaimed three are back
+	// in the budget for whoever is hungry.
+	if st.Allowance-st.Granted != 3 {
+		t.Fatalf("%d tokens free in the budget after reclaiming 3: %+v", st.Allowance-st.Granted, st)
+	}
+}
+
+func TestEndedLeaseGivesBackAllItsTokens(t *testing.T) {
+	dir := t.TempDir()
+	b := startBroker(t, dir, 4)
+	l, err := b.Register(LeaseRequest{Name: "short", Owner: self(), GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, l.fifo.Path())
+	waitStatus(t, b, "3 tokens granted", func(st Status) bool { return st.Granted == 3 })
+	implicit, _ := c.Acquire(context.Background())
+	held, err := c.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.End(l.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	st := waitStatus(t, b, "free tokens back, the held one owed", func(st Status) bool {
+		return st.Granted == 1 && leaseByID(st, l.ID).Owed == 1
+	})
+	if !leaseByID(st, l.ID).Ending {
+		t.Fatalf("lease not ending: %+v", st)
+	}
+	c.Release(held)
+	c.Release(implicit)
+	c.Close()
+	st = waitStatus(t, b, "the lease to be gone", func(st Status) bool { return len(st.Leases) == 0 })
+	if st.Granted != 0 || st.ReclaimedTotal != 0 {
+		t.Fatalf("granted %d reclaimed %d after a clean end, want 0 and 0", st.Granted, st.ReclaimedTotal)
+	}
+	if _, err := os.Stat(l.fifo.Path()); !os.IsNotExist(err) {
+		t.Fatalf("fifo of an ended lease still exists: %v", err)
+	}
+}
+
+func TestOwnerExitEndsLease(t *testing.T) {
+	b := startBroker(t, t.TempDir(), 4)
+	owner := exec.Command("sleep", "60")
+	if err := owner.Start(); err != nil {
+		t.Fatal(err)
+	}
+	dirOwner := t.TempDir()
+	byPID, err := b.Register(LeaseRequest{Name: "pid", Owner: Owner{PID: owner.Process.Pid}, GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byDir, err := b.Register(LeaseRequest{Name: "dir", Owner: Owner{Dir: dirOwner}, GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner.Process.Kill()
+	owner.Wait()
+	os.Remove(dirOwner)
+	waitStatus(t, b, "both leases gone", func(st Status) bool {
+		return leaseByID(st, byPID.ID).Name == "<gone>" && leaseByID(st, byDir.ID).Name == "<gone>"
+	})
+}
+
+func TestInflatedFIFOIsTrimmed(t *testing.T) {
+	b := startBroker(t, t.TempDir(), 3)
+	l, err := b.Register(LeaseRequest{Name: "liar", Owner: self(), GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, b, "2 tokens granted", func(st Status) bool { return st.Granted == 2 })
+	f, err := os.OpenFile(l.fifo.Path(), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("+++++"))
+	f.Close()
+	st := waitStatus(t, b, "the excess removed", func(st Status) bool { return st.InflatedTotal == 5 })
+	if got := leaseByID(st, l.ID); got.Free != 2 || got.Granted != 2 {
+		t.Fatalf("after trimming: %+v, want 2 free of 2", got)
+	}
+}
+
+func TestRestartAdoptsLeasesAndCleansStaleFIFOs(t *testing.T) {
+	dir := t.TempDir()
+	first, err := New(Options{RuntimeDir: dir, Budget: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- first.Run(ctx) }()
+	l, err := first.Register(LeaseRequest{Name: "survivor", Owner: self(), GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, l.fifo.Path())
+	waitStatus(t, first, "4 tokens granted", func(st Status) bool { return st.Granted == 4 })
+	c.Acquire(context.Background()) // implicit
+	for range 2 {
+		if _, err := c.Acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(dir, "leases", "deadbeef.fifo")
+	if err := syscall.Mkfifo(stale, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	second := startBroker(t, dir, 5)
+	st := second.Status()
+	got := leaseByID(st, l.ID)
+	if got.Name != "survivor" || got.Granted != 4 || got.Held != 2 || got.Free != 2 {
+		t.Fatalf("adopted lease %+v, want survivor with 4 granted, 2 held, 2 free", got)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Fatalf("stale fifo not removed: %v", err)
+	}
+}
+
+func TestCorruptStateIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "state.json"), []byte("{not json"), 0o600)
+	_, err := New(Options{RuntimeDir: dir})
+	if err == nil {
+		t.Fatal("a corrupt state file was accepted")
+	}
+	t.Log(err)
+}

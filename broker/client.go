@@ -1,0 +1,137 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+)
+
+// DefaultRuntimeDir is where tokend keeps its socket and FIFOs when not
+// told otherwise: /run/tokend for root, $XDG_RUNTIME_DIR/tokend for others.
+func DefaultRuntimeDir() string {
+	if os.Geteuid() != 0 {
+		if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+			return filepath.Join(d, "tokend")
+		}
+	}
+	return "/run/tokend"
+}
+
+// SocketPath is the control socket inside a runtime directory.
+func SocketPath(runtimeDir string) string { return filepath.Join(runtimeDir, "tokend.sock") }
+
+// DefaultSocket is $TOKEND_SOCKET, else the socket in DefaultRuntimeDir.
+func DefaultSocket() string {
+	if s := os.Getenv("TOKEND_SOCKET"); s != "" {
+		return s
+	}
+	return SocketPath(DefaultRuntimeDir())
+}
+
+// ErrUnreachable means nothing answered on the socket: tokend is not
+// running, or runs elsewhere.
+var ErrUnreachable = errors.New("tokend is not reachable")
+
+// Client speaks the control API. Every call is bounded by its context.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// NewClient returns a client for the socket at path.
+func NewClient(socket string) *Client {
+	return &Client{
+		socket: socket,
+		http: &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", socket)
+			},
+		}},
+	}
+}
+
+// Status fetches the broker's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	err := c.do(ctx, http.MethodGet, pathStatus, nil, &s)
+	return s, err
+}
+
+// Register asks for a lease.
+func (c *Client) Register(ctx context.Context, req RegisterRequest) (Registered, error) {
+	var r Registered
+	err := c.do(ctx, http.MethodPost, pathLeases, req, &r)
+	return r, err
+}
+
+// Lease fetches one lease.
+func (c *Client) Lease(ctx context.Context, id string) (LeaseStatus, error) {
+	var l LeaseStatus
+	err := c.do(ctx, http.MethodGet, pathLeases+"/"+id, nil, &l)
+	return l, err
+}
+
+// End ends a lease.
+func (c *Client) End(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, pathLeases+"/"+id, nil, nil)
+}
+
+// SetBudget pins the budget; zero hands it back to tokend.
+func (c *Client) SetBudget(ctx context.Context, tokens int) (Status, error) {
+	var s Status
+	err := c.do(ctx, http.MethodPut, pathBudget, BudgetRequest{Tokens: &tokens}, &s)
+	return s, err
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		raw, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://tokend"+path, body)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return fmt.Errorf("%w at %s (start it, or point TOKEND_SOCKET at its socket): %w", ErrUnreachable, c.socket, err)
+		}
+		return fmt.Errorf("%s %s on %s: %w", method, path, c.socket, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		var e apiError
+		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
+			return fmt.Errorf("tokend refused %s %s (%s): %s", method, path, resp.Status, e.Error)
+		}
+		return fmt.Errorf("tokend refused %s %s: %s", method, path, resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+	}
+	return nil
+}

@@ -1,0 +1,44 @@
+package broker
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestLoadConfig(t *testing.T) {
+	tests := []struct {
+		name, file, wantErr string
+		want                Config
+	}{
+		{name: "every key", file: "runtime_dir = \"/run/x\"\ntokens = 6\nlease_group = \"jobserver\"\nlog_level = \"debug\"\n",
+			want: Config{RuntimeDir: "/run/x", Tokens: 6, LeaseGroup: "jobserver", LogLevel: "debug"}},
+		{name: "defaults kept", file: "tokens = 2\n", want: Config{RuntimeDir: "/run/d", Tokens: 2, LogLevel: "info"}},
+		{name: "unknown key", file: "tokenz = 2\n", wantErr: "unknown key tokenz"},
+		{name: "wrong type", file: "tokens = \"two\"\n", wantErr: "tokens"},
+		{name: "out of range", file: "tokens = 70000\n", wantErr: "tokens 70000"},
+		{name: "relative dir", file: "runtime_dir = \"run\"\n", wantErr: "runtime_dir \"run\""},
+		{name: "bad level", file: "log_level = \"loud\"\n", wantErr: "log_level \"loud\""},
+		{name: "syntax", file: "tokens = \n", wantErr: "line 1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "config.toml")
+			os.WriteFile(path, []byte(tt.file), 0o644)
+			got, err := Config{RuntimeDir: "/run/d", LogLevel: "info"}.LoadConfig(path)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), path) {
+					t.Fatalf("error %v, want one naming %s and %q", err, path, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,91 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/procfs"
+
+	"github.com/tokend/tokend/jobserver"
+)
+
+// Owner is what a lease lives as long as: a process, a directory (a nix
+// build's sandbox), or both.
+type Owner struct {
+	PID int `json:"pid,omitempty"`
+	// Start is the process's start time in clock ticks since boot, so a
+	// reused PID is not mistaken for the owner.
+	Start uint64 `json:"start,omitempty"`
+	Dir   string `json:"dir,omitempty"`
+}
+
+// processStart reads the start time of pid from /proc.
+func processStart(pid int) (uint64, error) {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return 0, fmt.Errorf("process %d: %w", pid, err)
+	}
+	st, err := p.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("process %d: %w", pid, err)
+	}
+	return st.Starttime, nil
+}
+
+// gone reports why the owner no longer exists, or "" while it does.
+func (o Owner) gone() string {
+	if o.PID > 0 {
+		if start, err := processStart(o.PID); err != nil || start != o.Start {
+			return fmt.Sprintf("owner process %d exited", o.PID)
+		}
+	}
+	if o.Dir != "" {
+		if _, err := os.Lstat(o.Dir); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Sprintf("owner directory %s removed", o.Dir)
+		}
+	}
+	return ""
+}
+
+// Lease is one build's share of the budget: its own FIFO, fed from the
+// budget, and what the broker has observed of it.
+type Lease struct {
+	ID       string
+	Name     string
+	Created  time.Time
+	Owner    Owner
+	UID, GID int      // who registered it; the FIFO's group
+	Features []string // nix requiredSystemFeatures, for the operator's eye
+
+	fifo      *jobserver.FIFO
+	inode     fileID
+	reclaimed int // tokens leaked by its clients and written off
+	inflated  int // bytes its clients wrote beyond what it was granted
+
+	// admitted is set once the lease's implicit slot fits in the budget.
+	// A lease whose command has not started yet (tokenctl run) waits for
+	// it; one whose build already runs (a nix build) is admitted at once.
+	admitted  bool
+	ending    bool
+	endReason string
+
+	prevFree  int // free tokens seen by the pass before, to tell idle from between jobs
+	lastFree  int
+	owed      int                // tokens to take back as clients return them
+	collector context.CancelFunc // stops the goroutine collecting owed tokens; nil when none runs
+
+	opens     int       // clients' opens seen, so a scan racing an open is discarded
+	closeSeen time.Time // a client closed the FIFO; nobody may hold it any more
+	removing  bool
+}
+
+// fileID is a file's identity, the same seen through any mount.
+type fileID struct{ dev, ino uint64 }
+
+// fifoPath is where lease id's FIFO lives in the runtime directory.
+func fifoPath(dir, id string) string { return filepath.Join(dir, "leases", id+".fifo") }

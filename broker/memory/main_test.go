@@ -1,0 +1,117 @@
+package memory
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tokend/tokend/broker/memory/internal/scratch"
+)
+
+// thrashEnv makes the test binary a workload instead of running tests:
+// "FILE:ANON_MIB" holds ANON_MIB of anonymous memory and reads random pages
+// of FILE forever. In a memcg too small for both, the file's pages are
+// evicted and faulted back in again and again: the file-backed thrash that
+// produces real memory pressure without swap.
+const thrashEnv = "TOKEND_MEMORY_TEST_THRASH"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(thrashEnv); spec != "" {
+		if err := thrash(spec); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+	os.Exit(m.Run())
+}
+
+func thrash(spec string) error {
+	file, anonMiB, _ := strings.Cut(spec, ":")
+	n, err := strconv.Atoi(anonMiB)
+	if err != nil {
+		return err
+	}
+	// Both mappings live outside the Go heap, so that under -race the race
+	// detector keeps no shadow memory for them to inflate the memcg.
+	anon, err := unix.Mmap(-1, 0, n<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return err
+	}
+	page := os.Getpagesize()
+	for i := 0; i < len(anon); i += page {
+		anon[i] = 1
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return err
+	}
+	pages := len(m) / page
+	var sum byte
+	for {
+		sum += m[rand.IntN(pages)*page]
+		anon[rand.IntN(len(anon))] = sum
+	}
+}
+
+// needCgroups returns the host's cgroup mounts for a test that makes
+// cgroups. Such a test cannot run without root and a v1 memory controller
+// beside cgroup2 (a hybrid host like tokend's Debian test host); it skips
+// there, except under CI=true, where a missing capability is a failure.
+func needCgroups(t *testing.T) scratch.Mounts {
+	t.Helper()
+	m, err := scratch.FindMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var missing string
+	switch {
+	case os.Geteuid() != 0:
+		missing = "root"
+	case m.V1Memory == "":
+		missing = "a cgroup v1 memory controller mount"
+	case m.V2 == "":
+		missing = "a cgroup2 mount"
+	}
+	if missing != "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("needs %s, which CI must provide", missing)
+		}
+		t.Skipf("needs %s", missing)
+	}
+	return m
+}
+
+// makeGroup makes a uniquely named cgroup under mount and removes it, with
+// anything running in it, when the test ends.
+func makeGroup(t *testing.T, mount string, limit uint64) scratch.Group {
+	t.Helper()
+	g, err := scratch.Make(filepath.Join(mount, scratch.Name("tokend-test")), limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := g.Remove(); err != nil {
+			t.Error(err)
+		}
+	})
+	return g
+}
+
+// fixture is a path in testdata/memory.
+func fixture(parts ...string) string {
+	return filepath.Join(append([]string{"..", "..", "testdata", "memory"}, parts...)...)
+}

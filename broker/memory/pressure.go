@@ -1,0 +1,115 @@
+package memory
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Pressure is a PSI file's cumulative stall time: Some while at least one
+// task waited for memory, Full while all non-idle tasks did. The kernel's
+// avg10/60/300 are left out on purpose: they refresh only every ~2 s, while
+// the totals are exact at every read, so rates come from total deltas.
+type Pressure struct {
+	Some time.Duration `json:"some_ns"`
+	Full time.Duration `json:"full_ns"`
+}
+
+func (d *Domain) readPressure() (Pressure, error) {
+	if !d.hostPSI {
+		return readPressureFile(d.pressure)
+	}
+	st, err := d.proc.PSIStatsForResource("memory")
+	if err != nil {
+		return Pressure{}, fmt.Errorf("memory: %s: %w%s", d.pressure, err, psiHint(err))
+	}
+	if st.Some == nil || st.Full == nil {
+		return Pressure{}, fmt.Errorf("memory: %s lacks a some or full line", d.pressure)
+	}
+	return Pressure{
+		Some: time.Duration(st.Some.Total) * time.Microsecond,
+		Full: time.Duration(st.Full.Total) * time.Microsecond,
+	}, nil
+}
+
+// readPressureFile parses a cgroup's memory.pressure, which procfs cannot
+// read: its lines look like
+//
+//	some avg10=0.00 avg60=0.00 avg300=0.00 total=12345
+//	full avg10=0.00 avg60=0.00 avg300=0.00 total=6789
+func readPressureFile(path string) (Pressure, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Pressure{}, fmt.Errorf("memory: %w%s", err, psiHint(err))
+	}
+	var p Pressure
+	seen := map[string]bool{}
+	for line := range strings.Lines(string(b)) {
+		kind, rest, _ := strings.Cut(strings.TrimSpace(line), " ")
+		var dst *time.Duration
+		switch kind {
+		case "some":
+			dst = &p.Some
+		case "full":
+			dst = &p.Full
+		default:
+			continue
+		}
+		total := ""
+		for f := range strings.FieldsSeq(rest) {
+			if v, ok := strings.CutPrefix(f, "total="); ok {
+				total = v
+			}
+		}
+		us, err := strconv.ParseUint(total, 10, 64)
+		if err != nil {
+			return Pressure{}, fmt.Errorf("memory: %s: %s line %q: want total=<microseconds>: %w", path, kind, line, err)
+		}
+		*dst = time.Duration(us) * time.Microsecond
+		seen[kind] = true
+	}
+	if !seen["some"] || !seen["full"] {
+		return Pressure{}, fmt.Errorf("memory: %s lacks a some or full line; is it a PSI memory.pressure file?", path)
+	}
+	return p, nil
+}
+
+// psiHint names the fix for the errors a PSI file gives when PSI is off.
+func psiHint(err error) string {
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		return " (PSI is disabled: boot with psi=1, or for a cgroup write 1 to its cgroup.pressure)"
+	}
+	return ""
+}
+
+// Stall is the share of an interval that tasks spent stalled on memory,
+// from 0 to 1 (reads a few microseconds apart can push it just past 1).
+type Stall struct {
+	Some     float64
+	Full     float64
+	Interval time.Duration
+}
+
+// StallSince is the stall rate between prev and r, two readings of the same
+// domain with prev the earlier.
+func (r Reading) StallSince(prev Reading) (Stall, error) {
+	dt := r.At.Sub(prev.At)
+	if dt <= 0 {
+		return Stall{}, fmt.Errorf("memory: stall rate needs the earlier reading first; got an interval of %v", dt)
+	}
+	if r.Pressure.Some < prev.Pressure.Some || r.Pressure.Full < prev.Pressure.Full {
+		return Stall{}, fmt.Errorf("memory: PSI totals went backwards (some %v -> %v, full %v -> %v): "+
+			"the readings come from different pressure files, or the cgroup was removed and made again; start over from a new reading",
+			prev.Pressure.Some, r.Pressure.Some, prev.Pressure.Full, r.Pressure.Full)
+	}
+	return Stall{
+		Some:     float64(r.Pressure.Some-prev.Pressure.Some) / float64(dt),
+		Full:     float64(r.Pressure.Full-prev.Pressure.Full) / float64(dt),
+		Interval: dt,
+	}, nil
+}

@@ -1,0 +1,134 @@
+package memory
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/procfs"
+)
+
+// Proc is one process's memory at the moment it was sampled.
+type Proc struct {
+	PID int `json:"pid"`
+	// Name is the command name from /proc/PID/status, which callers match to
+	// tell linkers (ld, ld.lld, ld.gold, mold, collect2, lto1, lto-wrapper)
+	// from compilers. The kernel cuts it to 15 bytes, so a long name such as
+	// x86_64-linux-gnu-ld.bfd arrives as "x86_64-linux-gn".
+	Name string `json:"name"`
+	// RSS (VmRSS) and Peak (VmHWM, the largest RSS so far) are in bytes;
+	// zero for kernel threads and zombies, which have no memory.
+	RSS  uint64 `json:"rss"`
+	Peak uint64 `json:"peak"`
+}
+
+// Sampler reads per-process memory from a procfs mount. Processes exit
+// while it reads: those it misses are left out, never reported as errors.
+type Sampler struct {
+	fs procfs.FS
+}
+
+// NewSampler reads from the procfs mounted at root; "" means /proc.
+func NewSampler(root string) (Sampler, error) {
+	if root == "" {
+		root = procfs.DefaultMountPoint
+	}
+	fs, err := procfs.NewFS(root)
+	if err != nil {
+		return Sampler{}, fmt.Errorf("memory: procfs at %s: %w (pass the procfs mount point)", root, err)
+	}
+	return Sampler{fs: fs}, nil
+}
+
+// PIDs samples the given processes, in the order given, leaving out those
+// that no longer exist.
+func (s Sampler) PIDs(pids ...int) ([]Proc, error) {
+	var out []Proc
+	for _, pid := range pids {
+		p, err := s.fs.Proc(pid)
+		if err == nil {
+			var st procfs.ProcStatus
+			if st, err = p.NewStatus(); err == nil {
+				out = append(out, Proc{PID: pid, Name: st.Name, RSS: st.VmRSS, Peak: st.VmHWM})
+				continue
+			}
+		}
+		if !isGone(err) {
+			return nil, fmt.Errorf("memory: sample process %d: %w", pid, err)
+		}
+	}
+	return out, nil
+}
+
+// Tree samples root and all its descendants, root first, then breadth
+// first. It finds children by scanning every process's parent in
+// /proc/PID/stat: /proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN,
+// which not every kernel has (this project's Debian test host lacks it).
+// A process whose parent exits is reparented and drops out of the tree.
+func (s Sampler) Tree(root int) ([]Proc, error) {
+	all, err := s.fs.AllProcs()
+	if err != nil {
+		return nil, fmt.Errorf("memory: list processes: %w", err)
+	}
+	children := map[int][]int{}
+	for _, p := range all {
+		st, err := p.Stat()
+		if err != nil {
+			if isGone(err) {
+				continue
+			}
+			return nil, fmt.Errorf("memory: read parent of process %d: %w", p.PID, err)
+		}
+		children[st.PPID] = append(children[st.PPID], p.PID)
+	}
+	tree := []int{root}
+	for i := 0; i < len(tree); i++ {
+		kids := children[tree[i]]
+		slices.Sort(kids)
+		tree = append(tree, kids...)
+	}
+	return s.PIDs(tree...)
+}
+
+// Cgroup samples every process in the cgroup directory dir and in the
+// groups below it, which its memory accounting includes. Groups removed
+// while it walks are left out; dir itself must exist.
+func (s Sampler) Cgroup(dir string) ([]Proc, error) {
+	pids, err := cgroupPIDs(dir, nil)
+	if err != nil {
+		return nil, fmt.Errorf("memory: processes of cgroup %s: %w (pass a cgroup directory)", dir, err)
+	}
+	slices.Sort(pids)
+	// A process moved between groups mid-walk is listed twice.
+	return s.PIDs(slices.Compact(pids)...)
+}
+
+func cgroupPIDs(dir string, pids []int) ([]int, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return pids, err
+	}
+	for f := range strings.FieldsSeq(string(b)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			return pids, fmt.Errorf("%s/cgroup.procs: %q is not a PID", dir, f)
+		}
+		pids = append(pids, pid)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return pids, err
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		if pids, err = cgroupPIDs(filepath.Join(dir, e.Name()), pids); err != nil && !isGone(err) {
+			return pids, err
+		}
+	}
+	return pids, nil
+}

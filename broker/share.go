@@ -1,0 +1,73 @@
+package broker
+
+import (
+	"math"
+	"sort"
+)
+
+// usage is what one pass observed of a lease, the input to sharing.
+type usage struct {
+	granted int
+	free    int  // tokens in the FIFO now
+	idle    int  // tokens free in this pass and the one before: unused, not between jobs
+	hungry  bool // every token granted is held: the build may want more
+	ending  bool
+}
+
+// shares decides how many tokens each lease should have. allowance is what
+// may be handed out (budget minus the active leases' implicit slots).
+//
+// It is work-conserving and fair: when nobody is hungry and the allowance
+// covers what is granted, nothing moves; otherwise the allowance is
+// water-filled, a lease that is not hungry asking only for the tokens it
+// holds (at least one), so a lone build can use everything and hungry builds converge to
+// equal shares. Ending leases get nothing.
+func shares(allowance int, leases []usage) []int {
+	target := make([]int, len(leases))
+	granted, anyHungry, anyEnding := 0, false, false
+	for i, u := range leases {
+		granted += u.granted
+		anyHungry = anyHungry || (u.hungry && !u.ending)
+		anyEnding = anyEnding || u.ending
+		if !u.ending {
+			target[i] = u.granted
+		}
+	}
+	if !anyHungry && !anyEnding && granted <= allowance {
+		return target
+	}
+
+	demand := make([]int, len(leases))
+	var active []int
+	for i, u := range leases {
+		switch {
+		case u.ending:
+			continue
+		case u.hungry:
+			demand[i] = math.MaxInt
+		default:
+			// An idle lease keeps one token so its clients can show
+			// demand by taking it; stripped to none it would look hungry
+			// and pull tokens back and forth with other idle leases.
+			demand[i] = max(u.granted-u.idle, 1)
+		}
+		active = append(active, i)
+	}
+	// Smallest demand first, so each lease's share of what is left is
+	// known when it is reached; among equals the one holding more goes
+	// last and gets any remainder, which moves fewer tokens.
+	sort.SliceStable(active, func(a, b int) bool {
+		da, db := demand[active[a]], demand[active[b]]
+		if da != db {
+			return da < db
+		}
+		return leases[active[a]].granted < leases[active[b]].granted
+	})
+	remaining := max(allowance, 0)
+	for k, i := range active {
+		share := remaining / (len(active) - k)
+		target[i] = min(demand[i], share)
+		remaining -= target[i]
+	}
+	return target
+}

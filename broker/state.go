@@ -1,0 +1,93 @@
+package broker
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// stateVersion changes when the state file's meaning does; a file of
+// another version is refused rather than misread.
+const stateVersion = 1
+
+// savedState is what a restarted broker needs to re-adopt running builds.
+// The FIFOs themselves hold the free tokens; the state holds what was
+// granted, which the FIFOs cannot tell.
+type savedState struct {
+	Version        int          `json:"version"`
+	OperatorBudget int          `json:"operator_budget,omitempty"`
+	ReclaimedTotal int          `json:"reclaimed_total"`
+	InflatedTotal  int          `json:"inflated_total"`
+	Leases         []savedLease `json:"leases"`
+}
+
+type savedLease struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Created   time.Time `json:"created"`
+	Owner     Owner     `json:"owner"`
+	UID       int       `json:"uid"`
+	GID       int       `json:"gid"`
+	Features  []string  `json:"features,omitempty"`
+	Granted   int       `json:"granted"`
+	Reclaimed int       `json:"reclaimed"`
+	Inflated  int       `json:"inflated"`
+	Admitted  bool      `json:"admitted"`
+	Ending    bool      `json:"ending,omitempty"`
+	EndReason string    `json:"end_reason,omitempty"`
+}
+
+func statePath(dir string) string { return filepath.Join(dir, "state.json") }
+
+func loadState(dir string) (savedState, error) {
+	path := statePath(dir)
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return savedState{Version: stateVersion}, nil
+	}
+	if err != nil {
+		return savedState{}, fmt.Errorf("read state %s: %w", path, err)
+	}
+	var s savedState
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return savedState{}, fmt.Errorf("read state %s: %w; move it aside to start without the leases it records", path, err)
+	}
+	if s.Version != stateVersion {
+		return savedState{}, fmt.Errorf("read state %s: version %d, this tokend reads version %d; move it aside to start without the leases it records", path, s.Version, stateVersion)
+	}
+	return s, nil
+}
+
+// saveState replaces the state file atomically: a crash leaves the old file
+// or the new one, never a torn one.
+func saveState(dir string, s savedState) error {
+	raw, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	path := statePath(dir)
+	tmp, err := os.CreateTemp(dir, ".state-*.json")
+	if err != nil {
+		return fmt.Errorf("write state %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(raw, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write state %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write state %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write state %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write state %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/jobserver"
+)
+
+// runCommand runs a command under a lease and returns its exit status. If
+// tokend cannot give a lease, the command runs unchanged: the broker being
+// down must never fail a build.
+func runCommand(c *broker.Client, args []string) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	name := fs.String("name", "", "lease name shown in status (default: the command's name)")
+	styleFlag := fs.String("style", "auto", "jobserver style: fifo (make >= 4.4, ninja, cargo), pipe (make 4.3, gcc 12), or auto")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	argv := fs.Args()
+	if len(argv) == 0 {
+		fmt.Fprintln(os.Stderr, "tokenctl run: no command given; usage: tokenctl run [--name N] [--style auto|fifo|pipe] -- CMD ARGS...")
+		return 2
+	}
+	if *name == "" {
+		*name = filepath.Base(argv[0])
+	}
+	style, err := chooseStyle(*styleFlag, argv[0])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tokenctl run:", err)
+		return 2
+	}
+
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	lease, err := c.Register(ctx, broker.RegisterRequest{Name: *name, OwnerPID: os.Getpid(), Wait: true})
+	cancel()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tokenctl: %v; running %s without a lease\n", err, argv[0])
+		return wait(cmd)
+	}
+	if err := awaitAdmission(c, lease.ID); err != nil {
+		fmt.Fprintf(os.Stderr, "tokenctl: %v; running %s without a lease\n", err, argv[0])
+		return wait(cmd)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		if err := c.End(ctx, lease.ID); err != nil {
+			fmt.Fprintf(os.Stderr, "tokenctl: ending lease %s: %v (tokend ends it when it sees this process gone)\n", lease.ID, err)
+		}
+	}()
+	auth := jobserver.FIFOAuth(lease.FIFO)
+	if style == jobserver.StylePipe {
+		// make 4.3 and gcc 12 know only inherited descriptors. A fresh
+		// open gives this command its own file description, so the
+		// O_NONBLOCK make 4.3 sets on it touches nobody else.
+		f, err := os.OpenFile(lease.FIFO, os.O_RDWR, 0)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "tokenctl: open lease fifo: %v; running %s without a lease\n", err, argv[0])
+			return wait(cmd)
+		}
+		cmd.ExtraFiles = []*os.File{f, f}
+		auth = jobserver.PipeAuth(3, 4)
+	}
+	env := os.Environ()
+	env = setEnv(env, "MAKEFLAGS", jobserver.WithAuth(os.Getenv("MAKEFLAGS"), auth))
+	env = setEnv(env, "CARGO_MAKEFLAGS", jobserver.WithAuth(os.Getenv("CARGO_MAKEFLAGS"), auth))
+	cmd.Env = env
+	return wait(cmd)
+}
+
+// awaitAdmission waits until the lease may start its first job, saying
+// once on stderr when that takes a while.
+func awaitAdmission(c *broker.Client, id string) error {
+	const poll = 50 * time.Millisecond
+	start := time.Now()
+	told := false
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		l, err := c.Lease(ctx, id)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("waiting for admission: %w", err)
+		}
+		if l.Admitted {
+			return nil
+		}
+		if !told && time.Since(start) > time.Second {
+			fmt.Fprintln(os.Stderr, "tokenctl: waiting for a job slot; the host's budget is in use (tokenctl status)")
+			told = true
+		}
+		time.Sleep(poll)
+	}
+}
+
+// wait starts cmd, forwards the signals that would end tokenctl to it, and
+// returns its exit status the way a shell reports it.
+func wait(cmd *exec.Cmd) int {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "tokenctl run:", err)
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return 127
+		}
+		return 126
+	}
+	for _, f := range cmd.ExtraFiles {
+		f.Close() // the child has its copies; ours would keep the fifo held
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	for {
+		select {
+		case sig := <-sigs:
+			cmd.Process.Signal(sig)
+		case err := <-done:
+			return exitStatus(cmd, err)
+		}
+	}
+}
+
+func exitStatus(cmd *exec.Cmd, err error) int {
+	if err == nil {
+		return 0
+	}
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	if cmd.ProcessState != nil {
+		return cmd.ProcessState.ExitCode()
+	}
+	fmt.Fprintln(os.Stderr, "tokenctl run:", err)
+	return 1
+}
+
+var makeVersion = regexp.MustCompile(`GNU Make (\d+)\.(\d+)`)
+
+// chooseStyle picks the jobserver style for the command. auto gives the fd
+// style to a GNU make older than 4.4, which stops on a fifo: auth, and the
+// fifo style to everything else (ninja reads nothing else).
+func chooseStyle(flagValue, command string) (jobserver.Style, error) {
+	if flagValue != "auto" {
+		return jobserver.ParseStyle(flagValue)
+	}
+	switch filepath.Base(command) {
+	case "make", "gmake":
+	default:
+		return jobserver.StyleFIFO, nil
+	}
+	out, err := exec.Command(command, "--version").Output()
+	if err != nil {
+		return jobserver.StyleFIFO, nil // the run itself will report a missing command
+	}
+	m := makeVersion.FindStringSubmatch(string(out))
+	if m == nil {
+		return jobserver.StyleFIFO, nil
+	}
+	major, _ := strconv.Atoi(m[1])
+	minor, _ := strconv.Atoi(m[2])
+	if major < 4 || (major == 4 && minor < 4) {
+		return jobserver.StylePipe, nil
+	}
+	return jobserver.StyleFIFO, nil
+}
+
+func setEnv(env []string, key, value string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		if len(kv) > len(key) && kv[:len(key)+1] == key+"=" {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return append(out, key+"="+value)
+}

@@ -1,0 +1,198 @@
+# NixOS module: services.tokend, the host-wide jobserver broker, wired into
+# Nix through its pre-build-hook.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.services.tokend;
+  settingsFormat = pkgs.formats.toml { };
+  configFile = "/etc/tokend/config.toml";
+  inherit (lib)
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkOption
+    literalExpression
+    types
+    ;
+in
+{
+  options.services.tokend = {
+    enable = mkEnableOption "tokend, the host-wide GNU make jobserver broker";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.tokend;
+      defaultText = literalExpression "pkgs.tokend";
+      description = "The tokend package (tokend, tokenctl and tokend-nix-hook).";
+    };
+
+    settings = mkOption {
+      description = ''
+        tokend's configuration, written as TOML to ${configFile}.
+        A change reloads the daemon (SIGHUP); runtime_dir and lease_group
+        take effect at the next restart.
+      '';
+      default = { };
+      example = {
+        tokens = 16;
+        log_level = "debug";
+      };
+      type = types.submodule {
+        freeformType = settingsFormat.type;
+        options = {
+          runtime_dir = mkOption {
+            type = types.str;
+            default = "/run/tokend";
+            description = "Directory for the socket, the state file and the FIFOs.";
+          };
+          tokens = mkOption {
+            type = types.ints.between 0 65535;
+            default = 0;
+            description = "Fixed job budget; 0 lets tokend choose it.";
+          };
+          lease_group = mkOption {
+            type = types.str;
+            default = if cfg.group == null then "" else cfg.group;
+            defaultText = literalExpression ''if group == null then "" else group'';
+            description = "Group whose members may register leases (tokenctl run); empty: root only.";
+          };
+          log_level = mkOption {
+            type = types.enum [
+              "trace"
+              "debug"
+              "info"
+              "warn"
+              "error"
+            ];
+            default = "info";
+            description = "Log level.";
+          };
+        };
+      };
+    };
+
+    group = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "jobserver";
+      description = ''
+        If set, this group is created and its members may ask tokend for job
+        tokens outside Nix (tokenctl run): it becomes settings.lease_group.
+      '';
+    };
+
+    nixPreBuildHook = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Set nix.settings.pre-build-hook to tokend-nix-hook, which gives every
+        sandboxed build its own jobserver FIFO at /run/tokend/jobserver.fifo.
+        Builds join it only through the setup hook (pkgs.withJobserver, or
+        the jobserverEverywhere overlay).
+      '';
+    };
+
+    useCgroups = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Run each Nix build in its own cgroup (experimental feature cgroups,
+        use-cgroups = true; Nix >= 2.12), so tokend can see and limit each
+        build's memory.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = !cfg.useCgroups || lib.versionAtLeast (config.nix.package.version or "0") "2.12";
+          message = "services.tokend.useCgroups needs Nix >= 2.12 (use-cgroups).";
+        }
+      ];
+      warnings = lib.optional (cfg.nixPreBuildHook && (config.nix.package.pname or "") == "lix") ''
+        services.tokend: Lix >= 2.93 runs the pre-build-hook but ignores its
+        extra-sandbox-paths, so builds will not see tokend's FIFO.
+      '';
+
+      nixpkgs.overlays = [ (import ./overlay.nix) ];
+
+      environment.systemPackages = [ cfg.package ];
+      environment.etc."tokend/config.toml".source = settingsFormat.generate "tokend.toml" cfg.settings;
+
+      users.groups = mkIf (cfg.group != null) { ${cfg.group} = { }; };
+
+      systemd.services.tokend = {
+        description = "tokend jobserver broker";
+        documentation = [ "https://github.com/tokend/tokend" ];
+        wantedBy = [ "multi-user.target" ];
+        # Nix builds ask it for FIFOs through the pre-build-hook.
+        before = [ "nix-daemon.service" ];
+        # tokend rereads its configuration on SIGHUP.
+        reloadTriggers = [ config.environment.etc."tokend/config.toml".source ];
+        serviceConfig = {
+          Type = "notify";
+          ExecStart = "${cfg.package}/bin/tokend --config ${configFile}";
+          ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+          Restart = "on-failure";
+          RestartSec = 1;
+          RuntimeDirectory = "tokend";
+          # Running builds keep their FIFOs across a restart.
+          RuntimeDirectoryPreserve = "restart";
+          RuntimeDirectoryMode = if cfg.group == null then "0755" else "0750";
+          Group = mkIf (cfg.group != null) cfg.group;
+          UMask = "0022";
+
+          # Hardening. tokend runs as root: it creates FIFOs owned by each
+          # build's group, and reads and writes the cgroups of Nix builds, so
+          # the cgroup tree stays writable (ProtectControlGroups = false;
+          # ProtectKernelTunables leaves /sys/fs/cgroup to it) and /proc
+          # stays whole (pressure, meminfo, other users' processes).
+          ProtectSystem = "strict";
+          ReadWritePaths = [ "/sys/fs/cgroup" ];
+          ProtectControlGroups = false;
+          ProtectKernelTunables = true;
+          ProtectHome = true;
+          PrivateTmp = true;
+          PrivateDevices = true;
+          PrivateNetwork = true;
+          NoNewPrivileges = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectClock = true;
+          ProtectHostname = true;
+          RestrictAddressFamilies = [ "AF_UNIX" ];
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          RestrictSUIDSGID = true;
+          LockPersonality = true;
+          MemoryDenyWriteExecute = true;
+          SystemCallArchitectures = "native";
+          SystemCallFilter = [ "@system-service" ];
+          CapabilityBoundingSet = [
+            "CAP_CHOWN"
+            "CAP_FOWNER"
+            "CAP_DAC_OVERRIDE"
+            "CAP_DAC_READ_SEARCH"
+            "CAP_KILL"
+            "CAP_SYS_PTRACE"
+          ];
+        };
+      };
+    }
+
+    (mkIf cfg.nixPreBuildHook {
+      nix.settings.pre-build-hook = "${cfg.package}/bin/tokend-nix-hook";
+    })
+
+    (mkIf cfg.useCgroups {
+      nix.settings.experimental-features = [ "cgroups" ];
+      nix.settings.use-cgroups = true;
+    })
+  ]);
+}

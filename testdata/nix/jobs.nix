@@ -1,0 +1,44 @@
+# Test derivations for testdata/nix/sandbox-build.sh: plain derivations, no
+# nixpkgs. The builder (builder.sh, run by the host's bash mounted at /bin/bash)
+# sources the jobserver setup hook the way stdenv would, then runs a parallel
+# make build and a ninja build of `jobs` jobs each. Every job appends
+# "S <µs> <id>" and "E <µs> <id>" to $out/make.log or $out/ninja.log.
+#
+# The sandbox must provide (through sandbox-paths): /bin/sh and /bin/busybox
+# (busybox), /bin/bash, /tools/make (GNU make >= 4.4), /tools/ninja
+# (ninja >= 1.13) and the libraries they need.
+{
+  # Anything unique per run, so Nix really builds again.
+  nonce,
+  # Derivation names are "<name>-<i>", i = 1..builds.
+  name ? "tokend-jobserver-test",
+  builds ? 1,
+  jobs ? 6,
+  # Seconds each job sleeps (a string: busybox sleep takes fractions).
+  sleep ? "0.5",
+  # stdenv's enableParallelBuilding.
+  parallel ? true,
+  setupHook ? ../../nix/setup-hook.sh,
+  system ? builtins.currentSystem,
+}:
+
+let
+  one =
+    i:
+    derivation {
+      name = "${name}-${toString i}";
+      pname = name;
+      version = toString i;
+      inherit
+        system
+        nonce
+        jobs
+        sleep
+        setupHook
+        ;
+      builder = "/bin/bash";
+      args = [ ./builder.sh ];
+      enableParallelBuilding = parallel;
+    };
+in
+builtins.genList (i: one (i + 1)) builds

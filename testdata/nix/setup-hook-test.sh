@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Tests nix/setup-hook.sh in isolation: each case sources it in a subshell
+# under `set -eu` (as stdenv runs), with or without a FIFO, and checks
+# MAKEFLAGS, CARGO_MAKEFLAGS and the arguments make/ninja really receive
+# (fake make and ninja on PATH print them).
+# usage: bash testdata/nix/setup-hook-test.sh [path/to/setup-hook.sh]
+set -uo pipefail
+# The cases are bash source in single quotes, expanded by the inner bash.
+# shellcheck disable=SC2016
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+hook=${1:-$here/../../nix/setup-hook.sh}
+hook=$(cd "$(dirname "$hook")" && pwd)/$(basename "$hook")
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+mkdir -p "$tmp/bin"
+for t in make ninja; do
+  cat >"$tmp/bin/$t" <<'EOF'
+#!/bin/sh
+printf '%s args=[%s] MAKEFLAGS=[%s] CARGO_MAKEFLAGS=[%s]\n' "$(basename "$0")" "$*" "${MAKEFLAGS-<unset>}" "${CARGO_MAKEFLAGS-<unset>}"
+EOF
+  chmod +x "$tmp/bin/$t"
+done
+mkfifo "$tmp/fifo"
+: >"$tmp/plain-file"
+fifo=$tmp/fifo
+auth="--jobserver-auth=fifo:$fifo"
+
+passed=0 failed=0
+# check NAME EXPECTED SCRIPT: runs SCRIPT after sourcing the hook in a fresh
+# bash (stdenv's set -eu), compares its stdout with EXPECTED.
+check() {
+  local name=$1 want=$2 script=$3 got
+  got=$(env -i PATH="$tmp/bin:/usr/bin:/bin" HOOK="$hook" FIFO="$fifo" TMP="$tmp" bash -c '
+set -eu
+set -o pipefail
+runHook() {
+  local hooksSlice="${1%Hook}Hooks[@]" h
+  for h in ${!hooksSlice+"${!hooksSlice}"}; do "$h"; done
+}
+nHooks() { local s="${1}[@]"; set -- ${!s+"${!s}"}; echo $#; }
+'"$script" 2>"$tmp/stderr")
+  if [ "$got" = "$want" ]; then
+    passed=$((passed + 1))
+    echo "ok - $name"
+  else
+    failed=$((failed + 1))
+    echo "FAIL - $name"
+    echo "  want: $want"
+    echo "  got:  $got"
+    sed 's/^/  stderr: /' "$tmp/stderr"
+  fi
+}
+
+check "no FIFO: nothing defined, MAKEFLAGS untouched" \
+  "function:none hooks:0 MAKEFLAGS=[-j4 -k]" '
+export MAKEFLAGS="-j4 -k" NIX_BUILD_CORES=8 enableParallelBuilding=1
+tokendJobserverFifo=$TMP/missing
+source "$HOOK"
+runHook preBuild
+echo "function:$(declare -F make || echo none) hooks:$(nHooks preBuildHooks) MAKEFLAGS=[$MAKEFLAGS]"'
+
+check "default path /run/tokend/jobserver.fifo absent: nothing changes" \
+  "none 0 <unset>" '
+export NIX_BUILD_CORES=8 enableParallelBuilding=1
+source "$HOOK"
+runHook preBuild
+echo "$(declare -F ninja || echo none) $(nHooks preBuildHooks) ${MAKEFLAGS-<unset>}"'
+
+check "a regular file is not a jobserver" "none" '
+tokendJobserverFifo=$TMP/plain-file
+source "$HOOK"
+declare -F make || echo none'
+
+check "dontUseTokendJobserver opts out" "none" '
+tokendJobserverFifo=$FIFO dontUseTokendJobserver=1
+source "$HOOK"
+declare -F make || echo none'
+
+check "parallel build: MAKEFLAGS and CARGO_MAKEFLAGS get the FIFO, user flags kept, -j and old auth dropped" \
+  "MAKEFLAGS=[-k --no-print-directory $auth -- CC=gcc\\ -O2] CARGO_MAKEFLAGS=[-k --no-print-directory $auth -- CC=gcc\\ -O2]" '
+export MAKEFLAGS="-k -j4 --no-print-directory -j 3 --jobs=5 --jobserver-auth=3,4 --jobserver-fds=5,6 -- CC=gcc\\ -O2"
+export NIX_BUILD_CORES=8 enableParallelBuilding=1
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+runHook preBuild >/dev/null
+echo "MAKEFLAGS=[$MAKEFLAGS] CARGO_MAKEFLAGS=[$CARGO_MAKEFLAGS]"'
+
+check "exported to child processes" "[$auth] [$auth]" '
+export NIX_BUILD_CORES=8 enableParallelBuilding=1
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+runHook preBuild >/dev/null
+sh -c '\''echo "[$MAKEFLAGS] [$CARGO_MAKEFLAGS]"'\'''
+
+check "not parallel: MAKEFLAGS untouched" "[-k] <unset>" '
+export MAKEFLAGS=-k NIX_BUILD_CORES=8
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+runHook preBuild
+echo "[$MAKEFLAGS] ${CARGO_MAKEFLAGS-<unset>}"'
+
+check "enableParallelBuilding empty: not parallel" "<unset>" '
+export NIX_BUILD_CORES=8 enableParallelBuilding=
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+runHook preBuild
+echo "${MAKEFLAGS-<unset>}"'
+
+check "stdenv make call: -j\$NIX_BUILD_CORES dropped, jobserver passed" \
+  "make args=[SHELL=/bin/bash all] MAKEFLAGS=[$auth] CARGO_MAKEFLAGS=[$auth]" '
+export NIX_BUILD_CORES=8 enableParallelBuilding=1
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+runHook preBuild >/dev/null
+flagsArray=(${enableParallelBuilding:+-j${NIX_BUILD_CORES}} SHELL=/bin/bash)
+make "${flagsArray[@]}" all'
+
+check "old stdenv call: -j8 -l8 dropped" "make args=[-f GNUmakefile] MAKEFLAGS=[$auth] CARGO_MAKEFLAGS=[$auth]" '
+export NIX_BUILD_CORES=8 enableParallelBuilding=1
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+make -f GNUmakefile -j8 -l8'
+
+check "split -j 8 and --jobs=8 dropped" "make args=[a] MAKEFLAGS=[$auth] CARGO_MAKEFLAGS=[$auth]
+make args=[b] MAKEFLAGS=[$auth] CARGO_MAKEFLAGS=[$auth]" '
+export NIX_BUILD_CORES=8
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+make -j 8 a
+make --jobs=8 b'
+
+check "ninja hook call: -j\$NIX_BUILD_CORES dropped, works with TERM=dumb prefix" \
+  "ninja args=[-C build] MAKEFLAGS=[-s $auth] CARGO_MAKEFLAGS=[-s $auth]" '
+export MAKEFLAGS=-s NIX_BUILD_CORES=8
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+buildCores=1
+if [ "${enableParallelBuilding-1}" ]; then buildCores=$NIX_BUILD_CORES; fi
+TERM=dumb ninja -j$buildCores -C build'
+
+check "serial ninja call (-j1) untouched" "ninja args=[-j1] MAKEFLAGS=[<unset>] CARGO_MAKEFLAGS=[<unset>]" '
+export NIX_BUILD_CORES=8 enableParallelBuilding=
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+buildCores=1
+if [ "${enableParallelBuilding-1}" ]; then buildCores=$NIX_BUILD_CORES; fi
+ninja -j$buildCores'
+
+check "a package's own -j1 is kept" "make args=[-j1 check] MAKEFLAGS=[-k] CARGO_MAKEFLAGS=[<unset>]" '
+export MAKEFLAGS=-k NIX_BUILD_CORES=8 enableParallelBuilding=1
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+runHook preBuild >/dev/null
+make -j1 check'
+
+check "serial phase after export (no -j): run with the flags from before the hook" \
+  "make args=[install] MAKEFLAGS=[-k] CARGO_MAKEFLAGS=[<unset>]
+after: MAKEFLAGS=[-k $auth]" '
+export MAKEFLAGS=-k NIX_BUILD_CORES=8 enableParallelBuilding=1
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+runHook preBuild >/dev/null
+make install
+echo "after: MAKEFLAGS=[$MAKEFLAGS]"'
+
+check "NIX_BUILD_CORES=1: -j1 is left alone" "make args=[-j1] MAKEFLAGS=[<unset>] CARGO_MAKEFLAGS=[<unset>]" '
+export NIX_BUILD_CORES=1
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+make -j1'
+
+check "sourced twice: one preBuild hook" "1" '
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+source "$HOOK"
+nHooks preBuildHooks'
+
+check "FIFO gone after sourcing: tools run as given" "make args=[-j8] MAKEFLAGS=[<unset>] CARGO_MAKEFLAGS=[<unset>]" '
+export NIX_BUILD_CORES=8
+mkfifo "$TMP/gone"
+tokendJobserverFifo=$TMP/gone
+source "$HOOK"
+rm "$TMP/gone"
+make -j8'
+
+check "exit status of the tool is kept" "rc=3" '
+export NIX_BUILD_CORES=8
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+printf "#!/bin/sh\nexit 3\n" >"$TMP/bin/failing"; chmod +x "$TMP/bin/failing"
+rc=0; tokendJobserverRun failing -j8 || rc=$?
+echo "rc=$rc"'
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
