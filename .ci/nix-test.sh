@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# End-to-end test of tokend's Nix side, with testdata/nix/fake-hook.sh standing
-# in for the Go pre-build-hook:
+# End-to-end test of tokend's Nix side:
 #  * every .nix file parses (nix-instantiate --parse, each Nix version);
 #  * nix/setup-hook.sh in isolation (testdata/nix/setup-hook-test.sh);
 #  * nix/overlay.nix and nix/module.nix evaluated against stubs
 #    (testdata/nix/eval-test.nix);
 #  * the flake's vendorHash matches `go mod vendor`;
 #  * real sandboxed builds (testdata/nix/sandbox-build.sh) on Debian's Nix 2.8
-#    and sid's Nix 2.34: with N tokens, make 4.4 and ninja 1.13 inside the
-#    sandbox reach exactly N+1 jobs and every token is back afterwards; three
-#    builds at once; a hook that prints nothing leaves builds unbounded; a
-#    derivation without enableParallelBuilding stays serial.
+#    and sid's Nix 2.34, each running make 4.4 and ninja 1.13:
+#    - with the stand-in hook (testdata/nix/fake-hook.sh), which needs no
+#      tokend: N tokens give exactly N+1 jobs and every token comes back; a
+#      derivation without enableParallelBuilding stays serial;
+#    - with the real tokend, tokenctl and tokend-nix-hook: three builds at
+#      once stay within tokend's budget together, each above one job, their
+#      leases are named after the derivations, and afterwards no lease is
+#      left and no token is missing; with tokend stopped the same builds run
+#      unbounded and the hook says nothing; with tokend killed (SIGKILL)
+#      mid-build they complete, and the next build runs without the
+#      jobserver, the hook saying why on one line.
 # Prints PASS/FAIL lines and ends with "N passed, N failed"; exits non-zero on
 # any failure. Under CI=true a missing tool is a failure, never a skip.
 # TOKEND_UPDATE_VENDOR_HASH=1 rewrites a stale vendorHash in nix/overlay.nix.
@@ -43,11 +49,14 @@ t0=$(date +%s)
 
 work=$(mktemp -d /tmp/tokend-nix-test.XXXXXX)
 states=()
+tokend_pid='' sampler_pid=''
 cleanup() {
   local s
   for s in ${states[@]+"${states[@]}"}; do
     bash testdata/nix/fake-hook.sh --cleanup "$s" 2>/dev/null || true
   done
+  if [ -n "$sampler_pid" ]; then kill "$sampler_pid" 2>/dev/null; wait "$sampler_pid" 2>/dev/null; fi
+  if [ -n "$tokend_pid" ]; then kill "$tokend_pid" 2>/dev/null; wait "$tokend_pid" 2>/dev/null; fi
   if [ "$failed" = 0 ] && [ -z "${TOKEND_NIX_TEST_KEEP:-}" ]; then
     rm -rf "$work"
   fi
@@ -160,27 +169,132 @@ vendor_check() {
 }
 if [ ${#nixes[@]} -gt 0 ]; then vendor_check "${nixes[${#nixes[@]} - 1]}"; fi
 
+# --- the real tokend, tokenctl and tokend-nix-hook ---------------------------
+bin=$work/bin
+step=$(date +%s)
+if ! command -v go >/dev/null; then
+  missing "build tokend, tokenctl, tokend-nix-hook" "no go"
+  bin=
+elif go build -o "$bin/" ./cmd/tokend ./cmd/tokenctl ./cmd/tokend-nix-hook >"$work/go-build.log" 2>&1; then
+  pass "build: tokend, tokenctl and tokend-nix-hook ($(($(date +%s) - step)) s)"
+else
+  fail "build tokend, tokenctl, tokend-nix-hook" "$(tail -5 "$work/go-build.log")"
+  bin=
+fi
+if [ -n "$bin" ] && ! command -v python3 >/dev/null; then
+  missing "python3" "reads tokenctl status --json"
+  bin=
+fi
+
+# The broker's budget for three builds of 8 jobs each, which would run 24
+# jobs at once unbounded.
+budget=6
+# tokend_start RUNTIME_DIR: runs tokend in the background with that runtime
+# directory and waits until it answers; sock is its socket.
+tokend_start() {
+  sock=$1/tokend.sock
+  "$bin/tokend" --tokens "$budget" --runtime-dir "$1" --log-level debug >>"$work/tokend.log" 2>&1 &
+  tokend_pid=$!
+  local _
+  for _ in $(seq 100); do
+    "$bin/tokenctl" --socket "$sock" status >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  return 1
+}
+tokend_stop() { # $1: signal
+  kill -"$1" "$tokend_pid"
+  wait "$tokend_pid" 2>/dev/null
+  tokend_pid=
+}
+# Samples tokenctl status --json into $1 every 100 ms until sampler_stop.
+sampler_start() {
+  (while :; do "$bin/tokenctl" --socket "$sock" status --json >>"$1" 2>/dev/null; sleep 0.1; done) &
+  sampler_pid=$!
+}
+sampler_stop() {
+  kill "$sampler_pid"
+  wait "$sampler_pid" 2>/dev/null
+  sampler_pid=
+}
+# leases_seen SAMPLES NAME BUILDS: every lease the samples show; succeeds if
+# BUILDS leases named NAME with features [big-parallel] were seen, one owned
+# by the sandbox of each derivation NAME-1 ... NAME-BUILDS.
+leases_seen() {
+  python3 - "$@" <<'EOF'
+import json, re, sys
+path, name, builds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+data, dec, i, leases, samples = open(path).read(), json.JSONDecoder(), 0, {}, 0
+while True:
+    while i < len(data) and data[i].isspace():
+        i += 1
+    if i == len(data):
+        break
+    st, i = dec.raw_decode(data, i)
+    samples += 1
+    for l in st["leases"]:
+        leases[l["id"]] = l
+mine = [l for l in leases.values() if l["name"] == name and l.get("features") == ["big-parallel"]]
+builds_seen = sorted(m.group(1) for l in mine if (m := re.search(r"-%s-(\d+)\.drv\.chroot(/root)?$" % re.escape(name), l["owner"]["dir"])))
+print("%d samples: %d leases, %d named %s with features [big-parallel], owned by the sandboxes of builds %s"
+      % (samples, len(leases), len(mine), name, ",".join(builds_seen) or "none"))
+sys.exit(0 if len(leases) == builds and builds_seen == [str(b) for b in range(1, builds + 1)] else 1)
+EOF
+}
+# settled: waits up to 10 s for the sandboxes to go and tokend to end their
+# leases; succeeds if then no lease is left, no token granted, none
+# reclaimed (lost by a build) and the accounting never broke.
+settled() {
+  local _ out
+  for _ in $(seq 50); do
+    out=$("$bin/tokenctl" --socket "$sock" status --json 2>&1 | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print("leases=%d granted=%d reclaimed_total=%d invariant_violations=%d" % (len(s["leases"]), s["granted"], s["reclaimed_total"], s["invariant_violations"]))
+sys.exit(0 if not s["leases"] and s["granted"] == 0 and s["reclaimed_total"] == 0 and s["invariant_violations"] == 0 else 1)
+') && { echo "$out"; return 0; }
+    sleep 0.2
+  done
+  echo "$out"
+  return 1
+}
+hook_lines() { grep -c '^tokend-nix-hook:' "$work/$1/nix-build.log"; } # $1 label
+
 # --- real sandboxed builds ---------------------------------------------------
 fifo_path=/run/tokend/jobserver.fifo
-# sandbox NIXBIN LABEL TOKENS MODE BUILDS [harness args...]: runs the harness
-# with the fake hook; leaves the summary in $sum and the FIFO report in $rep.
+# sandbox NIXBIN LABEL TOKENS BUILDS [harness args...]: runs the harness with
+# the fake hook; leaves the summary in $sum and the FIFO report in $rep.
 sandbox() {
-  local nb=$1 label=$2 tokens=$3 mode=$4 builds=$5
-  shift 5
+  local nb=$1 label=$2 tokens=$3 builds=$4
+  shift 4
   local state=$work/state-$label
   mkdir -p "$state"
   states+=("$state")
   sum=$work/$label.summary rep=$work/$label.fifos
   local step rc=0
   step=$(date +%s%N)
-  TOKEND_FAKE_HOOK_STATE=$state TOKEND_FAKE_HOOK_TOKENS=$tokens TOKEND_FAKE_HOOK_MODE=$mode \
+  TOKEND_FAKE_HOOK_STATE=$state TOKEND_FAKE_HOOK_TOKENS=$tokens \
     bash testdata/nix/sandbox-build.sh --nix-bin "$nb" --hook "$repo/testdata/nix/fake-hook.sh" \
     --tools "$tools" --work "$work/$label" --builds "$builds" --name "tokend-$label" "$@" \
     >"$sum" 2>"$work/$label.err" || rc=$?
   elapsed=$((($(date +%s%N) - step) / 1000000))
   bash testdata/nix/fake-hook.sh --report "$state" >"$rep"
   bash testdata/nix/fake-hook.sh --cleanup "$state"
-  hook_calls=$(wc -l <"$state/calls.log" 2>/dev/null || echo 0)
+  return $rc
+}
+# real NIXBIN LABEL BUILDS [harness args...]: runs the harness with the real
+# tokend-nix-hook and TOKEND_SOCKET=$sock (nix-build runs the build itself, no
+# daemon, so the hook gets its environment); leaves the summary in $sum.
+real() {
+  local nb=$1 label=$2 builds=$3
+  shift 3
+  sum=$work/$label.summary
+  local step rc=0
+  step=$(date +%s%N)
+  TOKEND_SOCKET=$sock bash testdata/nix/sandbox-build.sh --nix-bin "$nb" --hook "$bin/tokend-nix-hook" \
+    --tools "$tools" --work "$work/$label" --builds "$builds" --name "tokend-$label" "$@" \
+    >"$sum" 2>"$work/$label.err" || rc=$?
+  elapsed=$((($(date +%s%N) - step) / 1000000))
   return $rc
 }
 # field KEY: that key's values across the BUILD lines, one per line
@@ -190,61 +304,37 @@ all_eq() { # KEY WANT: every build's KEY is WANT
   v=$(field "$1" | sort -u)
   [ "$v" = "$2" ] || { why="$1=$(echo "$v" | tr '\n' ' ')(want $2)"; return 1; }
 }
+all_gt() { # KEY MIN: every build's KEY is above MIN
+  local v
+  for v in $(field "$1"); do
+    [ "$v" -gt "$2" ] || { why="$1=$(field "$1" | tr '\n' ' ')(want all > $2)"; return 1; }
+  done
+}
+summary_val() { sed -n "s/^$1=//p" "$sum"; }
 
 if [ -n "$tools" ]; then
   for nb in ${nixes[@]+"${nixes[@]}"}; do
     ver=$(nix_version "$nb")
     v=nix${ver//./}
 
-    for n in 2 4; do
-      name="Nix $ver: N=$n tokens, one build"
-      why=
-      if sandbox "$nb" "$v-n$n" "$n" fifo 1; then
-        if all_eq make_max $((n + 1)) && all_eq ninja_max $((n + 1)) && all_eq make_jobs 6 && all_eq ninja_jobs 6 \
-          && all_eq make_auth "fifo:$fifo_path" && all_eq ninja_jobserver yes && all_eq fifo_present yes \
-          && [ "$(grep -c "tokens=$n available=$n " "$rep")" = 1 ] || { why="${why:-tokens not all back: $(cat "$rep")}"; false; }; then
-          pass "$name: make and ninja reach $((n + 1)) jobs, $n tokens back in the FIFO (${elapsed} ms)"
-        else
-          fail "$name" "$why; $(grep ^BUILD "$sum")"
-        fi
-      else
-        fail "$name" "harness failed: $(tail -5 "$work/$v-n$n.err")"
-      fi
-    done
-
-    name="Nix $ver: three builds at once, N=2 each"
+    # --- with the stand-in hook: the sandbox side alone ---
+    name="Nix $ver, stand-in hook: N=2 tokens, one build"
     why=
-    if sandbox "$nb" "$v-three" 2 fifo 3; then
-      overlap=$(sed -n 's/^BUILDS_OVERLAP=//p' "$sum")
-      if [ "$(grep -c '^BUILD ' "$sum")" = 3 ] && all_eq make_max 3 && all_eq ninja_max 3 && all_eq make_jobs 6 \
-        && all_eq ninja_jobs 6 && all_eq make_auth "fifo:$fifo_path" \
-        && { [ "$overlap" = 3 ] || { why="builds did not overlap (BUILDS_OVERLAP=$overlap)"; false; }; } \
-        && { [ "$(grep -c 'tokens=2 available=2 ' "$rep")" = 3 ] || { why="tokens not all back: $(cat "$rep")"; false; }; }; then
-        pass "$name: each reaches 3 jobs, 3 builds overlapped, all tokens back (${elapsed} ms)"
+    if sandbox "$nb" "$v-n2" 2 1; then
+      if all_eq make_max 3 && all_eq ninja_max 3 && all_eq make_jobs 6 && all_eq ninja_jobs 6 \
+        && all_eq make_auth "fifo:$fifo_path" && all_eq ninja_jobserver yes && all_eq fifo_present yes \
+        && { [ "$(grep -c "tokens=2 available=2 " "$rep")" = 1 ] || { why="tokens not all back: $(cat "$rep")"; false; }; }; then
+        pass "$name: make and ninja reach 3 jobs, 2 tokens back in the FIFO (${elapsed} ms)"
       else
         fail "$name" "$why; $(grep ^BUILD "$sum")"
       fi
     else
-      fail "$name" "harness failed: $(tail -5 "$work/$v-three.err")"
+      fail "$name" "harness failed: $(tail -5 "$work/$v-n2.err")"
     fi
 
-    name="Nix $ver: hook prints nothing"
+    name="Nix $ver, stand-in hook: FIFO present, enableParallelBuilding off"
     why=
-    if sandbox "$nb" "$v-empty" 2 empty 1; then
-      if [ "$hook_calls" = 1 ] && all_eq fifo_present no && all_eq make_max 6 && all_eq ninja_max 6 \
-        && all_eq make_jobs 6 && all_eq ninja_jobs 6 && all_eq ninja_jobserver no \
-        && ! grep -q "fifo:$fifo_path" "$sum"; then
-        pass "$name: hook ran, build succeeded unbounded (make and ninja 6 of 6 jobs at once) (${elapsed} ms)"
-      else
-        fail "$name" "${why:-hook calls $hook_calls}; $(grep ^BUILD "$sum")"
-      fi
-    else
-      fail "$name" "harness failed: $(tail -5 "$work/$v-empty.err")"
-    fi
-
-    name="Nix $ver: FIFO present, enableParallelBuilding off"
-    why=
-    if sandbox "$nb" "$v-serial" 2 fifo 1 --no-parallel --sleep 0.2; then
+    if sandbox "$nb" "$v-serial" 2 1 --no-parallel --sleep 0.2; then
       if all_eq fifo_present yes && all_eq make_max 1 && all_eq ninja_max 1 && all_eq make_jobs 6 \
         && all_eq ninja_jobs 6 && all_eq make_auth none \
         && { [ "$(grep -c 'tokens=2 available=2 ' "$rep")" = 1 ] || { why="tokens: $(cat "$rep")"; false; }; }; then
@@ -255,6 +345,104 @@ if [ -n "$tools" ]; then
     else
       fail "$name" "harness failed: $(tail -5 "$work/$v-serial.err")"
     fi
+
+    [ -n "$bin" ] || continue
+    # --- with the real tokend and hook ---
+    # The runtime directory sits in $work (mode 0700): build users need no
+    # way to the FIFOs, Nix maps them as root.
+    rt=$work/rt-$v
+    name="Nix $ver, tokend: three builds at once, budget $budget"
+    why=
+    if ! tokend_start "$rt"; then
+      fail "$name" "tokend did not start: $(tail -5 "$work/tokend.log")"
+      continue
+    fi
+    sampler_start "$work/$v-real.samples"
+    rc=0
+    real "$nb" "$v-real" 3 --jobs 8 --cores 8 --features big-parallel || rc=$?
+    sampler_stop
+    if [ "$rc" = 0 ]; then
+      peak=$(summary_val JOBS_MAX)
+      seen=$(leases_seen "$work/$v-real.samples" "tokend-$v-real" 3) || why="leases: $seen"
+      if [ -z "$why" ] && { [ "$peak" -le "$budget" ] || { why="$peak jobs at once over a budget of $budget"; false; }; } \
+        && all_gt make_max 1 && all_gt ninja_max 1 && all_eq make_jobs 8 && all_eq ninja_jobs 8 \
+        && all_eq fifo_present yes && all_eq make_auth "fifo:$fifo_path" && all_eq ninja_jobserver yes \
+        && { [ "$(hook_lines "$v-real")" = 0 ] || { why="the hook complained: $(grep '^tokend-nix-hook:' "$work/$v-real/nix-build.log")"; false; }; } \
+        && { left=$(settled) || { why="afterwards: $left"; false; }; }; then
+        pass "$name: at most $peak jobs at once across the builds (per build: make $(field make_max | paste -sd,), ninja $(field ninja_max | paste -sd,)); $seen; afterwards $left (${elapsed} ms)"
+      else
+        fail "$name" "$why; $(grep -E '^(JOBS_MAX|BUILD)' "$sum")"
+      fi
+    else
+      fail "$name" "harness failed: $(tail -5 "$work/$v-real.err")"
+    fi
+
+    name="Nix $ver, tokend stopped: three builds"
+    why=
+    tokend_stop TERM
+    if [ -e "$sock" ]; then
+      fail "$name" "tokend left its socket $sock behind on SIGTERM"
+    elif real "$nb" "$v-stopped" 3 --jobs 8 --cores 8; then
+      if all_eq fifo_present no && all_eq make_max 8 && all_eq ninja_max 8 && all_eq make_jobs 8 && all_eq ninja_jobs 8 \
+        && all_eq ninja_jobserver no \
+        && { [ "$(hook_lines "$v-stopped")" = 0 ] || { why="the hook spoke: $(grep '^tokend-nix-hook:' "$work/$v-stopped/nix-build.log")"; false; }; }; then
+        pass "$name: hook silent, builds unbounded (make and ninja 8 of 8 jobs at once, $(summary_val JOBS_MAX) across builds) (${elapsed} ms)"
+      else
+        fail "$name" "$why; $(grep ^BUILD "$sum")"
+      fi
+    else
+      fail "$name" "harness failed: $(tail -5 "$work/$v-stopped.err")"
+    fi
+
+    name="Nix $ver, tokend killed mid-build: three builds"
+    why=
+    if ! tokend_start "$rt"; then
+      fail "$name" "tokend did not restart: $(tail -5 "$work/tokend.log")"
+      continue
+    fi
+    real "$nb" "$v-killed" 3 --jobs 8 --cores 8 &
+    harness=$!
+    # Kill it as soon as all three builds hold a lease, so some make or
+    # ninja opens its FIFO after tokend is gone.
+    for _ in $(seq 1500); do
+      [ "$(find "$rt/leases" -name '*.fifo' | wc -l)" -ge 3 ] && break
+      sleep 0.01
+    done
+    tokend_stop KILL
+    killed_us=$(date +%s%6N)
+    rc=0
+    wait "$harness" || rc=$?
+    sum=$work/$v-killed.summary
+    if [ "$rc" = 0 ]; then
+      after=
+      for logs in $(field logs); do
+        first=$(sort -n -k2,2 "$logs/make.log" "$logs/ninja.log" | awk '$1 == "S" { print $2; exit }')
+        last=$(awk '$1 == "S" && $2 > m { m = $2 } END { print m }' "$logs/ninja.log")
+        after="$after $(((first - killed_us) / 1000))..$(((last - killed_us) / 1000))"
+      done
+      if all_eq make_jobs 8 && all_eq ninja_jobs 8 && all_eq fifo_present yes && all_eq make_auth "fifo:$fifo_path"; then
+        pass "$name: all complete (jobs of each build started from/to ms after the kill:$after)"
+      else
+        fail "$name" "$why; $(grep ^BUILD "$sum")"
+      fi
+    else
+      fail "$name" "harness failed: $(tail -5 "$work/$v-killed.err")"
+    fi
+
+    name="Nix $ver, stale socket of the killed tokend: one build"
+    why=
+    if real "$nb" "$v-stale" 1 --jobs 4 --sleep 0.2; then
+      said=$(grep '^tokend-nix-hook:' "$work/$v-stale/nix-build.log")
+      if all_eq fifo_present no && all_eq make_max 4 && all_eq make_jobs 4 && all_eq ninja_jobs 4 \
+        && { [ "$(hook_lines "$v-stale")" = 1 ] && [[ "$said" == *"nothing answers on tokend's socket $sock"* ]] || { why="hook said: ${said:-nothing}"; false; }; }; then
+        pass "$name: runs unbounded; the hook said: $said (${elapsed} ms)"
+      else
+        fail "$name" "$why; $(grep ^BUILD "$sum")"
+      fi
+    else
+      fail "$name" "harness failed: $(tail -5 "$work/$v-stale.err")"
+    fi
+    rm -rf "$rt"
   done
 fi
 

@@ -39,6 +39,12 @@ type RegisterRequest struct {
 	// Wait asks for admission before the build starts (tokenctl run);
 	// GET the lease until it is admitted.
 	Wait bool `json:"wait,omitempty"`
+	// NewCgroup asks tokend for a cgroup v2 group of the lease's own to
+	// start the command in (tokenctl run), so it can be frozen alone.
+	NewCgroup bool `json:"new_cgroup,omitempty"`
+	// Cgroup names the existing cgroup v2 directory the build runs in (a
+	// nix build with use-cgroups); root only.
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
 // Registered is the answer to POST /v1/leases.
@@ -46,6 +52,10 @@ type Registered struct {
 	ID   string `json:"id"`
 	Name string `json:"name"`
 	FIFO string `json:"fifo"`
+	// Cgroup is the cgroup the lease's build runs in: the group made for
+	// it when NewCgroup asked for one and tokend could make it (start the
+	// command inside), or the one the request named.
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
 // BudgetRequest is the body of PUT /v1/budget. Zero hands the budget back
@@ -225,15 +235,20 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 		}
 		gid = *req.GID
 	}
+	if req.Cgroup != "" && p.uid != 0 {
+		fail(w, http.StatusForbidden, errors.New("only root may name the cgroup a lease runs in"))
+		return
+	}
 	l, err := s.broker.Register(LeaseRequest{
 		Name: req.Name, Owner: Owner{PID: req.OwnerPID, Dir: req.OwnerDir},
 		UID: p.uid, GID: gid, Features: req.Features, Wait: req.Wait,
+		NewCgroup: req.NewCgroup, Cgroup: req.Cgroup,
 	})
 	if err != nil {
 		fail(w, http.StatusBadRequest, err)
 		return
 	}
-	reply(w, http.StatusCreated, Registered{ID: l.ID, Name: l.Name, FIFO: l.fifo.Path()})
+	reply(w, http.StatusCreated, Registered{ID: l.ID, Name: l.Name, FIFO: l.fifo.Path(), Cgroup: l.Cgroup})
 }
 
 func (s *Server) end(w http.ResponseWriter, r *http.Request) {

@@ -25,7 +25,8 @@ type Options struct {
 	// RuntimeDir holds the state file and the leases' FIFOs.
 	RuntimeDir string
 	// Budget is the number of jobs the host may run at once, implicit
-	// slots included. Zero means the number of usable CPUs.
+	// slots included. Zero leaves it to Steer (tokend's memory
+	// controller), and until anything steers, the number of usable CPUs.
 	Budget int
 	// Tick is how often the broker looks at every lease. Default 100ms.
 	Tick time.Duration
@@ -34,6 +35,8 @@ type Options struct {
 	Grace time.Duration
 	// ProcDir is where processes are listed. Default /proc.
 	ProcDir string
+	// Cgroups, if set, makes a cgroup for each lease that asks for one.
+	Cgroups LeaseCgroups
 	Logger  hclog.Logger
 }
 
@@ -50,6 +53,10 @@ type Broker struct {
 	budget         int
 	budgetReason   string
 	operatorBudget int // non-zero while an operator has pinned the budget
+	steered        int // the budget tokend decides (Steer); 0 until it does
+	steerReason    string
+	memory         *MemoryStatus // the memory controller's view, once it has one
+	leaseMemory    map[string]LeaseMemory
 	leases         map[string]*Lease
 	byWatch        map[int]*Lease
 	reclaimedTotal int
@@ -134,8 +141,8 @@ func (b *Broker) adopt() error {
 		}
 		l := &Lease{
 			ID: s.ID, Name: s.Name, Created: s.Created, Owner: s.Owner, UID: s.UID, GID: s.GID,
-			Features: s.Features, fifo: f, reclaimed: s.Reclaimed, inflated: s.Inflated,
-			admitted: s.Admitted, ending: s.Ending, endReason: s.EndReason,
+			Features: s.Features, Cgroup: s.Cgroup, ownCgroup: s.OwnCgroup, fifo: f, reclaimed: s.Reclaimed,
+			inflated: s.Inflated, admitted: s.Admitted, ending: s.Ending, endReason: s.EndReason,
 		}
 		if err := b.track(l); err != nil {
 			f.Close()
@@ -180,6 +187,17 @@ func (b *Broker) track(l *Lease) error {
 	return nil
 }
 
+// untrack forgets l and stops watching its FIFO.
+func (b *Broker) untrack(l *Lease) {
+	for wd, wl := range b.byWatch {
+		if wl == l {
+			b.watch.remove(wd)
+			delete(b.byWatch, wd)
+		}
+	}
+	delete(b.leases, l.ID)
+}
+
 // LeaseRequest asks for a new lease.
 type LeaseRequest struct {
 	Name     string
@@ -190,6 +208,12 @@ type LeaseRequest struct {
 	// slot does not push the host over the budget. Without it the lease
 	// is admitted at once: for builds that already run.
 	Wait bool
+	// NewCgroup asks for a cgroup of the lease's own, for a command not
+	// started yet (tokenctl run); made only if Options.Cgroups is set.
+	NewCgroup bool
+	// Cgroup is the existing cgroup v2 directory the build runs in (a nix
+	// build with use-cgroups); it may appear only after registration.
+	Cgroup string
 }
 
 // ErrNotFound means no lease has the given ID.
@@ -206,6 +230,9 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	}
 	if req.Owner.Dir != "" && !filepath.IsAbs(req.Owner.Dir) {
 		return nil, fmt.Errorf("owner directory %q is not an absolute path", req.Owner.Dir)
+	}
+	if req.Cgroup != "" && (req.NewCgroup || !filepath.IsAbs(req.Cgroup)) {
+		return nil, fmt.Errorf("cgroup %q: want an absolute path, and not together with a new cgroup", req.Cgroup)
 	}
 	if req.Owner.PID > 0 {
 		start, err := processStart(req.Owner.PID)
@@ -226,20 +253,35 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	}
 	l := &Lease{
 		ID: id, Name: req.Name, Created: time.Now(), Owner: req.Owner,
-		UID: req.UID, GID: req.GID, Features: req.Features, fifo: f, admitted: !req.Wait,
+		UID: req.UID, GID: req.GID, Features: req.Features, Cgroup: req.Cgroup, fifo: f, admitted: !req.Wait,
+	}
+	if req.NewCgroup && b.opts.Cgroups != nil {
+		// A build without a cgroup still runs; it only cannot be frozen.
+		if dir, err := b.opts.Cgroups.Make(id); err != nil {
+			b.log.Warn("cannot make the lease's cgroup; its command runs without one", "lease", id, "name", req.Name, "error", err)
+		} else {
+			l.Cgroup, l.ownCgroup = dir, true
+		}
 	}
 	b.mu.Lock()
 	err = b.track(l)
 	if err == nil {
-		b.dirty = true
-		b.pass()
+		// Saved before the caller hears of the lease, so a broker killed
+		// right after still knows the FIFO a build may be using.
+		err = saveState(b.opts.RuntimeDir, b.snapshot(nil))
+		if err != nil {
+			b.untrack(l)
+		} else {
+			b.pass()
+		}
 	}
 	b.mu.Unlock()
 	if err != nil {
 		f.Remove()
+		b.removeCgroup(l)
 		return nil, err
 	}
-	b.log.Info("lease started", "lease", id, "name", req.Name, "uid", req.UID, "owner_pid", req.Owner.PID, "owner_dir", req.Owner.Dir)
+	b.log.Info("lease started", "lease", id, "name", req.Name, "uid", req.UID, "owner_pid", req.Owner.PID, "owner_dir", req.Owner.Dir, "cgroup", l.Cgroup)
 	return l, nil
 }
 
@@ -281,8 +323,9 @@ func (b *Broker) SetBudget(n int) error {
 	return nil
 }
 
-// Configure changes the configured budget (0: the CPU count), as a reload
-// of the configuration does. An operator's pinned budget still wins.
+// Configure changes the configured budget (0: steered, else the CPU
+// count), as a reload of the configuration does. An operator's pinned
+// budget still wins.
 func (b *Broker) Configure(budget int) error {
 	if budget < 0 || budget > jobserver.MaxTokens {
 		return fmt.Errorf("budget %d is outside 0..%d", budget, jobserver.MaxTokens)
@@ -301,6 +344,8 @@ func (b *Broker) applyBudget() {
 		b.setBudget(b.operatorBudget, "operator")
 	case b.opts.Budget > 0:
 		b.setBudget(b.opts.Budget, "config")
+	case b.steered > 0:
+		b.setBudget(b.steered, b.steerReason)
 	default:
 		b.setBudget(runtime.NumCPU(), "cpu count")
 	}
@@ -388,7 +433,7 @@ func (b *Broker) tick() {
 	b.pass()
 	b.removeEnded()
 	if b.dirty {
-		if err := saveState(b.opts.RuntimeDir, b.snapshot()); err != nil {
+		if err := saveState(b.opts.RuntimeDir, b.snapshot(nil)); err != nil {
 			b.log.Error("cannot save state; a restart will lose track of leases", "error", err)
 		} else {
 			b.dirty = false
@@ -486,16 +531,11 @@ func (b *Broker) removeEnded() {
 			l.fifo.Forget(n)
 			b.reclaimedTotal += n
 		}
-		for wd, wl := range b.byWatch {
-			if wl == l {
-				b.watch.remove(wd)
-				delete(b.byWatch, wd)
-			}
-		}
+		b.untrack(l)
 		if err := l.fifo.Remove(); err != nil {
 			b.log.Warn("cannot remove fifo", "lease", id, "error", err)
 		}
-		delete(b.leases, id)
+		b.removeCgroup(l)
 		b.dirty = true
 		b.log.Info("lease ended", "lease", id, "name", l.Name, "reason", l.endReason, "reclaimed", l.reclaimed)
 	}
@@ -530,6 +570,7 @@ func (b *Broker) pass() {
 			hungry:  free == 0 && !l.ending,
 			ending:  l.ending,
 		}
+		l.hungry = use[i].hungry
 		if !l.ending {
 			active++
 		}
@@ -572,13 +613,28 @@ func (b *Broker) pass() {
 		b.startCollector(l)
 	}
 
+	// Admit before handing out, so a lease's first tokens are in its FIFO
+	// by the time its client hears it may start: ninja looks for tokens
+	// when it starts and then only when one of its own jobs ends.
+	b.admit(leases, granted)
 	pool := allowance - granted
+	gives := make([]int, len(leases))
 	for i, l := range leases {
 		want := target[i] - use[i].granted
 		if want <= 0 || pool <= 0 || !l.admitted {
 			continue
 		}
-		give := min(want, pool)
+		gives[i] = min(want, pool)
+		pool -= gives[i]
+	}
+	if !b.persist(leases, gives) {
+		gives = make([]int, len(leases))
+	}
+	for i, l := range leases {
+		give := gives[i]
+		if give == 0 {
+			continue
+		}
 		if err := l.fifo.Add(give); err != nil {
 			b.log.Error("cannot add tokens", "lease", l.ID, "error", err)
 			continue
@@ -587,11 +643,8 @@ func (b *Broker) pass() {
 		use[i].granted += give
 		use[i].free += give
 		l.lastFree += give
-		pool -= give
 		granted += give
-		b.dirty = true
 	}
-	b.admit(leases, granted)
 	b.check(leases, use, target, allowance)
 }
 
@@ -615,6 +668,29 @@ func (b *Broker) admit(leases []*Lease, granted int) {
 		b.dirty = true
 		b.log.Info("lease admitted", "lease", l.ID, "name", l.Name, "waited", time.Since(l.Created).Round(time.Millisecond))
 	}
+}
+
+// persist saves the state if it changed, counting gives as already
+// granted, and reports whether it may hand them out. Saving after every
+// take and before every grant means a broker killed at any moment restarts
+// knowing what the FIFOs hold; if the state cannot be written, nothing is
+// handed out, so a restart never sees fewer tokens out than there are.
+func (b *Broker) persist(leases []*Lease, gives []int) bool {
+	extra := map[string]int{}
+	for i, l := range leases {
+		if gives[i] > 0 {
+			extra[l.ID] = gives[i]
+		}
+	}
+	if len(extra) == 0 && !b.dirty {
+		return true
+	}
+	if err := saveState(b.opts.RuntimeDir, b.snapshot(extra)); err != nil {
+		b.log.Error("cannot save state; handing out no tokens until it can", "error", err)
+		return false
+	}
+	b.dirty = false
+	return true
 }
 
 // check verifies the accounting after a pass. Held tokens are derived, so
@@ -674,6 +750,7 @@ func (b *Broker) startCollector(l *Lease) {
 				l.owed -= taken
 				l.lastFree = max(l.lastFree-taken, 0)
 				b.dirty = b.dirty || taken > 0
+				b.persist(nil, nil)
 				if taken > 0 {
 					b.log.Debug("collected returned tokens", "lease", l.ID, "tokens", taken, "still_owed", l.owed)
 					b.poke()
@@ -708,12 +785,14 @@ func (b *Broker) sorted() []*Lease {
 	return out
 }
 
-func (b *Broker) snapshot() savedState {
+// snapshot is the state to save, counting extra tokens as granted to the
+// leases they are keyed by.
+func (b *Broker) snapshot(extra map[string]int) savedState {
 	s := savedState{Version: stateVersion, OperatorBudget: b.operatorBudget, ReclaimedTotal: b.reclaimedTotal, InflatedTotal: b.inflatedTotal, Leases: []savedLease{}}
 	for _, l := range b.sorted() {
 		s.Leases = append(s.Leases, savedLease{
 			ID: l.ID, Name: l.Name, Created: l.Created, Owner: l.Owner, UID: l.UID, GID: l.GID,
-			Features: l.Features, Granted: l.fifo.Granted(), Reclaimed: l.reclaimed, Inflated: l.inflated,
+			Features: l.Features, Cgroup: l.Cgroup, OwnCgroup: l.ownCgroup, Granted: l.fifo.Granted() + extra[l.ID], Reclaimed: l.reclaimed, Inflated: l.inflated,
 			Admitted: l.admitted, Ending: l.ending, EndReason: l.endReason,
 		})
 	}
@@ -725,7 +804,7 @@ func (b *Broker) shutdown() error {
 	b.collectors.Wait()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	err := saveState(b.opts.RuntimeDir, b.snapshot())
+	err := saveState(b.opts.RuntimeDir, b.snapshot(nil))
 	for _, l := range b.leases {
 		err = errors.Join(err, l.fifo.Close())
 	}
@@ -751,6 +830,8 @@ type Status struct {
 	InvariantViolations int           `json:"invariant_violations"`
 	LastViolation       string        `json:"last_violation,omitempty"`
 	Leases              []LeaseStatus `json:"leases"`
+	// Memory is the memory controller's view; nil when none runs.
+	Memory *MemoryStatus `json:"memory,omitempty"`
 }
 
 // LeaseStatus is one lease in Status.
@@ -771,6 +852,13 @@ type LeaseStatus struct {
 	Admitted  bool      `json:"admitted"`
 	Ending    bool      `json:"ending,omitempty"`
 	EndReason string    `json:"end_reason,omitempty"`
+	// Hungry: every token granted was held at the last pass, so the build
+	// may want more.
+	Hungry bool `json:"hungry,omitempty"`
+	// Cgroup is the cgroup v2 directory the build runs in, if known.
+	Cgroup string `json:"cgroup,omitempty"`
+	// Memory is the memory controller's view of the lease.
+	Memory *LeaseMemory `json:"memory,omitempty"`
 }
 
 // Status reports the budget and every lease.
@@ -782,17 +870,26 @@ func (b *Broker) Status() Status {
 		InflatedTotal: b.inflatedTotal, InvariantViolations: b.violations, LastViolation: b.lastViolation,
 		Leases: []LeaseStatus{},
 	}
+	if b.memory != nil {
+		m := *b.memory
+		s.Memory = &m
+	}
 	for _, l := range b.sorted() {
 		free, err := l.fifo.Free()
 		if err != nil {
 			free = l.lastFree
 		}
 		g := l.fifo.Granted()
-		s.Leases = append(s.Leases, LeaseStatus{
+		ls := LeaseStatus{
 			ID: l.ID, Name: l.Name, Created: l.Created, Owner: l.Owner, UID: l.UID, Features: l.Features,
-			FIFO: l.fifo.Path(), Granted: g, Free: min(free, g), Held: max(g-free, 0), Owed: l.owed,
-			Reclaimed: l.reclaimed, Inflated: l.inflated, Admitted: l.admitted, Ending: l.ending, EndReason: l.endReason,
-		})
+			FIFO: l.fifo.Path(), Cgroup: l.Cgroup, Granted: g, Free: min(free, g), Held: max(g-free, 0), Owed: l.owed,
+			Reclaimed: l.reclaimed, Inflated: l.inflated, Admitted: l.admitted, Hungry: l.hungry,
+			Ending: l.ending, EndReason: l.endReason,
+		}
+		if m, ok := b.leaseMemory[l.ID]; ok {
+			ls.Memory = &m
+		}
+		s.Leases = append(s.Leases, ls)
 		s.Granted += g
 		if !l.ending {
 			s.ActiveLeases++

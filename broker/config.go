@@ -3,7 +3,9 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/hashicorp/go-hclog"
@@ -21,7 +23,76 @@ type Config struct {
 	LeaseGroup string `toml:"lease_group"`
 	// LogLevel is one of trace, debug, info, warn, error.
 	LogLevel string `toml:"log_level"`
+
+	// The memory controller (package broker/control). A zero value means
+	// the controller's embedded default.
+
+	// MemoryCgroup is the memory domain: a cgroup v1 or v2 directory with
+	// the memory controller; "" means the host (/proc/meminfo).
+	MemoryCgroup string `toml:"memory_cgroup"`
+	// MemoryPressure is the PSI file to read; "" means the domain's own
+	// memory.pressure on v2, else that of the lease cgroups' parent on a
+	// hybrid host, else /proc/pressure/memory.
+	MemoryPressure string `toml:"memory_pressure"`
+	// LeaseCgroups is the cgroup v2 directory under which tokend makes a
+	// group per tokenctl lease; "off" makes none.
+	LeaseCgroups string `toml:"lease_cgroups"`
+	// MemoryReserve is headroom never handed out.
+	MemoryReserve ByteSize `toml:"memory_reserve"`
+	// MemoryTick is how often the controller samples and decides.
+	MemoryTick time.Duration `toml:"memory_tick"`
+	// GrowthInterval is the least time between two budget increases.
+	GrowthInterval time.Duration `toml:"growth_interval"`
+	// CPUMultiple caps the budget at this many jobs per usable CPU.
+	CPUMultiple float64 `toml:"cpu_multiple"`
+	// JobEstimate is the expected peak of a compile job nothing is known
+	// about yet; linker jobs are expected at twice that.
+	JobEstimate ByteSize `toml:"job_estimate"`
 }
+
+// ByteSize is a number of bytes, written as a string with an optional
+// unit: "512MiB", "1.5GiB", "4096". Units are KiB, MiB, GiB, TiB (powers of
+// 1024) and K, M, G, T as their shorthands.
+type ByteSize uint64
+
+var byteUnits = []struct {
+	suffix string
+	scale  float64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1},
+}
+
+// UnmarshalText parses a size such as "512MiB".
+func (b *ByteSize) UnmarshalText(text []byte) error {
+	s := strings.TrimSpace(string(text))
+	scale := 1.0
+	for _, u := range byteUnits {
+		if num, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, scale = strings.TrimSpace(num), u.scale
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v < 0 || v*scale >= 1<<63 {
+		return fmt.Errorf("size %q: want a number of bytes with an optional unit, such as 512MiB or 1.5GiB", text)
+	}
+	*b = ByteSize(v * scale)
+	return nil
+}
+
+// String writes the size in the largest unit it is a whole multiple of.
+func (b ByteSize) String() string {
+	for i := 3; i >= 0; i-- {
+		if unit := uint64(byteUnits[i].scale); b != 0 && uint64(b)%unit == 0 {
+			return strconv.FormatUint(uint64(b)/unit, 10) + byteUnits[i].suffix
+		}
+	}
+	return strconv.FormatUint(uint64(b), 10)
+}
+
+// Set makes ByteSize a flag.Value.
+func (b *ByteSize) Set(s string) error { return b.UnmarshalText([]byte(s)) }
 
 // DefaultConfig is what tokend runs with when nothing is configured.
 func DefaultConfig() Config {
@@ -44,12 +115,17 @@ func (c Config) LoadConfig(path string) (Config, error) {
 		for i, k := range undecoded {
 			keys[i] = k.String()
 		}
-		return c, fmt.Errorf("config %s: unknown key %s; known keys are runtime_dir, tokens, lease_group, log_level", path, strings.Join(keys, ", "))
+		return c, fmt.Errorf("config %s: unknown key %s; known keys are %s", path, strings.Join(keys, ", "), strings.Join(configKeys, ", "))
 	}
 	if err := c.Validate(); err != nil {
 		return c, fmt.Errorf("config %s: %w", path, err)
 	}
 	return c, nil
+}
+
+var configKeys = []string{
+	"runtime_dir", "tokens", "lease_group", "log_level", "memory_cgroup", "memory_pressure",
+	"lease_cgroups", "memory_reserve", "memory_tick", "growth_interval", "cpu_multiple", "job_estimate",
 }
 
 // Validate checks every value, naming the key of the first bad one.
@@ -62,6 +138,25 @@ func (c Config) Validate() error {
 	}
 	if hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
 		return fmt.Errorf("log_level %q: want trace, debug, info, warn or error", c.LogLevel)
+	}
+	for _, p := range []struct{ key, path string }{
+		{"memory_cgroup", c.MemoryCgroup}, {"memory_pressure", c.MemoryPressure},
+	} {
+		if p.path != "" && !strings.HasPrefix(p.path, "/") {
+			return fmt.Errorf("%s %q: want an absolute path, or none", p.key, p.path)
+		}
+	}
+	if c.LeaseCgroups != "" && c.LeaseCgroups != "off" && !strings.HasPrefix(c.LeaseCgroups, "/") {
+		return fmt.Errorf("lease_cgroups %q: want an absolute cgroup v2 directory, or \"off\"", c.LeaseCgroups)
+	}
+	if c.MemoryTick != 0 && (c.MemoryTick < 10*time.Millisecond || c.MemoryTick > 10*time.Second) {
+		return fmt.Errorf("memory_tick %v: want 10ms to 10s", c.MemoryTick)
+	}
+	if c.GrowthInterval < 0 || c.GrowthInterval > time.Hour {
+		return fmt.Errorf("growth_interval %v: want 0 (the default) to 1h", c.GrowthInterval)
+	}
+	if c.CPUMultiple < 0 || c.CPUMultiple > 64 {
+		return fmt.Errorf("cpu_multiple %v: want 0 (the default) to 64", c.CPUMultiple)
 	}
 	return nil
 }

@@ -61,6 +61,10 @@ type Lease struct {
 	Owner    Owner
 	UID, GID int      // who registered it; the FIFO's group
 	Features []string // nix requiredSystemFeatures, for the operator's eye
+	// Cgroup is the cgroup v2 directory the build runs in: made for the
+	// lease (ownCgroup) or given at registration; "" when none is known.
+	Cgroup    string
+	ownCgroup bool
 
 	fifo      *jobserver.FIFO
 	inode     fileID
@@ -76,6 +80,7 @@ type Lease struct {
 
 	prevFree  int // free tokens seen by the pass before, to tell idle from between jobs
 	lastFree  int
+	hungry    bool               // every token granted was held at the last pass
 	owed      int                // tokens to take back as clients return them
 	collector context.CancelFunc // stops the goroutine collecting owed tokens; nil when none runs
 

@@ -33,6 +33,8 @@ type savedLease struct {
 	UID       int       `json:"uid"`
 	GID       int       `json:"gid"`
 	Features  []string  `json:"features,omitempty"`
+	Cgroup    string    `json:"cgroup,omitempty"`
+	OwnCgroup bool      `json:"own_cgroup,omitempty"`
 	Granted   int       `json:"granted"`
 	Reclaimed int       `json:"reclaimed"`
 	Inflated  int       `json:"inflated"`
@@ -62,8 +64,10 @@ func loadState(dir string) (savedState, error) {
 	return s, nil
 }
 
-// saveState replaces the state file atomically: a crash leaves the old file
-// or the new one, never a torn one.
+// saveState replaces the state file atomically: a crash of tokend leaves
+// the old file or the new one, never a torn one. It does not fsync: the
+// file lives in /run and guards against tokend dying, not the host (no
+// build survives a reboot), and tokend saves it before every grant.
 func saveState(dir string, s savedState) error {
 	raw, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
@@ -76,10 +80,6 @@ func saveState(dir string, s savedState) error {
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.Write(append(raw, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write state %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write state %s: %w", path, err)
 	}

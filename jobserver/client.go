@@ -54,10 +54,8 @@ func Dial(a Auth) (*Client, error) {
 		if a.R < 0 || a.W < 0 {
 			return nil, fmt.Errorf("jobserver descriptors %d,%d: the parent make withheld its jobserver from this command (make 4.4 writes -2,-2 for recipe lines not marked with '+'); mark the line with '+'", a.R, a.W)
 		}
-		for _, fd := range []int{a.R, a.W} {
-			if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
-				return nil, fmt.Errorf("jobserver descriptor %d is not open (a parent make that did not mark this command with '+' closes them): %w", fd, err)
-			}
+		if err := checkPipe(a.R, a.W); err != nil {
+			return nil, err
 		}
 		// Non-blocking descriptors make the files pollable, which is what
 		// lets a context cancel a waiting read. make 4.3 sets the same flag
@@ -74,6 +72,35 @@ func Dial(a Auth) (*Client, error) {
 		return nil, fmt.Errorf("dial jobserver: unknown style %v", a.Style)
 	}
 	return c, nil
+}
+
+// checkPipe makes sure r and w are the two ends of one pipe (or FIFO), open
+// for reading and for writing. Being open is not enough: when a parent make
+// closes the jobserver for a recipe line not marked '+', the numbers are
+// free for reuse, and a Go program's runtime reuses them at once (Go 1.25
+// keeps its cgroup CPU limit files open, as descriptors 3 and 4 if free).
+func checkPipe(r, w int) error {
+	var sts [2]unix.Stat_t
+	for i, fd := range []int{r, w} {
+		if err := unix.Fstat(fd, &sts[i]); err != nil {
+			return fmt.Errorf("jobserver descriptor %d is not open (a parent make that did not mark this command with '+' closes them): %w", fd, err)
+		}
+		if sts[i].Mode&unix.S_IFMT != unix.S_IFIFO {
+			return fmt.Errorf("jobserver descriptor %d is not a pipe (mode %o): the parent closed the jobserver, as make does for a recipe line not marked with '+', and the number was reused", fd, sts[i].Mode)
+		}
+		fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+		if err != nil {
+			return fmt.Errorf("jobserver descriptor %d: %w", fd, err)
+		}
+		acc := fl & unix.O_ACCMODE
+		if acc != unix.O_RDWR && (i == 0 && acc != unix.O_RDONLY || i == 1 && acc != unix.O_WRONLY) {
+			return fmt.Errorf("jobserver descriptors %d,%d: %d is not open for %s", r, w, fd, [2]string{"reading", "writing"}[i])
+		}
+	}
+	if sts[0].Dev != sts[1].Dev || sts[0].Ino != sts[1].Ino {
+		return fmt.Errorf("jobserver descriptors %d,%d are not two ends of one pipe: the parent closed the jobserver, as make does for a recipe line not marked with '+', and the numbers were reused", r, w)
+	}
+	return nil
 }
 
 // FromEnv opens the jobserver named in the environment, looking at

@@ -10,9 +10,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MaxTokens is the most tokens one jobserver can hold: a pipe buffers at most
-// 65,536 bytes, and the protocol needs the writer never to block.
+// MaxTokens is the most tokens one jobserver can hold: a pipe buffers
+// 65,536 bytes by default, and the protocol needs the writer never to block.
+// A FIFO grows its pipe (see pipeBytes) so that this many tokens fit
+// whatever the order of reads and writes.
 const MaxTokens = 65535
+
+// pipeBytes is the pipe buffer a FIFO asks the kernel for. The kernel keeps
+// a pipe's bytes in pages: a write goes into the last page only if it fits
+// whole, else it starts a new page, and a page is freed only once it has
+// been read to its end. So a 64 KiB pipe (16 pages, the default) cannot
+// take 65,536 bytes in every order of reads and writes: holding 65,535
+// tokens, it blocks a client writing back a token it has just read, and
+// writes of awkward sizes fill it with half-empty pages at about 32 KiB.
+// At 256 KiB MaxTokens fit in any order.
+const pipeBytes = 256 << 10
 
 // tokenByte is what the server writes. Clients echo whatever byte they read
 // (make writes '+', gcc 'G'), so bytes carry no identity and are only counted.
@@ -33,6 +45,13 @@ type FIFO struct {
 	mu      sync.Mutex
 	fd      int // -1 once closed
 	granted int
+
+	// limit is how many tokens the pipe holds in any order of reads and
+	// writes: MaxTokens, unless it could not be grown to pipeBytes
+	// (growErr says why).
+	limit    int
+	capacity int
+	growErr  error
 }
 
 // FIFOOptions says who may use a new FIFO.
@@ -119,7 +138,35 @@ func open(path string, granted int) (*FIFO, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	return &FIFO{path: path, fd: fd, granted: granted}, nil
+	f := &FIFO{path: path, fd: fd, granted: granted}
+	if err := f.grow(); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open jobserver fifo %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// grow asks for a pipe of pipeBytes and works out how many tokens the pipe
+// holds. An unprivileged user over fs.pipe-user-pages-soft cannot grow a
+// pipe: the FIFO then works with a lower limit.
+func (f *FIFO) grow() error {
+	capacity, err := unix.FcntlInt(uintptr(f.fd), unix.F_GETPIPE_SZ, 0)
+	if err != nil {
+		return fmt.Errorf("pipe size: %w", err)
+	}
+	if capacity < pipeBytes {
+		if c, err := unix.FcntlInt(uintptr(f.fd), unix.F_SETPIPE_SZ, pipeBytes); err == nil {
+			capacity = c
+		} else {
+			f.growErr = err
+		}
+	}
+	// Worst case, every other page is nearly empty, and the first page is
+	// nearly all read.
+	page := os.Getpagesize()
+	f.capacity = capacity
+	f.limit = max(0, min(MaxTokens, (capacity/page/2-1)*page))
+	return nil
 }
 
 // checkFIFO refuses anything but a FIFO owned by this process's user.
@@ -161,6 +208,9 @@ func (f *FIFO) Add(n int) error {
 	if f.granted+n > MaxTokens {
 		return fmt.Errorf("add %d tokens to %s: would grant %d, over the jobserver ceiling of %d tokens (a pipe holds 65,536 bytes); grant fewer", n, f.path, f.granted+n, MaxTokens)
 	}
+	if f.granted+n > f.limit {
+		return fmt.Errorf("add %d tokens to %s: would grant %d, over the %d its %d-byte pipe holds without blocking clients (growing it to %d bytes failed: %v; raise fs.pipe-user-pages-soft or run with CAP_SYS_RESOURCE); grant fewer", n, f.path, f.granted+n, f.limit, f.capacity, pipeBytes, f.growErr)
+	}
 	buf := make([]byte, n)
 	for i := range buf {
 		buf[i] = tokenByte
@@ -175,8 +225,7 @@ func (f *FIFO) Add(n int) error {
 			buf = buf[w:]
 		}
 		if err != nil {
-			capacity, _ := unix.FcntlInt(uintptr(f.fd), unix.F_GETPIPE_SZ, 0)
-			return fmt.Errorf("add tokens to %s: pipe (%d bytes) full after %d of %d (clients wrote back more than they took?): %w", f.path, capacity, n-len(buf), n, err)
+			return fmt.Errorf("add tokens to %s: pipe full after %d of %d (clients wrote back more than they took?): %w", f.path, n-len(buf), n, err)
 		}
 	}
 	return nil

@@ -152,9 +152,11 @@ func isShortFlags(s string) bool {
 }
 
 // WithAuth returns makeflags pointing at a instead of any jobserver it named
-// before. It drops every -j, since make given one leaves the jobserver and
-// ninja ignores a jobserver beside one, and keeps the user's other flags and
-// variable overrides as they were.
+// before. It drops every -j (clients follow the jobserver whatever -j
+// MAKEFLAGS holds, so a count there only misleads whoever reads it), and
+// keeps the user's other flags and variable overrides as they were. A -j on
+// a client's own command line, not in MAKEFLAGS, is what takes make and
+// ninja out of the jobserver.
 func WithAuth(makeflags string, a Auth) string {
 	words := split(makeflags)
 	var kept, vars []string

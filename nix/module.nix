@@ -188,6 +188,9 @@ in
 
     (mkIf cfg.nixPreBuildHook {
       nix.settings.pre-build-hook = "${cfg.package}/bin/tokend-nix-hook";
+      # The hook runs with nix-daemon's environment and looks for
+      # /run/tokend/tokend.sock unless TOKEND_SOCKET says otherwise.
+      systemd.services.nix-daemon.environment.TOKEND_SOCKET = "${cfg.settings.runtime_dir}/tokend.sock";
     })
 
     (mkIf cfg.useCgroups {

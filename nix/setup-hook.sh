@@ -21,6 +21,12 @@
 #    MAKEFLAGS and CARGO_MAKEFLAGS the build had before this hook, as stock
 #    stdenv would. Any other -j (a package's -j1, say) is left alone.
 #
+#  * Once it joins, the build holds the FIFO open read-write until it ends.
+#    make 4.4 opens the FIFO read-only with a blocking open(), which waits
+#    for a writer. tokend is one, but if tokend dies, a make started after
+#    it would wait forever; this descriptor is a writer that lives as long
+#    as the build.
+#
 # Without the FIFO, or with dontUseTokendJobserver set, nothing is changed.
 # When NIX_BUILD_CORES is 1 the -j1 of a parallel phase cannot be told from a
 # serial one, so it is left alone too.
@@ -31,6 +37,16 @@ tokendJobserverFifo=${tokendJobserverFifo:-/run/tokend/jobserver.fifo}
 
 tokendJobserverUsable() {
     [ -p "$tokendJobserverFifo" ] && [ -r "$tokendJobserverFifo" ] && [ -w "$tokendJobserverFifo" ]
+}
+
+# Opens the FIFO read-write on tokendJobserverFd, once; fails if it cannot.
+# An open of a FIFO for reading and writing never blocks.
+tokendJobserverHold() {
+    if [ -n "${tokendJobserverFd-}" ]; then
+        return 0
+    fi
+    # The braces keep the 2>/dev/null from being applied by exec for good.
+    { exec {tokendJobserverFd}<>"$tokendJobserverFifo"; } 2>/dev/null
 }
 
 # Prints MAKEFLAGS value $1 with any -j and jobserver auth removed and, if $2
@@ -72,7 +88,7 @@ tokendJobserverFlags() {
 
 # preBuildHooks: export the jobserver for everything the build runs.
 tokendJobserverExport() {
-    if [ -z "${enableParallelBuilding-}" ] || ! tokendJobserverUsable; then
+    if [ -z "${enableParallelBuilding-}" ] || ! tokendJobserverUsable || ! tokendJobserverHold; then
         return 0
     fi
     if [ -z "${_tokendJobserverSaved-}" ]; then
@@ -135,7 +151,7 @@ tokendJobserverRun() {
         )
         return
     fi
-    if ! tokendJobserverUsable; then
+    if ! tokendJobserverUsable || ! tokendJobserverHold; then
         command "$tool" "$@"
         return
     fi
@@ -148,6 +164,11 @@ tokendJobserverRun() {
 
 if [ -z "${dontUseTokendJobserver-}" ] && [ -z "${_tokendJobserverHookLoaded-}" ] && tokendJobserverUsable; then
     _tokendJobserverHookLoaded=1
+    # Hold the FIFO from the start of the build, not only from the build
+    # phase: a pipe's bytes are dropped when nothing holds it open, so if
+    # tokend died during a long configure, the tokens it handed out would
+    # be gone by the time make opened the FIFO.
+    tokendJobserverHold || true
     preBuildHooks+=(tokendJobserverExport)
 
     make() {

@@ -4,7 +4,7 @@
 // Reading, derives the headroom the broker may still hand out and the
 // stall rates between two readings, watches PSI triggers, and samples the
 // memory of the processes a build runs. It decides nothing: sizing the token
-// budget from these signals belongs to the broker.
+// budget from these signals belongs to package broker/control.
 package memory
 
 import (

@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tokend/tokend/broker/memory/internal/scratch"
+	"github.com/tokend/tokend/internal/cgtest"
 )
 
 // These tests read this host's real files.
@@ -56,9 +56,9 @@ func TestLiveHost(t *testing.T) {
 
 // startThrash runs this test binary as the thrash workload (see TestMain)
 // inside groups, and kills it when the test ends.
-func startThrash(t *testing.T, file string, anonMiB int, groups ...scratch.Group) *exec.Cmd {
+func startThrash(t *testing.T, file string, anonMiB int, groups ...cgtest.Group) *exec.Cmd {
 	t.Helper()
-	cmd := scratch.Command(groups, os.Args[0], "-test.run=^$")
+	cmd := cgtest.Command(groups, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), thrashEnv+"="+file+":"+strconv.Itoa(anonMiB))
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -116,10 +116,10 @@ func smallFile(t *testing.T, mib int) string {
 }
 
 func TestLiveV1Memcg(t *testing.T) {
-	m := needCgroups(t)
+	m := cgtest.Need(t)
 	const limit = 256 << 20
-	v1 := makeGroup(t, m.V1Memory, limit)
-	v2 := makeGroup(t, m.V2, 0)
+	v1 := cgtest.MakeT(t, m.V1Memory, limit)
+	v2 := cgtest.MakeT(t, m.V2, 0)
 	d, err := NewDomain(Config{Cgroup: string(v1), Pressure: v2.File("memory.pressure")})
 	if err != nil {
 		t.Fatal(err)
@@ -160,7 +160,7 @@ func TestLiveV1Memcg(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, g := range []scratch.Group{v1, v2} {
+	for _, g := range []cgtest.Group{v1, v2} {
 		procs, err := s.Cgroup(string(g))
 		if err != nil {
 			t.Fatal(err)

@@ -10,8 +10,6 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/tokend/tokend/broker/memory/internal/scratch"
 )
 
 // thrashEnv makes the test binary a workload instead of running tests:
@@ -65,50 +63,6 @@ func thrash(spec string) error {
 		sum += m[rand.IntN(pages)*page]
 		anon[rand.IntN(len(anon))] = sum
 	}
-}
-
-// needCgroups returns the host's cgroup mounts for a test that makes
-// cgroups. Such a test cannot run without root and a v1 memory controller
-// beside cgroup2 (a hybrid host like tokend's Debian test host); it skips
-// there, except under CI=true, where a missing capability is a failure.
-func needCgroups(t *testing.T) scratch.Mounts {
-	t.Helper()
-	m, err := scratch.FindMounts()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var missing string
-	switch {
-	case os.Geteuid() != 0:
-		missing = "root"
-	case m.V1Memory == "":
-		missing = "a cgroup v1 memory controller mount"
-	case m.V2 == "":
-		missing = "a cgroup2 mount"
-	}
-	if missing != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("needs %s, which CI must provide", missing)
-		}
-		t.Skipf("needs %s", missing)
-	}
-	return m
-}
-
-// makeGroup makes a uniquely named cgroup under mount and removes it, with
-// anything running in it, when the test ends.
-func makeGroup(t *testing.T, mount string, limit uint64) scratch.Group {
-	t.Helper()
-	g, err := scratch.Make(filepath.Join(mount, scratch.Name("tokend-test")), limit)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := g.Remove(); err != nil {
-			t.Error(err)
-		}
-	})
-	return g
 }
 
 // fixture is a path in testdata/memory.

@@ -1,6 +1,8 @@
 package memory
 
 import (
+	"github.com/tokend/tokend/internal/cgtest"
+
 	"context"
 	"errors"
 	"testing"
@@ -30,9 +32,9 @@ func TestTriggerString(t *testing.T) {
 // same process must fire, and removing that group must stop the watcher
 // with ErrGone.
 func TestTriggerFiresOnThrash(t *testing.T) {
-	m := needCgroups(t)
-	v1 := makeGroup(t, m.V1Memory, 128<<20)
-	v2 := makeGroup(t, m.V2, 0)
+	m := cgtest.Need(t)
+	v1 := cgtest.MakeT(t, m.V1Memory, 128<<20)
+	v2 := cgtest.MakeT(t, m.V2, 0)
 	file := smallFile(t, 64)
 	d, err := NewDomain(Config{Cgroup: string(v1), Pressure: v2.File("memory.pressure")})
 	if err != nil {

@@ -24,6 +24,7 @@ const usage = `usage:
   tokenctl [--socket PATH] run [--name N] [--style auto|fifo|pipe] -- CMD ARGS...
                                                run CMD under the broker
   tokenctl [--socket PATH] set budget N|auto   pin the budget (root), or hand it back
+  tokenctl [--socket PATH] doctor              can tokend's Nix hook work on this host?
 `
 
 // callTimeout bounds every API call: tokend answers in milliseconds, and
@@ -56,6 +57,8 @@ func run(args []string) int {
 		err = status(c, rest)
 	case "run":
 		return runCommand(c, rest)
+	case "doctor":
+		return runDoctor(*socket, rest)
 	case "set":
 		err = set(c, rest)
 	default:

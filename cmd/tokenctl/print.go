@@ -31,6 +31,9 @@ func printStatus(w io.Writer, st broker.Status, now time.Time) error {
 	if st.InvariantViolations > 0 {
 		fmt.Fprintf(w, "ACCOUNTING ERRORS: %d, last: %s\n", st.InvariantViolations, st.LastViolation)
 	}
+	if m := st.Memory; m != nil {
+		printMemory(w, m, now)
+	}
 	if len(st.Leases) == 0 {
 		_, err := fmt.Fprintln(w, "no leases")
 		return err
@@ -45,5 +48,47 @@ func printStatus(w io.Writer, st broker.Status, now time.Time) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n",
 			l.ID, l.Name, l.Granted, l.Free, l.Held, l.Owed, l.Reclaimed, now.Sub(l.Created).Round(time.Second), state)
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if st.Memory == nil {
+		return nil
+	}
+	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tJOBS\tPROCS\tRSS\tPEAK\tGROWTH\tCOMPILE EST\tLINK EST\tFROM\tBRAKE")
+	for _, l := range st.Leases {
+		m := l.Memory
+		if m == nil {
+			continue
+		}
+		brake := "-"
+		if m.Frozen {
+			brake = "frozen"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, m.Jobs, m.Procs, mib(m.RSS), mib(m.Peak),
+			mib(m.Growth), mib(m.Estimates["compile"]), mib(m.Estimates["link"]), m.Source, brake)
+	}
 	return tw.Flush()
+}
+
+// printMemory writes the memory controller's view: what the domain has,
+// what running jobs will still take, and why the budget is what it is.
+func printMemory(w io.Writer, m *broker.MemoryStatus, now time.Time) {
+	fmt.Fprintf(w, "memory %s: headroom %s of %s (working set %s), reserve %s, growth to come %s, next job %s\n",
+		m.Domain, mib(m.Headroom), mib(m.Limit), mib(m.WorkingSet), mib(m.Reserve), mib(m.Growth), mib(m.NextJob))
+	fmt.Fprintf(w, "pressure some %.1f%% full %.1f%% over %s (%s)", 100*m.PressureSome, 100*m.PressureFull,
+		m.PressureWindow.Round(10*time.Millisecond), m.PressureFile)
+	if m.SoftCap > 0 {
+		fmt.Fprintf(w, ", soft cap %s", mib(m.SoftCap))
+	}
+	fmt.Fprintf(w, "\ncontroller: %d jobs running, memory fits %d, cpu cap %d, wants budget %d (%s, %s ago): %s\n",
+		m.Jobs, m.Fit, m.CPUCap, m.Target, m.Reason, now.Sub(m.Changed).Round(time.Second), m.Detail)
+}
+
+// mib writes bytes in MiB, or GiB with one decimal from 10 GiB up.
+func mib(b uint64) string {
+	if b >= 10<<30 {
+		return fmt.Sprintf("%.1fGiB", float64(b)/(1<<30))
+	}
+	return fmt.Sprintf("%dMiB", b>>20)
 }

@@ -46,7 +46,7 @@ func runCommand(c *broker.Client, args []string) int {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	lease, err := c.Register(ctx, broker.RegisterRequest{Name: *name, OwnerPID: os.Getpid(), Wait: true})
+	lease, err := c.Register(ctx, broker.RegisterRequest{Name: *name, OwnerPID: os.Getpid(), Wait: true, NewCgroup: true})
 	cancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "tokenctl: %v; running %s without a lease\n", err, argv[0])
@@ -80,6 +80,9 @@ func runCommand(c *broker.Client, args []string) int {
 	env = setEnv(env, "MAKEFLAGS", jobserver.WithAuth(os.Getenv("MAKEFLAGS"), auth))
 	env = setEnv(env, "CARGO_MAKEFLAGS", jobserver.WithAuth(os.Getenv("CARGO_MAKEFLAGS"), auth))
 	cmd.Env = env
+	if lease.Cgroup != "" {
+		intoCgroup(cmd, lease.Cgroup)
+	}
 	return wait(cmd)
 }
 
@@ -113,7 +116,8 @@ func wait(cmd *exec.Cmd) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	defer signal.Stop(sigs)
-	if err := cmd.Start(); err != nil {
+	cmd, err := start(cmd)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "tokenctl run:", err)
 		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
 			return 127
@@ -158,9 +162,7 @@ func chooseStyle(flagValue, command string) (jobserver.Style, error) {
 	if flagValue != "auto" {
 		return jobserver.ParseStyle(flagValue)
 	}
-	switch filepath.Base(command) {
-	case "make", "gmake":
-	default:
+	if !isMake(command) {
 		return jobserver.StyleFIFO, nil
 	}
 	out, err := exec.Command(command, "--version").Output()
@@ -177,6 +179,24 @@ func chooseStyle(flagValue, command string) (jobserver.Style, error) {
 		return jobserver.StylePipe, nil
 	}
 	return jobserver.StyleFIFO, nil
+}
+
+// makeName matches the names GNU make is installed under: make, gmake and
+// versioned names such as make-4.3.
+var makeName = regexp.MustCompile(`^g?make(-?[0-9][0-9.]*)?$`)
+
+// isMake tells whether command is GNU make by its name, or by the name of
+// the file its symlinks lead to (make-4.3 -> /usr/bin/make).
+func isMake(command string) bool {
+	if makeName.MatchString(filepath.Base(command)) {
+		return true
+	}
+	path, err := exec.LookPath(command)
+	if err != nil {
+		return false
+	}
+	real, err := filepath.EvalSymlinks(path)
+	return err == nil && makeName.MatchString(filepath.Base(real))
 }
 
 func setEnv(env []string, key, value string) []string {

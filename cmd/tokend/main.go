@@ -2,11 +2,15 @@
 // tokens and hands them to builds through one jobserver FIFO per build.
 //
 //	tokend [--config FILE] [--runtime-dir DIR] [--tokens N] [--lease-group G] [--log-level L]
+//	       [--memory-cgroup DIR] [--memory-pressure FILE] [--lease-cgroups DIR|off]
+//	       [--memory-reserve SIZE] [--memory-tick D] [--growth-interval D]
+//	       [--cpu-multiple X] [--job-estimate SIZE]
 //
 // With no flags it runs on embedded defaults: runtime directory /run/tokend
-// as root, $XDG_RUNTIME_DIR/tokend otherwise, and a budget of one job per
-// CPU. SIGTERM and SIGINT stop it, leaving running builds their tokens;
-// SIGHUP reloads the configuration file.
+// as root, $XDG_RUNTIME_DIR/tokend otherwise, and a budget the memory
+// controller sizes from the host's memory headroom and pressure, capped at
+// 1.5 jobs per CPU. SIGTERM and SIGINT stop it, leaving running builds
+// their tokens; SIGHUP reloads the configuration file.
 package main
 
 import (
@@ -17,12 +21,15 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/broker/control"
+	"github.com/tokend/tokend/broker/memory"
 )
 
 func main() {
@@ -47,6 +54,14 @@ func parseFlags(args []string) (*settings, error) {
 	fs.IntVar(&s.override.Tokens, "tokens", 0, "fix the budget at N jobs (config: tokens)")
 	fs.StringVar(&s.override.LeaseGroup, "lease-group", "", "group whose members may register leases (config: lease_group)")
 	fs.StringVar(&s.override.LogLevel, "log-level", "", "trace, debug, info, warn or error (config: log_level)")
+	fs.StringVar(&s.override.MemoryCgroup, "memory-cgroup", "", "memory domain: a v1 or v2 memory cgroup directory; default the host (config: memory_cgroup)")
+	fs.StringVar(&s.override.MemoryPressure, "memory-pressure", "", "PSI memory file to read (config: memory_pressure)")
+	fs.StringVar(&s.override.LeaseCgroups, "lease-cgroups", "", "cgroup v2 directory for the tokenctl leases' groups, or off (config: lease_cgroups)")
+	fs.Var(&s.override.MemoryReserve, "memory-reserve", "headroom never handed out, such as 512MiB (config: memory_reserve)")
+	fs.DurationVar(&s.override.MemoryTick, "memory-tick", 0, "how often the memory controller decides (config: memory_tick)")
+	fs.DurationVar(&s.override.GrowthInterval, "growth-interval", 0, "least time between budget increases (config: growth_interval)")
+	fs.Float64Var(&s.override.CPUMultiple, "cpu-multiple", 0, "cap the budget at this many jobs per CPU (config: cpu_multiple)")
+	fs.Var(&s.override.JobEstimate, "job-estimate", "expected peak of an unknown compile job, such as 1GiB (config: job_estimate)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -75,6 +90,22 @@ func (s *settings) load() (broker.Config, error) {
 			c.LeaseGroup = s.override.LeaseGroup
 		case "log-level":
 			c.LogLevel = s.override.LogLevel
+		case "memory-cgroup":
+			c.MemoryCgroup = s.override.MemoryCgroup
+		case "memory-pressure":
+			c.MemoryPressure = s.override.MemoryPressure
+		case "lease-cgroups":
+			c.LeaseCgroups = s.override.LeaseCgroups
+		case "memory-reserve":
+			c.MemoryReserve = s.override.MemoryReserve
+		case "memory-tick":
+			c.MemoryTick = s.override.MemoryTick
+		case "growth-interval":
+			c.GrowthInterval = s.override.GrowthInterval
+		case "cpu-multiple":
+			c.CPUMultiple = s.override.CPUMultiple
+		case "job-estimate":
+			c.JobEstimate = s.override.JobEstimate
 		}
 	})
 	if err := c.Validate(); err != nil {
@@ -97,7 +128,25 @@ func run(args []string) error {
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "tokend", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
 
-	b, err := broker.New(broker.Options{RuntimeDir: cfg.RuntimeDir, Budget: cfg.Tokens, Logger: log})
+	cgroups, err := leaseCgroups(cfg, log)
+	if err != nil {
+		return err
+	}
+	opts := broker.Options{RuntimeDir: cfg.RuntimeDir, Budget: cfg.Tokens, Logger: log}
+	if cgroups != nil {
+		opts.Cgroups = cgroups
+	}
+	b, err := broker.New(opts)
+	if err != nil {
+		return err
+	}
+	ctl, err := control.New(b, control.Config{
+		Params:      params(cfg),
+		Memory:      memory.Config{Cgroup: cfg.MemoryCgroup, Pressure: cfg.MemoryPressure},
+		Cgroups:     cgroups,
+		HistoryPath: filepath.Join(cfg.RuntimeDir, "history.json"),
+		Logger:      log.Named("memory"),
+	})
 	if err != nil {
 		return err
 	}
@@ -115,6 +164,8 @@ func run(args []string) error {
 	defer stop()
 	brokerDone := make(chan error, 1)
 	go func() { brokerDone <- b.Run(ctx) }()
+	controlDone := make(chan error, 1)
+	go func() { controlDone <- ctl.Run(ctx) }()
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve(ln) }()
 
@@ -128,7 +179,7 @@ func run(args []string) error {
 		select {
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				reload(s, cfg, b, log)
+				reload(s, cfg, b, ctl, log)
 				continue
 			}
 			log.Info("stopping", "signal", sig.String())
@@ -137,29 +188,69 @@ func run(args []string) error {
 			serr := srv.Shutdown(shutdownCtx)
 			cancel()
 			stop()
-			return errors.Join(serr, <-brokerDone)
+			return errors.Join(serr, <-controlDone, <-brokerDone)
 		case err := <-serveDone:
 			stop()
+			<-controlDone
 			<-brokerDone
 			return fmt.Errorf("control api stopped: %w", err)
 		case err := <-brokerDone:
+			stop()
+			<-controlDone
 			return fmt.Errorf("broker stopped: %w", err)
 		}
 	}
 }
 
+// leaseCgroups makes the parent of the tokenctl leases' cgroups, unless
+// configured off. Without root or a cgroup2 mount tokend runs on without
+// them: builds then cannot be frozen, which the log says.
+func leaseCgroups(cfg broker.Config, log hclog.Logger) (*control.Cgroups, error) {
+	if cfg.LeaseCgroups == "off" {
+		return nil, nil
+	}
+	parent := cfg.LeaseCgroups
+	if parent == "" {
+		var err error
+		if parent, err = control.DefaultLeaseCgroups(cfg.MemoryCgroup); err != nil {
+			log.Warn("no cgroups for tokenctl leases; the memory brake cannot freeze their builds", "error", err)
+			return nil, nil
+		}
+	}
+	cg, err := control.NewCgroups(parent, cfg.LeaseCgroups == "", log.Named("cgroups"))
+	if err != nil && cfg.LeaseCgroups == "" {
+		log.Warn("no cgroups for tokenctl leases; the memory brake cannot freeze their builds", "error", err)
+		return nil, nil
+	}
+	return cg, err
+}
+
+// params are the memory controller's parameters in cfg.
+func params(cfg broker.Config) control.Params {
+	return control.Params{
+		Reserve: uint64(cfg.MemoryReserve), Tick: cfg.MemoryTick, GrowthInterval: cfg.GrowthInterval,
+		CPUMultiple: cfg.CPUMultiple, JobEstimate: uint64(cfg.JobEstimate),
+	}
+}
+
 // reload applies a changed configuration file. Settings that need a new
-// socket or directory take effect at the next start, and the log says so.
-func reload(s *settings, old broker.Config, b *broker.Broker, log hclog.Logger) {
+// socket, directory or memory domain take effect at the next start, and the
+// log says so.
+func reload(s *settings, old broker.Config, b *broker.Broker, ctl *control.Controller, log hclog.Logger) {
 	cfg, err := s.load()
 	if err != nil {
 		log.Error("reload failed; keeping the running configuration", "error", err)
 		return
 	}
-	if cfg.RuntimeDir != old.RuntimeDir || cfg.LeaseGroup != old.LeaseGroup {
-		log.Warn("runtime_dir and lease_group change only at restart")
+	if cfg.RuntimeDir != old.RuntimeDir || cfg.LeaseGroup != old.LeaseGroup || cfg.MemoryCgroup != old.MemoryCgroup ||
+		cfg.MemoryPressure != old.MemoryPressure || cfg.LeaseCgroups != old.LeaseCgroups {
+		log.Warn("runtime_dir, lease_group, memory_cgroup, memory_pressure and lease_cgroups change only at restart")
 	}
 	log.SetLevel(hclog.LevelFromString(cfg.LogLevel))
+	if err := ctl.Reconfigure(params(cfg)); err != nil {
+		log.Error("reload failed", "error", err)
+		return
+	}
 	if err := b.Configure(cfg.Tokens); err != nil {
 		log.Error("reload failed", "error", err)
 		return

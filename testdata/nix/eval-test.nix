@@ -164,6 +164,12 @@ let
     };
   };
   off = evalModule { user.enable = false; };
+  elsewhere = evalModule {
+    user = {
+      enable = true;
+      settings.runtime_dir = "/var/run/jobs";
+    };
+  };
 
   # The overlay, applied to a stub package set.
   prevFor = goVersion: {
@@ -203,7 +209,11 @@ let
     "module: wanted by multi-user.target" = svc.wantedBy == [ "multi-user.target" ];
     "module: pre-build-hook is tokend-nix-hook" =
       full.nix.settings.pre-build-hook == "${fakePkg}/bin/tokend-nix-hook";
-    "module: nixPreBuildHook = false leaves nix.settings alone" = !(noHook ? nix);
+    "module: nixPreBuildHook = false leaves nix.settings alone" =
+      !(noHook ? nix) && !(noHook.systemd.services ? nix-daemon);
+    "module: the hook finds tokend's socket" =
+      full.systemd.services.nix-daemon.environment.TOKEND_SOCKET == "/run/tokend/tokend.sock"
+      && elsewhere.systemd.services.nix-daemon.environment.TOKEND_SOCKET == "/var/run/jobs/tokend.sock";
     "module: useCgroups" =
       full.nix.settings.use-cgroups == true
       && full.nix.settings.experimental-features == [ "cgroups" ];

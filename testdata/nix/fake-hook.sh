@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# TEST FIXTURE, not the product: a stand-in for cmd/tokend-nix-hook until the
-# Go hook exists. Nix runs it as `pre-build-hook` with $1 = the .drv path and
-# $2 = the sandbox root (its group is the build's gid).
+# TEST FIXTURE, not the product: a stand-in for cmd/tokend-nix-hook that needs
+# no tokend, so the sandbox side (Nix, the setup hook, make, ninja) is tested
+# alone, with exact token counts. Nix runs it as `pre-build-hook` with $1 = the
+# .drv path and $2 = the sandbox root (its group is the build's gid).
 #
 # Per build it creates a FIFO (mode 0660, group = gid of $2) under
 # $TOKEND_FAKE_HOOK_STATE/<drv name>/, fills it with $TOKEND_FAKE_HOOK_TOKENS
@@ -16,7 +17,6 @@
 # the build itself, as the harness does; a nix-daemon would not):
 #   TOKEND_FAKE_HOOK_STATE   directory for FIFOs and bookkeeping (required)
 #   TOKEND_FAKE_HOOK_TOKENS  tokens per FIFO (default 2)
-#   TOKEND_FAKE_HOOK_MODE    fifo (default) or empty: print nothing at all
 #   TOKEND_FAKE_HOOK_HOLD    seconds the holder lives at most (default 600)
 #
 # Other modes, for the test driver:
@@ -65,13 +65,9 @@ drv=${1:?usage: fake-hook.sh DRV SANDBOX_DIR}
 sandbox=${2:?usage: fake-hook.sh DRV SANDBOX_DIR}
 state=${TOKEND_FAKE_HOOK_STATE:?TOKEND_FAKE_HOOK_STATE is not set}
 tokens=${TOKEND_FAKE_HOOK_TOKENS:-2}
-mode=${TOKEND_FAKE_HOOK_MODE:-fifo}
 hold=${TOKEND_FAKE_HOOK_HOLD:-600}
 
 name=$(basename "$drv" .drv)
-echo "$drv $sandbox" >>"$state/calls.log"
-[ "$mode" = empty ] && exit 0
-
 gid=$(stat -c %g "$sandbox")
 d=$state/$name
 mkdir -p "$d"

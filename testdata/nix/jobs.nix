@@ -19,26 +19,32 @@
   # stdenv's enableParallelBuilding.
   parallel ? true,
   setupHook ? ../../nix/setup-hook.sh,
+  # requiredSystemFeatures, space-separated ("" for none); the hook hands
+  # them to tokend.
+  features ? "",
   system ? builtins.currentSystem,
 }:
 
 let
   one =
     i:
-    derivation {
-      name = "${name}-${toString i}";
-      pname = name;
-      version = toString i;
-      inherit
-        system
-        nonce
-        jobs
-        sleep
-        setupHook
-        ;
-      builder = "/bin/bash";
-      args = [ ./builder.sh ];
-      enableParallelBuilding = parallel;
-    };
+    derivation (
+      {
+        name = "${name}-${toString i}";
+        pname = name;
+        version = toString i;
+        inherit
+          system
+          nonce
+          jobs
+          sleep
+          setupHook
+          ;
+        builder = "/bin/bash";
+        args = [ ./builder.sh ];
+        enableParallelBuilding = parallel;
+      }
+      // (if features == "" then { } else { requiredSystemFeatures = features; })
+    );
 in
 builtins.genList (i: one (i + 1)) builds

@@ -17,6 +17,7 @@
 #   --sleep S          seconds per job (default 0.5)
 #   --name NAME        derivation name prefix (default tokend-jobserver-test)
 #   --no-parallel      build with enableParallelBuilding = false
+#   --features F       requiredSystemFeatures, space-separated (default none)
 #   --setup-hook FILE  setup hook to source (default nix/setup-hook.sh)
 #   --timeout SEC      limit for nix-build (default 300)
 #
@@ -27,6 +28,7 @@
 #   WORK=<dir>
 #   ELAPSED_MS=<nix-build wall time>
 #   BUILDS_OVERLAP=<most builds running at one time>
+#   JOBS_MAX=<most make and ninja jobs running at one time, all builds together>
 #   BUILD i=1 name=<drv name> out=<store path> logs=<dir> make_max=3 make_jobs=6 ninja_max=3 ninja_jobs=6 make_auth=<auth> ninja_auth=<auth> fifo_present=yes|no ninja_jobserver=yes|no
 # (one BUILD line per derivation). *_max: most jobs running at once; *_jobs:
 # jobs that finished; *_auth: the last --jobserver-auth= value in the MAKEFLAGS
@@ -43,7 +45,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
 nix_bin='' hook='' tools=${TOKEND_TOOLS_BIN:-} work='' store='' builds=1 jobs=6 cores=8 sleep=0.5
-name=tokend-jobserver-test parallel=true setup_hook=$repo/nix/setup-hook.sh timeout_s=300
+name=tokend-jobserver-test parallel=true setup_hook=$repo/nix/setup-hook.sh timeout_s=300 features=
 while [ $# -gt 0 ]; do
   case "$1" in
     --nix-bin) nix_bin=$2; shift 2 ;;
@@ -57,6 +59,7 @@ while [ $# -gt 0 ]; do
     --sleep) sleep=$2; shift 2 ;;
     --name) name=$2; shift 2 ;;
     --no-parallel) parallel=false; shift ;;
+    --features) features=$2; shift 2 ;;
     --setup-hook) setup_hook=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     *) echo "sandbox-build.sh: unknown argument $1" >&2; exit 2 ;;
@@ -102,7 +105,7 @@ start_ns=$(date +%s%N)
 rc=0
 NIX_CONF_DIR=$work/conf timeout "$timeout_s" "$nix_bin/nix-build" "$here/jobs.nix" --no-out-link \
   --argstr nonce "$nonce" --argstr name "$name" --arg builds "$builds" --arg jobs "$jobs" \
-  --argstr sleep "$sleep" --arg parallel "$parallel" --arg setupHook "$setup_hook" \
+  --argstr sleep "$sleep" --arg parallel "$parallel" --arg setupHook "$setup_hook" --argstr features "$features" \
   >"$work/outs" 2>"$work/nix-build.log" || rc=$?
 end_ns=$(date +%s%N)
 elapsed_ms=$(((end_ns - start_ns) / 1000000))
@@ -133,6 +136,7 @@ summary=$work/summary
   echo "ELAPSED_MS=$elapsed_ms"
 } >"$summary"
 : >"$work/spans"
+: >"$work/all-jobs.log"
 i=0
 while read -r out; do
   [ -n "$out" ] || continue
@@ -152,10 +156,11 @@ while read -r out; do
   nj_auth=$(auth_of "$logs/ninja.log.env")
   njs=no
   grep -q 'Jobserver mode detected' "$logs/ninja.out" 2>/dev/null && njs=yes
+  cat "$logs/make.log" "$logs/ninja.log" >>"$work/all-jobs.log"
   cat "$logs/make.log" "$logs/ninja.log" | awk 'NR == 1 || $2 < lo { lo = $2 } $2 > hi { hi = $2 } END { print "S", lo; print "E", hi }' >>"$work/spans"
   echo "BUILD i=$i name=$bname out=$out logs=$logs make_max=$mk_max make_jobs=$mk_jobs ninja_max=$nj_max ninja_jobs=$nj_jobs make_auth=$mk_auth ninja_auth=$nj_auth fifo_present=$(cat "$logs/fifo-present") ninja_jobserver=$njs" >>"$summary"
 done <"$work/outs"
 [ "$i" = "$builds" ] || die "expected $builds outputs, got $i"
 overlap=$(max_concurrency "$work/spans")
-sed -i "3a BUILDS_OVERLAP=$overlap" "$summary"
+sed -i "3a BUILDS_OVERLAP=$overlap\nJOBS_MAX=$(max_concurrency "$work/all-jobs.log")" "$summary"
 cat "$summary"

@@ -94,6 +94,36 @@ source "$HOOK"
 runHook preBuild >/dev/null
 sh -c '\''echo "[$MAKEFLAGS] [$CARGO_MAKEFLAGS]"'\'''
 
+check "joining holds the FIFO open read-write, once" "target=$fifo O_ACCMODE=2 same fd" '
+export NIX_BUILD_CORES=8 enableParallelBuilding=1
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+runHook preBuild >/dev/null
+fd=$tokendJobserverFd
+runHook preBuild >/dev/null
+flags=$(sed -n "s/^flags:[[:space:]]*//p" /proc/$$/fdinfo/$fd)
+echo "target=$(readlink /proc/$$/fd/$fd) O_ACCMODE=$((0$flags & 3)) $([ "$fd" = "$tokendJobserverFd" ] && echo same fd)"'
+
+# make 4.4 opens the FIFO with a blocking read-only open(): with no writer
+# left (tokend died) it waits forever, unless the build holds one. The
+# build holds it from the moment the hook is sourced, so the tokens in it
+# also outlive a tokend that dies during configure.
+check "a make started after tokend died does not hang in open()" "before sourcing: blocked
+after sourcing: opened" '
+export NIX_BUILD_CORES=8 enableParallelBuilding=1
+tokendJobserverFifo=$FIFO
+rdonly_open() { timeout 0.5 bash -c '\''exec 3<"$1" && echo opened'\'' _ "$FIFO" || echo blocked; }
+echo "before sourcing: $(rdonly_open)"
+source "$HOOK"
+echo "after sourcing: $(rdonly_open)"'
+
+check "a parallel tool call without the export holds the FIFO too" "held" '
+export NIX_BUILD_CORES=8
+tokendJobserverFifo=$FIFO
+source "$HOOK"
+make -j8 >/dev/null
+echo "${tokendJobserverFd:+held}"'
+
 check "not parallel: MAKEFLAGS untouched" "[-k] <unset>" '
 export MAKEFLAGS=-k NIX_BUILD_CORES=8
 tokendJobserverFifo=$FIFO

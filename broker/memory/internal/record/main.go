@@ -24,7 +24,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/broker/memory"
-	"github.com/tokend/tokend/broker/memory/internal/scratch"
+	"github.com/tokend/tokend/internal/cgtest"
 )
 
 const mib = 1 << 20
@@ -59,12 +59,12 @@ func run(out string, snapLimit, snapRSS, traceLimit uint64, duration, interval t
 
 type recorder struct {
 	out, work, source string
-	mounts            scratch.Mounts
+	mounts            cgtest.Mounts
 	sampler           memory.Sampler
 }
 
 func newRecorder(out string) (*recorder, error) {
-	m, err := scratch.FindMounts()
+	m, err := cgtest.FindMounts()
 	if err != nil {
 		return nil, err
 	}
@@ -92,22 +92,22 @@ func newRecorder(out string) (*recorder, error) {
 // and in a cgroup2 group, the one where the kernel counts the stalls that
 // limit causes.
 type workload struct {
-	v1, v2 scratch.Group
+	v1, v2 cgtest.Group
 	done   chan struct{} // closed once the script has exited and been reaped
 	err    error
 }
 
 func (r *recorder) start(limit uint64, script string) (*workload, error) {
-	v1, err := scratch.Make(filepath.Join(r.mounts.V1Memory, scratch.Name("tokend-record")), limit)
+	v1, err := cgtest.Make(filepath.Join(r.mounts.V1Memory, cgtest.Name("tokend-record")), limit)
 	if err != nil {
 		return nil, err
 	}
-	v2, err := scratch.Make(filepath.Join(r.mounts.V2, scratch.Name("tokend-record")), 0)
+	v2, err := cgtest.Make(filepath.Join(r.mounts.V2, cgtest.Name("tokend-record")), 0)
 	if err != nil {
 		return nil, errors.Join(err, v1.Remove())
 	}
 	w := &workload{v1: v1, v2: v2, done: make(chan struct{})}
-	cmd := scratch.Command([]scratch.Group{v1, v2}, "/bin/sh", "-c", script)
+	cmd := cgtest.Command([]cgtest.Group{v1, v2}, "/bin/sh", "-c", script)
 	cmd.Dir, cmd.Stderr = r.work, os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, errors.Join(err, v1.Remove(), v2.Remove())

@@ -1,0 +1,299 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/broker/memory"
+)
+
+// Config sets up a Controller.
+type Config struct {
+	Params Params
+	// Memory names the domain: Cgroup "" is the host. Pressure "" means
+	// the domain's own memory.pressure for a v2 group; for a v1 group that
+	// of the lease cgroups' parent, which holds the builds and where the
+	// kernel counts the stalls the v1 limit causes; for the host
+	// /proc/pressure/memory.
+	Memory memory.Config
+	// Cgroups makes the tokenctl leases' groups; nil when tokend makes none.
+	Cgroups *Cgroups
+	// HistoryPath is the job history file, in the runtime directory.
+	HistoryPath string
+	// CPUs is how many CPUs builds may use; 0 means runtime.NumCPU(),
+	// which counts those in this process's affinity mask.
+	CPUs   int
+	Logger hclog.Logger
+}
+
+// Controller sizes the broker's budget from memory: it samples the domain
+// and every lease's processes each tick, and steers the budget, freezing
+// and thawing leases as a last resort.
+type Controller struct {
+	b       *broker.Broker
+	domain  *memory.Domain
+	sampler sampler
+	cgroups *Cgroups
+	hist    *History
+	engine  *engine
+	log     hclog.Logger
+
+	mu   sync.Mutex
+	next *Params // parameters to apply at the next tick
+
+	placed  map[string]bool // leases whose build is known to run in its own group
+	lastErr string
+}
+
+// New makes a controller for b. It checks that the domain's files can be
+// read, so that a misconfiguration stops tokend at start.
+func New(b *broker.Broker, c Config) (*Controller, error) {
+	p := c.Params.withDefaults()
+	if err := p.validate(); err != nil {
+		return nil, err
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	if c.CPUs <= 0 {
+		c.CPUs = runtime.NumCPU()
+	}
+	mc := c.Memory
+	if mc.Pressure == "" && mc.Cgroup != "" && !isCgroup2(mc.Cgroup) && c.Cgroups != nil {
+		mc.Pressure = filepath.Join(c.Cgroups.Parent(), "memory.pressure")
+	}
+	domain, err := memory.NewDomain(mc)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := domain.Read(); err != nil {
+		return nil, err
+	}
+	s, err := newSampler(mc.Proc)
+	if err != nil {
+		return nil, err
+	}
+	hist, err := LoadHistory(c.HistoryPath)
+	if err != nil {
+		c.Logger.Warn("starting with an empty job history", "error", err)
+	}
+	name := "host"
+	if mc.Cgroup != "" {
+		name = mc.Cgroup
+	}
+	reserve := "auto"
+	if p.Reserve != 0 {
+		reserve = size(p.Reserve)
+	}
+	c.Logger.Info("memory controller ready", "domain", name, "pressure", domain.PressureFile(),
+		"reserve", reserve, "tick", p.Tick, "growth_interval", p.GrowthInterval,
+		"cpu_multiple", p.CPUMultiple, "cpus", c.CPUs, "job_estimate", size(p.JobEstimate))
+	return &Controller{
+		b: b, domain: domain, sampler: s, cgroups: c.Cgroups, hist: hist,
+		engine: newEngine(p, c.CPUs, name, domain.PressureFile(), hist, c.Logger),
+		log:    c.Logger,
+		placed: map[string]bool{},
+	}, nil
+}
+
+// Reconfigure changes the parameters from the next tick on, as a reload of
+// the configuration does.
+func (c *Controller) Reconfigure(p Params) error {
+	p = p.withDefaults()
+	if err := p.validate(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.next = &p
+	c.mu.Unlock()
+	return nil
+}
+
+// Run steers the budget until ctx ends, then thaws what it froze and saves
+// the job history.
+func (c *Controller) Run(ctx context.Context) error {
+	c.thawLeftovers()
+	var trigger <-chan time.Time
+	w, err := c.domain.Watch(ctx, memory.Trigger{Stall: triggerStall, Window: pressureWindow})
+	if err != nil {
+		c.log.Warn("no PSI trigger; pressure is seen at each tick only", "error", err)
+	} else {
+		trigger = w.C
+	}
+	tick := time.NewTicker(c.engine.p.Tick)
+	defer tick.Stop()
+	c.tick()
+	for {
+		select {
+		case <-ctx.Done():
+			err := c.stop()
+			if w != nil {
+				err = errors.Join(err, w.Wait())
+			}
+			return err
+		case <-tick.C:
+		case _, ok := <-trigger:
+			if !ok {
+				c.log.Warn("PSI trigger stopped; pressure is seen at each tick only", "error", w.Wait())
+				trigger = nil
+				continue
+			}
+			c.log.Debug("PSI trigger fired")
+		}
+		c.mu.Lock()
+		if c.next != nil {
+			c.engine.p = *c.next
+			tick.Reset(c.engine.p.Tick)
+			c.next = nil
+		}
+		c.mu.Unlock()
+		c.tick()
+	}
+}
+
+// tick samples, decides and applies the decision.
+func (c *Controller) tick() {
+	r, err := c.domain.Read()
+	if err != nil {
+		if msg := err.Error(); msg != c.lastErr {
+			c.log.Error("cannot read memory; the budget stays as it is", "error", err)
+			c.lastErr = msg
+		}
+		return
+	}
+	c.lastErr = ""
+	st := c.b.Status()
+	in := tickInput{Reading: r}
+	cgroups := map[string]string{}
+	live := map[string]bool{}
+	for _, l := range st.Leases {
+		live[l.ID] = true
+		c.place(l)
+		var procs []proc
+		var grouped bool
+		if l.Admitted {
+			// A lease waiting for admission has started nothing yet.
+			if procs, grouped, err = c.sampler.lease(l); err != nil {
+				c.log.Debug("cannot sample the lease's processes", "lease", l.ID, "error", err)
+			}
+		}
+		cgroups[l.ID] = l.Cgroup
+		in.Leases = append(in.Leases, leaseInput{
+			ID: l.ID, Name: l.Name, Created: l.Created, Admitted: l.Admitted, Ending: l.Ending,
+			Hungry: l.Hungry, Held: l.Held, Freezable: grouped, Procs: procs,
+		})
+	}
+	for id := range c.placed {
+		if !live[id] {
+			delete(c.placed, id)
+		}
+	}
+	d := c.engine.step(in)
+	if d.Changed {
+		if err := c.b.Steer(d.Budget, d.Reason); err != nil {
+			c.log.Error("cannot steer the budget", "error", err)
+		}
+	}
+	for _, a := range d.Actions {
+		if err := setFrozen(cgroups[a.Lease], a.Freeze); err != nil {
+			c.log.Error("memory brake failed", "lease", a.Lease, "error", err)
+		}
+	}
+	c.b.SetMemory(d.Status, d.Leases)
+	if c.cgroups != nil {
+		c.cgroups.Retry()
+	}
+	if err := c.hist.Save(); err != nil {
+		c.log.Warn("cannot save the job history", "error", err)
+	}
+}
+
+// place moves a tokenctl build into the group made for its lease when it
+// started outside it: tokenctl starts its command inside the group with
+// clone3(CLONE_INTO_CGROUP), which needs write access to the common
+// ancestor of both groups, so for users other than root it falls back to
+// starting it outside. tokend, as root, moves it; until then its memory
+// is still sampled from the owner's descendants.
+func (c *Controller) place(l broker.LeaseStatus) {
+	if c.cgroups == nil || !c.cgroups.Owns(l.Cgroup) || c.placed[l.ID] || !l.Admitted || l.Ending || l.Owner.PID <= 0 {
+		return
+	}
+	tree, err := c.sampler.mem.Tree(l.Owner.PID)
+	if err != nil || len(tree) < 2 {
+		return // not started yet
+	}
+	in, err := members(l.Cgroup)
+	if err != nil {
+		c.log.Debug("cannot list the lease cgroup", "lease", l.ID, "error", err)
+		return
+	}
+	moved := 0
+	for _, p := range tree[1:] {
+		if in[p.PID] {
+			continue
+		}
+		if err := move(l.Cgroup, p.PID); err != nil {
+			c.log.Warn("cannot move the build into its lease cgroup; it cannot be frozen", "lease", l.ID, "error", err)
+			c.placed[l.ID] = true
+			return
+		}
+		moved++
+	}
+	if moved == 0 {
+		c.placed[l.ID] = true
+		return
+	}
+	c.log.Info("moved the build into its lease cgroup", "lease", l.ID, "name", l.Name, "processes", moved, "cgroup", l.Cgroup)
+}
+
+// thawLeftovers thaws groups of adopted leases that a previous tokend left
+// frozen, and removes the empty groups of leases it did not leave.
+func (c *Controller) thawLeftovers() {
+	keep := map[string]bool{}
+	for _, l := range c.b.Status().Leases {
+		if l.Cgroup == "" {
+			continue
+		}
+		keep[l.Cgroup] = true
+		if on, err := isFrozen(l.Cgroup); err == nil && on {
+			if err := setFrozen(l.Cgroup, false); err != nil {
+				c.log.Error("cannot thaw a lease a previous tokend froze", "lease", l.ID, "error", err)
+				continue
+			}
+			c.log.Info("thawed a lease a previous tokend froze", "lease", l.ID, "name", l.Name)
+		}
+	}
+	if c.cgroups != nil {
+		c.cgroups.Sweep(keep)
+	}
+}
+
+// stop thaws every lease the controller froze and saves the history.
+func (c *Controller) stop() error {
+	var err error
+	for _, l := range c.b.Status().Leases {
+		ls, ok := c.engine.leases[l.ID]
+		if !ok || !ls.frozen || l.Cgroup == "" {
+			continue
+		}
+		if ferr := setFrozen(l.Cgroup, false); ferr != nil && !errors.Is(ferr, os.ErrNotExist) {
+			err = errors.Join(err, fmt.Errorf("thaw lease %s on stopping: %w", l.ID, ferr))
+			continue
+		}
+		ls.frozen = false
+		c.log.Info("thawed a lease on stopping", "lease", l.ID, "name", l.Name)
+	}
+	if c.cgroups != nil {
+		c.cgroups.Close()
+	}
+	return errors.Join(err, c.hist.Save())
+}

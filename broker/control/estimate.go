@@ -1,0 +1,218 @@
+package control
+
+import (
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tokend/tokend/broker/memory"
+)
+
+// class is the kind of job a process is, for its memory estimate.
+type class int
+
+const (
+	// classDriver is a build tool that runs jobs (make, ninja, cargo): it
+	// holds a slot but is not the job whose memory grows.
+	classDriver class = iota
+	classCompile
+	// classLink: linkers and link-time optimisers, which need far more
+	// memory than a compile and arrive at the end of a build.
+	classLink
+)
+
+func (c class) String() string {
+	switch c {
+	case classCompile:
+		return "compile"
+	case classLink:
+		return "link"
+	}
+	return "driver"
+}
+
+// commLen is how much of a command name the kernel keeps in
+// /proc/PID/status: TASK_COMM_LEN less the NUL.
+const commLen = 15
+
+var (
+	linkers = map[string]bool{
+		"ld": true, "ld.bfd": true, "ld.gold": true, "gold": true, "ld.lld": true, "lld": true,
+		"ld64.lld": true, "wasm-ld": true, "rust-lld": true, "mold": true, "ld.mold": true,
+		"collect2": true, "lto1": true, "lto-wrapper": true,
+	}
+	drivers = map[string]bool{
+		"make": true, "gmake": true, "ninja": true, "samu": true, "cargo": true, "tokenctl": true,
+		"nix": true, "nix-build": true, "nix-daemon": true, "nix-store": true,
+	}
+)
+
+// classify tells a process's job class from its name, and from argv0 when
+// the name may have been cut to 15 bytes: x86_64-linux-gnu-ld.bfd and
+// x86_64-linux-gnu-gcc-12 both read "x86_64-linux-gn".
+func classify(name, argv0 string) class {
+	if len(name) >= commLen && argv0 != "" {
+		name = filepath.Base(argv0)
+	}
+	if drivers[name] || strings.HasPrefix(name, "make-") {
+		return classDriver
+	}
+	if linkers[name] {
+		return classLink
+	}
+	// Cross and versioned tools: x86_64-linux-gnu-ld.gold, ld.lld-19.
+	for l := range linkers {
+		if strings.HasSuffix(name, "-"+l) {
+			return classLink
+		}
+		if v, ok := strings.CutPrefix(name, l+"-"); ok && v != "" && strings.Trim(v, "0123456789.") == "" {
+			return classLink
+		}
+	}
+	return classCompile
+}
+
+// proc is one sampled process of a lease, with its job class.
+type proc struct {
+	memory.Proc
+	class class
+	// exiting: the process has begun to exit (PF_EXITING) and is tearing
+	// its memory down; make may already run the next job in its place.
+	exiting bool
+	// held is the RSS it had when last seen alive: what an exiting
+	// process gives back. /proc reads zero as soon as its threads have
+	// dropped the memory, while the kernel is still freeing it.
+	held uint64
+}
+
+const (
+	// heavyFloor: a process whose peak stays below it is not counted as a
+	// job's memory (shells, compiler drivers, assemblers of small files);
+	// nothing under it is worth a slot's worth of reserve.
+	heavyFloor = 64 << 20
+	// estimateWindow is how many finished jobs of a class an estimate
+	// remembers: the largest of them is the estimate, so one big job keeps
+	// it up for the next few, and a build whose jobs shrink is believed
+	// after this many.
+	estimateWindow = 8
+)
+
+// leaseState is what the controller keeps of one lease between ticks.
+type leaseState struct {
+	name string
+	// procs are the lease's processes at the last sample, by PID.
+	procs map[int]proc
+	// seen are the peaks of finished heavy processes, newest last, per
+	// class; small counts finished non-driver processes below heavyFloor.
+	seen  [3][]uint64
+	small int
+	// gone is what the processes that ended since the last sample held
+	// when last seen alive: memory the kernel may still be freeing.
+	gone uint64
+	// seed is the estimate per class before anything is seen; source
+	// tells where it came from ("history" or "default").
+	seed   [3]uint64
+	source string
+
+	frozen   bool
+	frozenAt time.Time
+}
+
+// observe takes a new sample of the lease's processes and learns from
+// those that finished since the last one: their last sampled peak (VmHWM
+// only grows, so it is at most one tick short).
+func (l *leaseState) observe(procs []proc) {
+	now := make(map[int]proc, len(procs))
+	for _, p := range procs {
+		prev, seen := l.procs[p.PID]
+		// An exiting process reads zero: keep the peak it had.
+		if seen {
+			p.Peak = max(p.Peak, prev.Peak)
+		}
+		p.held = p.RSS
+		if p.exiting && seen {
+			p.held = prev.held
+		}
+		now[p.PID] = p
+	}
+	l.gone = 0
+	for pid, p := range l.procs {
+		if _, ok := now[pid]; ok {
+			continue
+		}
+		l.gone += p.held
+		if p.class == classDriver {
+			continue
+		}
+		if p.Peak < heavyFloor {
+			l.small++
+			continue
+		}
+		s := append(l.seen[p.class], p.Peak)
+		l.seen[p.class] = s[max(len(s)-estimateWindow, 0):]
+	}
+	l.procs = now
+}
+
+// estimate is the expected peak of one job of class c: the largest seen
+// of the last finished ones, else the seed, and never less than a running
+// job of that class already reached. A lease that ran a window's worth of
+// jobs, all below the floor, is expected to stay there.
+func (l *leaseState) estimate(c class) uint64 {
+	var e uint64
+	switch {
+	case len(l.seen[c]) > 0:
+		e = slices.Max(l.seen[c])
+	case c == classCompile && l.small >= estimateWindow:
+		e = heavyFloor
+	default:
+		e = l.seed[c]
+	}
+	for _, p := range l.procs {
+		if p.class == c {
+			e = max(e, p.Peak)
+		}
+	}
+	return e
+}
+
+// estimateSource tells where the compile estimate comes from.
+func (l *leaseState) estimateSource() string {
+	if len(l.seen[classCompile]) > 0 || l.small >= estimateWindow {
+		return "observed"
+	}
+	return l.source
+}
+
+// usage is what the lease's processes hold and what its jobs are still
+// expected to grow by. jobs is how many jobs the lease runs (its implicit
+// slot and the tokens it holds): each heavy process is one, growing to its
+// class's estimate (or its own peak, if larger); jobs without a heavy
+// process yet are expected to grow from nothing to a compile's estimate.
+// A process that is exiting runs no job any more; back is the memory such
+// processes, and those that ended since the last sample, held when last
+// seen alive, which is coming back; live is the RSS of the others.
+func (l *leaseState) usage(jobs int) (rss, peak, growth, back, live uint64) {
+	heavy := 0
+	back = l.gone
+	for _, p := range l.procs {
+		rss += p.RSS
+		peak = max(peak, p.Peak)
+		if p.exiting {
+			back += p.held
+			continue
+		}
+		live += p.RSS
+		if p.class == classDriver || p.Peak < heavyFloor {
+			continue
+		}
+		heavy++
+		e := max(l.estimate(p.class), p.Peak)
+		growth += e - min(p.RSS, e)
+	}
+	if missing := jobs - heavy; missing > 0 {
+		growth += uint64(missing) * l.estimate(classCompile)
+	}
+	return rss, peak, growth, back, live
+}

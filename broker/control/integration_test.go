@@ -1,0 +1,366 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/internal/buildtest"
+	"github.com/tokend/tokend/internal/cgtest"
+)
+
+// hog is one memhog job in a Makefile.
+type hog struct {
+	peak, ramp int // MiB, MiB/s
+	hold       time.Duration
+}
+
+// writeMakefile writes dir/Makefile whose default goal runs n independent
+// memhog jobs named prefix1..prefixN, logging to log.
+func writeMakefile(t *testing.T, dir, log, prefix string, n int, h hog) {
+	t.Helper()
+	var b strings.Builder
+	var ids []string
+	for i := 1; i <= n; i++ {
+		ids = append(ids, fmt.Sprintf("%s%d", prefix, i))
+	}
+	fmt.Fprintf(&b, ".PHONY: all %s\nall: %s\n", strings.Join(ids, " "), strings.Join(ids, " "))
+	for _, id := range ids {
+		fmt.Fprintf(&b, "%s:\n\t@%s -peak %d -ramp %d -hold %s -log %s -id %s\n", id, bins.memhog, h.peak, h.ramp, h.hold, log, id)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "Makefile"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// daemon is a tokend started by a test.
+type daemon struct {
+	socket string
+	client *broker.Client
+	log    string
+}
+
+// startTokend runs tokend in a fresh runtime directory with args, until
+// the test ends; its log is printed if the test fails.
+func startTokend(t *testing.T, args ...string) *daemon {
+	t.Helper()
+	// Users other than root reach the socket too.
+	dir, err := os.MkdirTemp("", "tokend-control-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{socket: broker.SocketPath(dir), log: filepath.Join(dir, "tokend.log")}
+	logf, err := os.Create(d.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bins.tokend, append([]string{"--runtime-dir", dir, "--log-level", "debug"}, args...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("tokend: %v", err)
+		}
+		logf.Close()
+		if t.Failed() {
+			if b, err := os.ReadFile(d.log); err == nil {
+				t.Logf("tokend log:\n%s", b)
+			}
+		}
+	})
+	d.client = broker.NewClient(d.socket)
+	waitUntil(t, "tokend to answer", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		st, err := d.client.Status(ctx)
+		return err == nil && st.Memory != nil
+	})
+	return d
+}
+
+func (d *daemon) status(t *testing.T) broker.Status {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	st, err := d.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// build is a make started inside the memory group.
+type build struct {
+	name string
+	proc *buildtest.Proc
+}
+
+// startBuild runs make in dir inside group: under tokenctl run when d is
+// not nil, else with a static -j8.
+func startBuild(t *testing.T, group cgtest.Group, d *daemon, gmake, dir, name string) build {
+	t.Helper()
+	var cmd *exec.Cmd
+	if d != nil {
+		cmd = cgtest.Command([]cgtest.Group{group}, bins.tokenctl, "--socket", d.socket, "run", "--name", name, "--", gmake)
+	} else {
+		cmd = cgtest.Command([]cgtest.Group{group}, gmake, "-j8")
+	}
+	cmd.Dir = dir
+	return build{name: name, proc: buildtest.Start(t, cmd)}
+}
+
+// finish waits for the builds and reports each one's error.
+func finish(t *testing.T, builds []build) []error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	errs := make([]error, len(builds))
+	for i, b := range builds {
+		errs[i] = b.proc.Wait(ctx, t)
+	}
+	return errs
+}
+
+// Three make 4.4.1 builds, four 700 MiB jobs each, in a 3 GiB v1 memory
+// group. With a static -j8 each, twelve jobs start at once and the kernel
+// OOM-kills some of them. Under tokend, told only the memory group (and a
+// CPU multiple high enough that memory alone limits), all three finish
+// without an OOM kill.
+func TestThreeBuildsInThreeGiB(t *testing.T) {
+	m := cgtest.Need(t)
+	gmake := buildtest.Make44(t)
+	buildBins(t)
+	const limit = 3 << 30
+	job := hog{peak: 700, ramp: 350, hold: time.Second}
+
+	run := func(d *daemon, group cgtest.Group) (buildtest.Run, time.Duration, []error) {
+		log := buildtest.NewLog(t)
+		root := t.TempDir()
+		var builds []build
+		start := time.Now()
+		for _, name := range []string{"a", "b", "c"} {
+			dir := filepath.Join(root, name)
+			writeMakefile(t, dir, log.Path, name, 4, job)
+			builds = append(builds, startBuild(t, group, d, gmake, dir, "build-"+name))
+		}
+		if d != nil {
+			checkStatusOutput(t, d)
+		}
+		errs := finish(t, builds)
+		return log.Run(t), time.Since(start), errs
+	}
+
+	static := cgtest.MakeT(t, m.V1Memory, limit)
+	staticRun, staticSpan, staticErrs := run(nil, static)
+	staticKills, err := static.OOMKills()
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := 0
+	for _, err := range staticErrs {
+		if err != nil {
+			failed++
+		}
+	}
+	t.Logf("static -j8: %d OOM kills, %d of 3 builds failed, peak concurrency %d, makespan %v",
+		staticKills, failed, staticRun.Peak(), staticSpan.Round(10*time.Millisecond))
+	if staticKills == 0 {
+		t.Errorf("static -j8 in %d MiB: no OOM kill; the test no longer shows what tokend prevents", limit>>20)
+	}
+
+	group := cgtest.MakeT(t, m.V1Memory, limit)
+	leases := cgtest.MakeT(t, m.V2, 0)
+	d := startTokend(t, "--memory-cgroup", string(group), "--lease-cgroups", string(leases), "--cpu-multiple", "8")
+	tokendRun, tokendSpan, errs := run(d, group)
+	kills, err := group.OOMKills()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("under tokend: %d OOM kills, peak concurrency %d, makespan %v",
+		kills, tokendRun.Peak(), tokendSpan.Round(10*time.Millisecond))
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("build %d under tokend: %v", i, err)
+		}
+	}
+	if kills != 0 {
+		t.Errorf("%d OOM kills under tokend", kills)
+	}
+	if tokendRun.Peak() < 2 {
+		t.Errorf("under tokend at most %d job ran at once; memory allows three 700 MiB jobs", tokendRun.Peak())
+	}
+	tokendRun.Check(t, 12)
+	st := d.status(t)
+	if st.InvariantViolations != 0 {
+		t.Errorf("%d accounting invariant violations: %s", st.InvariantViolations, st.LastViolation)
+	}
+	t.Logf("budget at the end: %d (%s): %s", st.Budget, st.BudgetReason, st.Memory.Detail)
+	b, err := os.ReadFile(d.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "set the budget") {
+			t.Log(l)
+		}
+	}
+}
+
+// A user other than root cannot start a command straight into a cgroup
+// of root's (clone3 needs write access to the common ancestor), so
+// tokenctl starts it outside and says so, and tokend moves it in.
+func TestBuildStartedOutsideIsMovedIn(t *testing.T) {
+	m := cgtest.Need(t)
+	buildBins(t)
+	if _, err := user.LookupGroup("nogroup"); err != nil {
+		t.Fatalf("needs the nogroup group (uid 65534's group on Debian): %v", err)
+	}
+	leases := cgtest.MakeT(t, m.V2, 0)
+	d := startTokend(t, "--lease-group", "nogroup", "--lease-cgroups", string(leases))
+	cmd := exec.Command(bins.tokenctl, "--socket", d.socket, "run", "--name", "nobody", "--", "sleep", "2")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	p := buildtest.Start(t, cmd)
+	var cgroup string
+	waitUntil(t, "tokend to move the build into its lease cgroup", func() bool {
+		for _, l := range d.status(t).Leases {
+			if l.Name == "nobody" && l.Cgroup != "" {
+				cgroup = l.Cgroup
+				in, err := members(cgroup)
+				return err == nil && len(in) > 0
+			}
+		}
+		return false
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := p.Wait(ctx, t); err != nil {
+		t.Errorf("tokenctl run as uid 65534: %v; stderr:\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "cannot start sleep in its lease cgroup") {
+		t.Errorf("tokenctl said %q, want that it started the command outside its lease cgroup", stderr.String())
+	}
+	b, err := os.ReadFile(d.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "moved the build into its lease cgroup") {
+		t.Error("tokend did not log moving the build")
+	}
+	t.Logf("tokenctl: %s", strings.TrimSpace(stderr.String()))
+}
+
+// checkStatusOutput waits until tokend has a lease it measures, then
+// checks that tokenctl status shows the headroom, the pressure, each
+// lease's job estimates, and the budget with its reason.
+func checkStatusOutput(t *testing.T, d *daemon) {
+	t.Helper()
+	waitUntil(t, "a lease with memory figures", func() bool {
+		for _, l := range d.status(t).Leases {
+			if l.Memory != nil && l.Memory.Procs > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	out, err := exec.Command(bins.tokenctl, "--socket", d.socket, "status").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tokenctl status: %v\n%s", err, out)
+	}
+	st := d.status(t)
+	for _, want := range []string{
+		fmt.Sprintf("budget %d (%s)", st.Budget, st.BudgetReason),
+		"headroom ", "reserve ", "growth to come ", "pressure some ", "COMPILE EST", "LINK EST", "cpu cap ",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("tokenctl status lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// The memory brake: an old build holds 700 MiB of a 1.5 GiB v1 group while
+// a young one grows past the brake point (half the 512 MiB reserve). The
+// young lease's cgroup is frozen, never the old one's; once the old build
+// ends and memory recovers, the young one is thawed and finishes.
+func TestBrakeFreezesTheYoungest(t *testing.T) {
+	m := cgtest.Need(t)
+	gmake := buildtest.Make44(t)
+	buildBins(t)
+	group := cgtest.MakeT(t, m.V1Memory, 1536<<20)
+	leases := cgtest.MakeT(t, m.V2, 0)
+	d := startTokend(t, "--memory-cgroup", string(group), "--lease-cgroups", string(leases),
+		"--memory-reserve", "512MiB", "--job-estimate", "128MiB", "--growth-interval", "1s")
+	log := buildtest.NewLog(t)
+	root := t.TempDir()
+	writeMakefile(t, filepath.Join(root, "old"), log.Path, "old", 1, hog{peak: 700, ramp: 700, hold: 10 * time.Second})
+	writeMakefile(t, filepath.Join(root, "young"), log.Path, "young", 1, hog{peak: 700, ramp: 200, hold: time.Second})
+
+	start := time.Now()
+	old := startBuild(t, group, d, gmake, filepath.Join(root, "old"), "old")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	log.WaitFor(ctx, t, "the old job to start", func(r buildtest.Run) bool { return r.Started() == 1 })
+	young := startBuild(t, group, d, gmake, filepath.Join(root, "young"), "young")
+
+	var frozeAt, thawedAt time.Duration
+	var youngCgroup string
+	for frozeAt == 0 || thawedAt == 0 {
+		select {
+		case <-young.proc.Done():
+			t.Fatalf("young build ended (%v) before it was frozen and thawed (froze at %v)", young.proc.Err(), frozeAt)
+		case <-ctx.Done():
+			t.Fatalf("young build not frozen and thawed within a minute (froze at %v)", frozeAt)
+		case <-time.After(50 * time.Millisecond):
+		}
+		for _, l := range d.status(t).Leases {
+			if l.Memory == nil {
+				continue
+			}
+			switch {
+			case l.Name == "old" && l.Memory.Frozen:
+				t.Fatalf("the oldest lease was frozen: %+v", l)
+			case l.Name == "young" && l.Memory.Frozen && frozeAt == 0:
+				frozeAt, youngCgroup = time.Since(start), l.Cgroup
+				waitUntil(t, "the kernel to freeze the young build", func() bool { return frozenState(t, youngCgroup) })
+			case l.Name == "young" && !l.Memory.Frozen && frozeAt != 0:
+				thawedAt = time.Since(start)
+			}
+		}
+	}
+	errs := finish(t, []build{old, young})
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("build %d: %v", i, err)
+		}
+	}
+	kills, err := group.OOMKills()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kills != 0 {
+		t.Errorf("%d OOM kills", kills)
+	}
+	r := log.Run(t)
+	r.Check(t, 2)
+	t.Logf("young frozen at %v in %s, thawed at %v; both builds done at %v; %d OOM kills",
+		frozeAt.Round(10*time.Millisecond), youngCgroup, thawedAt.Round(10*time.Millisecond), time.Since(start).Round(10*time.Millisecond), kills)
+}

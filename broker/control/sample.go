@@ -1,0 +1,105 @@
+package control
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/prometheus/procfs"
+
+	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/broker/memory"
+)
+
+// sampler reads the processes of leases and classifies them.
+type sampler struct {
+	mem  memory.Sampler
+	fs   procfs.FS
+	proc string // the procfs mount, for command lines
+}
+
+func newSampler(procRoot string) (sampler, error) {
+	if procRoot == "" {
+		procRoot = "/proc"
+	}
+	mem, err := memory.NewSampler(procRoot)
+	if err != nil {
+		return sampler{}, err
+	}
+	fs, err := procfs.NewFS(procRoot)
+	if err != nil {
+		return sampler{}, fmt.Errorf("procfs at %s: %w", procRoot, err)
+	}
+	return sampler{mem: mem, fs: fs, proc: procRoot}, nil
+}
+
+// pfExiting is the kernel's PF_EXITING task flag (include/linux/sched.h),
+// set in /proc/PID/stat's flags once a process has begun to exit.
+const pfExiting = 0x4
+
+// lease samples the processes of l: those in its cgroup, or, while the
+// cgroup holds none (not made yet, or the command started outside it),
+// the descendants of its owner process. grouped tells whether they came
+// from the cgroup, which can then be frozen.
+func (s sampler) lease(l broker.LeaseStatus) (procs []proc, grouped bool, err error) {
+	var ps []memory.Proc
+	if l.Cgroup != "" {
+		ps, err = s.mem.Cgroup(l.Cgroup)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, false, err
+		}
+		grouped = len(ps) > 0
+	}
+	if !grouped && l.Owner.PID > 0 {
+		if ps, err = s.mem.Tree(l.Owner.PID); err != nil {
+			return nil, false, err
+		}
+		// The owner (tokenctl, or a nix hook's process) is not a job.
+		if len(ps) > 0 && ps[0].PID == l.Owner.PID {
+			ps = ps[1:]
+		}
+	}
+	return s.classify(ps), grouped, nil
+}
+
+func (s sampler) classify(ps []memory.Proc) []proc {
+	out := make([]proc, len(ps))
+	for i, p := range ps {
+		argv0 := ""
+		if len(p.Name) >= commLen {
+			argv0 = s.argv0(p.PID)
+		}
+		out[i] = proc{Proc: p, class: classify(p.Name, argv0)}
+		// Only a process below its peak, or one whose memory reads zero,
+		// can be tearing its memory down.
+		if p.RSS < p.Peak || p.RSS == 0 {
+			out[i].exiting = s.exiting(p.PID)
+		}
+	}
+	return out
+}
+
+// exiting tells whether a process has begun to exit: its memory is about
+// to come back, and the job it ran is over.
+func (s sampler) exiting(pid int) bool {
+	p, err := s.fs.Proc(pid)
+	if err != nil {
+		return false
+	}
+	st, err := p.Stat()
+	return err == nil && st.Flags&pfExiting != 0
+}
+
+// argv0 is a process's first argument, "" if it cannot be read.
+func (s sampler) argv0(pid int) string {
+	b, err := os.ReadFile(filepath.Join(s.proc, strconv.Itoa(pid), "cmdline"))
+	if err != nil {
+		return ""
+	}
+	first, _, _ := bytes.Cut(b, []byte{0})
+	return string(first)
+}

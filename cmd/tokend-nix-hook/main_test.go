@@ -1,0 +1,209 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/nixhook"
+)
+
+// The real binaries, built once.
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func binaries(t testing.TB) (hook, tokend string) {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "tokend-nix-hook-test-")
+		if buildErr != nil {
+			return
+		}
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		}
+		out, err := exec.Command(goBin, "build", "-o", binDir+"/",
+			"github.com/tokend/tokend/cmd/tokend-nix-hook", "github.com/tokend/tokend/cmd/tokend").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(binDir, "tokend-nix-hook"), filepath.Join(binDir, "tokend")
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+type ran struct {
+	code           int
+	stdout, stderr string
+}
+
+func runHook(t testing.TB, socket string, args ...string) ran {
+	t.Helper()
+	hook, _ := binaries(t)
+	cmd := exec.Command(hook, args...)
+	cmd.Env = append(os.Environ(), "TOKEND_SOCKET="+socket)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		code = -1
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+	}
+	return ran{code, stdout.String(), stderr.String()}
+}
+
+// startTokend runs the real tokend with a fixed budget until the test
+// ends and returns its socket.
+func startTokend(t testing.TB, tokens int) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the hook registers leases for a build's group, which takes root")
+	}
+	_, tokend := binaries(t)
+	dir, err := os.MkdirTemp("", "tokend-rt-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	cmd := exec.Command(tokend, "--tokens", fmt.Sprint(tokens), "--runtime-dir", dir, "--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("tokend: %v\n%s", err, logs.String())
+		}
+		os.RemoveAll(dir)
+	})
+	socket := broker.SocketPath(dir)
+	c := broker.NewClient(socket)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, err := c.Status(context.Background()); err == nil {
+			return socket
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tokend did not come up:\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// sandbox makes a directory like a nix build's sandbox root.
+func sandbox(t testing.TB) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "x.drv.chroot")
+	if err := os.Mkdir(dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+const drv = "/nix/store/cv0yyj3disvcmhc3f2jddvlhi7wwn6ln-hello-2.12.drv"
+
+func TestWrongArgumentCount(t *testing.T) {
+	for _, args := range [][]string{nil, {drv}, {drv, "/tmp", "extra"}} {
+		r := runHook(t, "/nonexistent/tokend.sock", args...)
+		if r.code != 0 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "DRV SANDBOXDIR") {
+			t.Errorf("%d arguments: %+v, want exit 0, no output, one line of usage", len(args), r)
+		}
+	}
+}
+
+func TestTokendNotRunning(t *testing.T) {
+	r := runHook(t, filepath.Join(t.TempDir(), "tokend.sock"), drv, sandbox(t))
+	if r != (ran{}) {
+		t.Fatalf("%+v, want exit 0 and silence", r)
+	}
+}
+
+func TestStaleSocket(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "tokend.sock")
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	r := runHook(t, socket, drv, sandbox(t))
+	if r.code != 0 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || !strings.HasPrefix(r.stderr, "tokend-nix-hook: nothing answers") {
+		t.Fatalf("%+v, want exit 0, no output, one line on stderr", r)
+	}
+}
+
+func TestMapsTheLeaseFIFO(t *testing.T) {
+	socket := startTokend(t, 4)
+	r := runHook(t, socket, drv, sandbox(t))
+	st, err := broker.NewClient(socket).Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Leases) != 1 || st.Leases[0].Name != "hello-2.12" {
+		t.Fatalf("leases %+v, want one named hello-2.12", st.Leases)
+	}
+	want := ran{stdout: nixhook.Command(st.Leases[0].FIFO)}
+	if r != want {
+		t.Fatalf("%+v, want %+v", r, want)
+	}
+}
+
+// BenchmarkHookLatency runs the real hook against the real tokend, each
+// time for a fresh sandbox directory, and reports the median and the 99th
+// percentile of the whole run (process start to exit):
+//
+//	go test -run '^$' -bench HookLatency -benchtime 200x ./cmd/tokend-nix-hook
+func BenchmarkHookLatency(b *testing.B) {
+	socket := startTokend(b, 64)
+	root := b.TempDir()
+	took := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		dir := filepath.Join(root, fmt.Sprintf("%d.drv.chroot", i))
+		os.Mkdir(dir, 0o750)
+		start := time.Now()
+		r := runHook(b, socket, drv, dir)
+		took = append(took, time.Since(start))
+		if r.code != 0 || r.stderr != "" || !strings.HasPrefix(r.stdout, "extra-sandbox-paths\n") {
+			b.Fatalf("run %d: %+v", i, r)
+		}
+		// The build is over: its lease ends.
+		os.Remove(dir)
+	}
+	b.StopTimer()
+	slices.Sort(took)
+	pct := func(p float64) float64 {
+		return float64(took[int(p*float64(len(took)-1))].Microseconds()) / 1000
+	}
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+}

@@ -1,0 +1,151 @@
+// Package nixhook is tokend's Nix pre-build-hook: for one sandboxed build
+// it reads the build's derivation, registers a lease with tokend owned by
+// the build's sandbox directory, and produces the hook command that maps
+// the lease's FIFO into the sandbox at SandboxFIFO, where nix/setup-hook.sh
+// looks for it.
+//
+// It owns the contract with Nix, whose rules are strict (testdata/nix
+// tests them with real Nix): Nix runs the hook synchronously for every
+// sandboxed build and fails the build on a non-zero exit, on any output
+// but a well-formed command, and on a mapped path that does not exist. So
+// Run never fails: whenever tokend is down, slow, refusing or confused, or
+// the derivation cannot be read, the answer is no output at all and the
+// build runs as it would without tokend. It never waits for tokens: a nix
+// build already runs when the hook fires, and tokend admits its lease at
+// once.
+//
+// cmd/tokend-nix-hook is its command; it depends on broker, not the
+// reverse.
+package nixhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tokend/tokend/broker"
+)
+
+// SandboxFIFO is where every build finds its lease's FIFO. Fixed, because
+// the hook cannot set environment variables in the build.
+const SandboxFIFO = "/run/tokend/jobserver.fifo"
+
+// DefaultTimeout bounds a run of the hook. tokend answers in about a
+// millisecond; the bound is for a wedged tokend, which would otherwise
+// stall the nix worker that runs the hook (and the log handling of every
+// build in it). Connecting needs no bound of its own: connect(2) on a
+// non-blocking unix socket, as Go makes them, does not wait for tokend to
+// accept; it fails with EAGAIN when tokend's backlog is full.
+const DefaultTimeout = time.Second
+
+// Options configure Run.
+type Options struct {
+	// Socket is tokend's control socket.
+	Socket string
+	// Timeout bounds the whole run. Zero means DefaultTimeout.
+	Timeout time.Duration
+}
+
+// Result is what one run of the hook prints.
+type Result struct {
+	// Stdout is exactly what goes to Nix: "" or Command(fifo).
+	Stdout string
+	// Problem is one line for stderr when something is misconfigured or
+	// broken, "" when all went well or tokend simply is not running.
+	Problem string
+	// Lease is the lease registered for the build, if one was.
+	Lease broker.Registered
+}
+
+// Command is the hook output that maps the host FIFO hostFIFO into the
+// sandbox at SandboxFIFO. The blank line ends the command.
+func Command(hostFIFO string) string {
+	return "extra-sandbox-paths\n" + SandboxFIFO + "=" + hostFIFO + "\n\n"
+}
+
+// Run registers a lease for the build of drvPath in sandboxDir (the hook's
+// two arguments) and returns the output that maps its FIFO, or no output
+// and why not.
+func Run(ctx context.Context, opts Options, drvPath, sandboxDir string) Result {
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+
+	drv, err := Describe(drvPath, sandboxDir)
+	if err != nil {
+		return problem("%v", err)
+	}
+	if !filepath.IsAbs(sandboxDir) {
+		return problem("sandbox directory %q is not an absolute path", sandboxDir)
+	}
+	st, err := os.Stat(sandboxDir)
+	if err != nil {
+		return problem("sandbox directory: %v", err)
+	}
+	// The build's group: nixbld for classic build users, the build's own
+	// group with auto-allocate-uids. Nix makes the sandbox root 0750
+	// root:<that group>.
+	gid := int(st.Sys().(*syscall.Stat_t).Gid)
+
+	c := broker.NewClient(opts.Socket)
+	reg, err := c.Register(ctx, broker.RegisterRequest{
+		Name: drv.Name, OwnerDir: sandboxDir, GID: &gid, Features: drv.Features,
+	})
+	if err != nil {
+		return unreachable(opts, err)
+	}
+	if err := checkFIFO(reg.FIFO); err != nil {
+		// tokend ends the lease when the sandbox goes; ending it now
+		// gives its slot back for the build's whole run.
+		c.End(ctx, reg.ID)
+		return problem("lease %s from tokend: %v", reg.ID, err)
+	}
+	return Result{Stdout: Command(reg.FIFO), Lease: reg}
+}
+
+// unreachable turns a failure to talk to tokend into a Result: silence
+// when there is no socket (tokend is not running), one line otherwise.
+func unreachable(opts Options, err error) Result {
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		return Result{}
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return problem("nothing answers on tokend's socket %s (a stale socket of a tokend that died?); start tokend or remove the socket", opts.Socket)
+	case errors.Is(err, syscall.EAGAIN):
+		return problem("tokend at %s accepts no connections (its backlog is full: wedged or overloaded)", opts.Socket)
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
+		return problem("tokend at %s did not answer within %v", opts.Socket, opts.Timeout)
+	}
+	return problem("%v", err)
+}
+
+// checkFIFO refuses a FIFO path Nix could not map: Nix fails the build on
+// a source that does not exist here (tokend in another mount namespace,
+// say), and a line break would break the command.
+func checkFIFO(path string) error {
+	if !filepath.IsAbs(path) || strings.ContainsAny(path, "\n\r\x00") {
+		return fmt.Errorf("unusable fifo path %q", path)
+	}
+	st, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("fifo: %w", err)
+	}
+	if st.Mode().Type() != os.ModeNamedPipe {
+		return fmt.Errorf("%s is not a fifo (%v)", path, st.Mode().Type())
+	}
+	return nil
+}
+
+// problem is a Result with no output and one line for stderr saying that
+// the build goes on without the jobserver.
+func problem(format string, args ...any) Result {
+	msg := strings.Join(strings.Fields(fmt.Sprintf(format, args...)), " ")
+	return Result{Problem: msg + "; this build runs without tokend's jobserver"}
+}
