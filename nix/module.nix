@@ -60,6 +60,16 @@ in
             defaultText = literalExpression ''if group == null then "" else group'';
             description = "Group whose members may register leases (tokenctl run); empty: root only.";
           };
+          lease_cgroups = mkOption {
+            type = types.str;
+            # systemd owns the cgroup tree but what it delegates (the
+            # service has Delegate=yes), so the groups tokend makes for
+            # tokenctl builds live inside its own unit. No controller is
+            # enabled there, so tokend may stay in the unit's group beside
+            # them: freezing and sampling need none.
+            default = "/sys/fs/cgroup/system.slice/tokend.service/leases";
+            description = "cgroup2 directory under which tokend makes a group per tokenctl build, so the brake can freeze it; \"off\" for none.";
+          };
           log_level = mkOption {
             type = types.enum [
               "trace"
@@ -137,6 +147,7 @@ in
         reloadTriggers = [ config.environment.etc."tokend/config.toml".source ];
         serviceConfig = {
           Type = "notify";
+          Delegate = true;
           ExecStart = "${cfg.package}/bin/tokend --config ${configFile}";
           ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
           Restart = "on-failure";

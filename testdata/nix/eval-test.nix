@@ -234,8 +234,11 @@ let
         runtime_dir = "/run/tokend";
         tokens = 0;
         lease_group = "jobserver";
+        lease_cgroups = "/sys/fs/cgroup/system.slice/tokend.service/leases";
         log_level = "info";
       };
+    "module: the service delegates its cgroup subtree to tokend" =
+      full.systemd.services.tokend.serviceConfig.Delegate;
     "module: assertions hold on Nix 2.34" = builtins.all (a: a.assertion) full.assertions;
     "module: useCgroups asserts Nix >= 2.12" = !(builtins.all (a: a.assertion) oldNix.assertions);
     "module: warns on Lix" = builtins.length lix.warnings == 1 && plain.warnings == [ ];
