@@ -208,8 +208,24 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusOK, s.broker.Status())
 }
 
+// admissionWait bounds how long GET /v1/leases/{id}?wait=admission holds a
+// request, well inside the server's write timeout and clients' patience.
+const admissionWait = 2 * time.Second
+
 func (s *Server) lease(w http.ResponseWriter, r *http.Request) {
-	l, err := s.broker.Lease(r.PathValue("id"))
+	var l LeaseStatus
+	var err error
+	switch wait := r.URL.Query().Get("wait"); wait {
+	case "":
+		l, err = s.broker.Lease(r.PathValue("id"))
+	case "admission":
+		ctx, cancel := context.WithTimeout(r.Context(), admissionWait)
+		l, err = s.broker.AwaitAdmission(ctx, r.PathValue("id"))
+		cancel()
+	default:
+		fail(w, http.StatusBadRequest, fmt.Errorf("wait=%q: the only thing to wait for is admission", wait))
+		return
+	}
 	if err != nil {
 		fail(w, http.StatusNotFound, err)
 		return

@@ -90,6 +90,7 @@ func TestAPIRejectsMalformedRequestsAndChangesNothing(t *testing.T) {
 		{"POST", pathLeases, `{"name": "x", "owner_dir": "relative"}`, "absolute"},
 		{"POST", pathLeases, `{"name": "x", "owner_pid": 999999999}`, "owner process"},
 		{"POST", pathLeases, `{"name": "` + strings.Repeat("x", maxRequestBody) + `"}`, "too large"},
+		{"GET", pathLeases + "/x?wait=forever", ``, "only thing to wait for"},
 		{"PUT", pathBudget, `{}`, "needs \"tokens\""},
 		{"PUT", pathBudget, `{"tokens": -1}`, "outside"},
 		{"PUT", pathBudget, `{"tokens": "many"}`, "malformed"},
@@ -159,5 +160,48 @@ func TestAPIPermissionsFollowPeerCredentials(t *testing.T) {
 	}
 	if st := b.Status(); len(st.Leases) != 0 || st.Budget != 4 {
 		t.Fatalf("another user changed the broker: %+v", st)
+	}
+}
+
+func TestAPIAdmissionWaitWakesWhenRoomAppears(t *testing.T) {
+	b := startBroker(t, t.TempDir(), 1)
+	c := NewClient(serve(t, b, ""))
+	ctx := context.Background()
+	first, err := c.Register(ctx, RegisterRequest{Name: "first", OwnerPID: os.Getpid(), Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := c.AwaitAdmission(ctx, first.ID); err != nil || !l.Admitted {
+		t.Fatalf("first lease: %+v, %v; want admitted", l, err)
+	}
+	second, err := c.Register(ctx, RegisterRequest{Name: "second", OwnerPID: os.Getpid(), Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The budget of 1 is the first lease's implicit slot: the second waits,
+	// and a long poll answers "not yet" when its time is up.
+	if l, err := c.AwaitAdmission(ctx, second.ID); err != nil || l.Admitted {
+		t.Fatalf("second lease under a full budget: %+v, %v; want waiting", l, err)
+	}
+	got := make(chan LeaseStatus, 1)
+	go func() {
+		for {
+			l, err := c.AwaitAdmission(ctx, second.ID)
+			if err != nil {
+				t.Error(err)
+				close(got)
+				return
+			}
+			if l.Admitted {
+				got <- l
+				return
+			}
+		}
+	}()
+	if err := c.End(ctx, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	if l, ok := <-got; !ok || l.ID != second.ID {
+		t.Fatalf("waiting client got %+v", l)
 	}
 }

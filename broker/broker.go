@@ -40,6 +40,13 @@ type Options struct {
 	Logger  hclog.Logger
 }
 
+// ownerCheckInterval is how often the broker looks for leases whose owner
+// is gone. It is the fallback for an owner that died without ending its
+// lease (a killed tokenctl, a nix build whose hook cannot end it), so a
+// second is soon enough, and reading every owner's /proc entry on every
+// tick was most of tokend's own CPU.
+const ownerCheckInterval = time.Second
+
 // moveStep bounds how many tokens one pass takes from a lease to give to
 // another, so a build between two jobs is not stripped at once.
 const moveStep = 2
@@ -64,9 +71,11 @@ type Broker struct {
 	violations     int
 	lastViolation  string
 	dirty          bool // state differs from the state file
+	ownersChecked  time.Time
 
 	watch       *fifoWatch
 	wake        chan struct{}
+	admissions  chan struct{} // closed and replaced when a lease is admitted or removed
 	collectors  sync.WaitGroup
 	collectCtx  context.Context
 	stopCollect context.CancelFunc
@@ -108,6 +117,7 @@ func New(opts Options) (*Broker, error) {
 		byWatch:     map[int]*Lease{},
 		watch:       watch,
 		wake:        make(chan struct{}, 1),
+		admissions:  make(chan struct{}),
 		collectCtx:  collectCtx,
 		stopCollect: stopCollect,
 	}
@@ -413,12 +423,15 @@ func (b *Broker) poke() {
 // tick is one regular pass: owners, holders, tokens, state.
 func (b *Broker) tick() {
 	b.mu.Lock()
-	for _, l := range b.leases {
-		if l.ending {
-			continue
-		}
-		if why := l.Owner.gone(); why != "" {
-			b.end(l, why)
+	if now := time.Now(); now.Sub(b.ownersChecked) >= ownerCheckInterval {
+		b.ownersChecked = now
+		for _, l := range b.leases {
+			if l.ending {
+				continue
+			}
+			if why := l.Owner.gone(); why != "" {
+				b.end(l, why)
+			}
 		}
 	}
 	scan := b.dueScans()
@@ -537,6 +550,7 @@ func (b *Broker) removeEnded() {
 		}
 		b.removeCgroup(l)
 		b.dirty = true
+		b.announce()
 		b.log.Info("lease ended", "lease", id, "name", l.Name, "reason", l.endReason, "reclaimed", l.reclaimed)
 	}
 }
@@ -666,6 +680,7 @@ func (b *Broker) admit(leases []*Lease, granted int) {
 		l.admitted = true
 		room--
 		b.dirty = true
+		b.announce()
 		b.log.Info("lease admitted", "lease", l.ID, "name", l.Name, "waited", time.Since(l.Created).Round(time.Millisecond))
 	}
 }
@@ -898,6 +913,31 @@ func (b *Broker) Status() Status {
 	s.Allowance = max(s.Budget-s.ActiveLeases, 0)
 	s.Debt = max(s.Granted-s.Allowance, 0)
 	return s
+}
+
+// announce wakes everyone waiting in AwaitAdmission to look again.
+func (b *Broker) announce() {
+	close(b.admissions)
+	b.admissions = make(chan struct{})
+}
+
+// AwaitAdmission waits until the lease with the given ID is admitted, or
+// ctx ends, and returns the lease as it then is.
+func (b *Broker) AwaitAdmission(ctx context.Context, id string) (LeaseStatus, error) {
+	for {
+		b.mu.Lock()
+		l, ok := b.leases[id]
+		admitted, changed := ok && l.admitted, b.admissions
+		b.mu.Unlock()
+		if !ok || admitted {
+			return b.Lease(id)
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return b.Lease(id)
+		}
+	}
 }
 
 // Lease returns the lease with the given ID.

@@ -79,6 +79,14 @@ func (c *Client) Lease(ctx context.Context, id string) (LeaseStatus, error) {
 	return l, err
 }
 
+// AwaitAdmission waits, up to a couple of seconds per call, until the lease
+// is admitted, and returns it as it then is: admitted, or still waiting.
+func (c *Client) AwaitAdmission(ctx context.Context, id string) (LeaseStatus, error) {
+	var l LeaseStatus
+	err := c.do(ctx, http.MethodGet, pathLeases+"/"+id+"?wait=admission", nil, &l)
+	return l, err
+}
+
 // End ends a lease.
 func (c *Client) End(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, pathLeases+"/"+id, nil, nil)

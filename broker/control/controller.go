@@ -42,6 +42,7 @@ type Controller struct {
 	b       *broker.Broker
 	domain  *memory.Domain
 	sampler sampler
+	forests forestCache
 	cgroups *Cgroups
 	hist    *History
 	engine  *engine
@@ -98,7 +99,7 @@ func New(b *broker.Broker, c Config) (*Controller, error) {
 		"reserve", reserve, "tick", p.Tick, "growth_interval", p.GrowthInterval,
 		"cpu_multiple", p.CPUMultiple, "cpus", c.CPUs, "job_estimate", size(p.JobEstimate))
 	return &Controller{
-		b: b, domain: domain, sampler: s, cgroups: c.Cgroups, hist: hist,
+		b: b, domain: domain, sampler: s, forests: forestCache{mem: s.mem}, cgroups: c.Cgroups, hist: hist,
 		engine: newEngine(p, c.CPUs, name, domain.PressureFile(), hist, c.Logger),
 		log:    c.Logger,
 		placed: map[string]bool{},
@@ -175,14 +176,15 @@ func (c *Controller) tick() {
 	in := tickInput{Reading: r}
 	cgroups := map[string]string{}
 	live := map[string]bool{}
+	forest := c.forests.at(time.Now())
 	for _, l := range st.Leases {
 		live[l.ID] = true
-		c.place(l)
+		c.place(l, forest)
 		var procs []proc
 		var grouped bool
 		if l.Admitted {
 			// A lease waiting for admission has started nothing yet.
-			if procs, grouped, err = c.sampler.lease(l); err != nil {
+			if procs, grouped, err = c.sampler.lease(l, forest); err != nil {
 				c.log.Debug("cannot sample the lease's processes", "lease", l.ID, "error", err)
 			}
 		}
@@ -223,11 +225,15 @@ func (c *Controller) tick() {
 // ancestor of both groups, so for users other than root it falls back to
 // starting it outside. tokend, as root, moves it; until then its memory
 // is still sampled from the owner's descendants.
-func (c *Controller) place(l broker.LeaseStatus) {
+func (c *Controller) place(l broker.LeaseStatus, forest func() (memory.Forest, error)) {
 	if c.cgroups == nil || !c.cgroups.Owns(l.Cgroup) || c.placed[l.ID] || !l.Admitted || l.Ending || l.Owner.PID <= 0 {
 		return
 	}
-	tree, err := c.sampler.mem.Tree(l.Owner.PID)
+	f, err := forest()
+	if err != nil {
+		return
+	}
+	tree, err := f.Tree(l.Owner.PID)
 	if err != nil || len(tree) < 2 {
 		return // not started yet
 	}

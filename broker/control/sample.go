@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/procfs"
 
@@ -45,7 +46,7 @@ const pfExiting = 0x4
 // cgroup holds none (not made yet, or the command started outside it),
 // the descendants of its owner process. grouped tells whether they came
 // from the cgroup, which can then be frozen.
-func (s sampler) lease(l broker.LeaseStatus) (procs []proc, grouped bool, err error) {
+func (s sampler) lease(l broker.LeaseStatus, forest func() (memory.Forest, error)) (procs []proc, grouped bool, err error) {
 	var ps []memory.Proc
 	if l.Cgroup != "" {
 		ps, err = s.mem.Cgroup(l.Cgroup)
@@ -55,7 +56,11 @@ func (s sampler) lease(l broker.LeaseStatus) (procs []proc, grouped bool, err er
 		grouped = len(ps) > 0
 	}
 	if !grouped && l.Owner.PID > 0 {
-		if ps, err = s.mem.Tree(l.Owner.PID); err != nil {
+		f, err := forest()
+		if err != nil {
+			return nil, false, err
+		}
+		if ps, err = f.Tree(l.Owner.PID); err != nil {
 			return nil, false, err
 		}
 		// The owner (tokenctl, or a nix hook's process) is not a job.
@@ -64,6 +69,33 @@ func (s sampler) lease(l broker.LeaseStatus) (procs []proc, grouped bool, err er
 		}
 	}
 	return s.classify(ps), grouped, nil
+}
+
+// forestMaxAge is how stale the process tree may be. A tree costs a read
+// of every /proc/PID/stat on the host, and a job started since the last
+// read is not missed: until its process shows, the controller counts its
+// whole estimate as growth to come.
+const forestMaxAge = time.Second
+
+// forestCache reads every process's parent at most once per forestMaxAge,
+// and not at all while every lease is sampled from its cgroup.
+type forestCache struct {
+	mem  memory.Sampler
+	f    memory.Forest
+	err  error
+	read time.Time
+}
+
+// at returns a function that gives a forest no older than forestMaxAge at
+// now, reading a new one the first time it is called if need be.
+func (c *forestCache) at(now time.Time) func() (memory.Forest, error) {
+	return func() (memory.Forest, error) {
+		if c.read.IsZero() || now.Sub(c.read) >= forestMaxAge {
+			c.f, c.err = c.mem.Forest()
+			c.read = now
+		}
+		return c.f, c.err
+	}
 }
 
 func (s sampler) classify(ps []memory.Proc) []proc {

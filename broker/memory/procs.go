@@ -63,15 +63,21 @@ func (s Sampler) PIDs(pids ...int) ([]Proc, error) {
 	return out, nil
 }
 
-// Tree samples root and all its descendants, root first, then breadth
-// first. It finds children by scanning every process's parent in
-// /proc/PID/stat: /proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN,
-// which not every kernel has (this project's Debian test host lacks it).
-// A process whose parent exits is reparented and drops out of the tree.
-func (s Sampler) Tree(root int) ([]Proc, error) {
+// Forest is every process's parent at one moment, read once so that the
+// trees of many leases cost one scan of /proc, not one each.
+type Forest struct {
+	s        Sampler
+	children map[int][]int
+}
+
+// Forest reads the parent of every process. It finds children by scanning
+// every process's parent in /proc/PID/stat: /proc/PID/task/TID/children
+// needs CONFIG_PROC_CHILDREN, which not every kernel has (this project's
+// Debian test host lacks it).
+func (s Sampler) Forest() (Forest, error) {
 	all, err := s.fs.AllProcs()
 	if err != nil {
-		return nil, fmt.Errorf("memory: list processes: %w", err)
+		return Forest{}, fmt.Errorf("memory: list processes: %w", err)
 	}
 	children := map[int][]int{}
 	for _, p := range all {
@@ -80,17 +86,33 @@ func (s Sampler) Tree(root int) ([]Proc, error) {
 			if isGone(err) {
 				continue
 			}
-			return nil, fmt.Errorf("memory: read parent of process %d: %w", p.PID, err)
+			return Forest{}, fmt.Errorf("memory: read parent of process %d: %w", p.PID, err)
 		}
 		children[st.PPID] = append(children[st.PPID], p.PID)
 	}
+	return Forest{s: s, children: children}, nil
+}
+
+// Tree samples root and all its descendants as the forest saw them, root
+// first, then breadth first. A process whose parent exits is reparented
+// and drops out of the tree.
+func (f Forest) Tree(root int) ([]Proc, error) {
 	tree := []int{root}
 	for i := 0; i < len(tree); i++ {
-		kids := children[tree[i]]
+		kids := f.children[tree[i]]
 		slices.Sort(kids)
 		tree = append(tree, kids...)
 	}
-	return s.PIDs(tree...)
+	return f.s.PIDs(tree...)
+}
+
+// Tree samples root and all its descendants, reading a Forest of its own.
+func (s Sampler) Tree(root int) ([]Proc, error) {
+	f, err := s.Forest()
+	if err != nil {
+		return nil, err
+	}
+	return f.Tree(root)
 }
 
 // Cgroup samples every process in the cgroup directory dir and in the

@@ -42,8 +42,11 @@ func printStatus(w io.Writer, st broker.Status, now time.Time) error {
 	fmt.Fprintln(tw, "ID\tNAME\tGRANTED\tFREE\tHELD\tOWED\tRECLAIMED\tAGE\tSTATE")
 	for _, l := range st.Leases {
 		state := "active"
-		if l.Ending {
+		switch {
+		case l.Ending:
 			state = "ending: " + l.EndReason
+		case !l.Admitted:
+			state = "waiting for admission"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n",
 			l.ID, l.Name, l.Granted, l.Free, l.Held, l.Owed, l.Reclaimed, now.Sub(l.Created).Round(time.Second), state)

@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"strconv"
 	"syscall"
-	"time"
 
 	"github.com/tokend/tokend/broker"
 	"github.com/tokend/tokend/jobserver"
@@ -87,14 +86,14 @@ func runCommand(c *broker.Client, args []string) int {
 }
 
 // awaitAdmission waits until the lease may start its first job, saying
-// once on stderr when that takes a while.
+// once on stderr when that takes a while. tokend holds each request until
+// the lease is admitted or a couple of seconds pass, so waiting costs
+// neither side anything.
 func awaitAdmission(c *broker.Client, id string) error {
-	const poll = 50 * time.Millisecond
-	start := time.Now()
 	told := false
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-		l, err := c.Lease(ctx, id)
+		l, err := c.AwaitAdmission(ctx, id)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("waiting for admission: %w", err)
@@ -102,11 +101,10 @@ func awaitAdmission(c *broker.Client, id string) error {
 		if l.Admitted {
 			return nil
 		}
-		if !told && time.Since(start) > time.Second {
+		if !told {
 			fmt.Fprintln(os.Stderr, "tokenctl: waiting for a job slot; the host's budget is in use (tokenctl status)")
 			told = true
 		}
-		time.Sleep(poll)
 	}
 }
 
