@@ -17,14 +17,14 @@ import (
 	"github.com/tokend/tokend/internal/cgtest"
 )
 
-// hog is one memhog job in a Makefile.
+// hog is one fakecc job in a Makefile.
 type hog struct {
 	peak, ramp int // MiB, MiB/s
 	hold       time.Duration
 }
 
 // writeMakefile writes dir/Makefile whose default goal runs n independent
-// memhog jobs named prefix1..prefixN, logging to log.
+// fakecc jobs named prefix1..prefixN, logging to log.
 func writeMakefile(t *testing.T, dir, log, prefix string, n int, h hog) {
 	t.Helper()
 	var b strings.Builder
@@ -34,7 +34,7 @@ func writeMakefile(t *testing.T, dir, log, prefix string, n int, h hog) {
 	}
 	fmt.Fprintf(&b, ".PHONY: all %s\nall: %s\n", strings.Join(ids, " "), strings.Join(ids, " "))
 	for _, id := range ids {
-		fmt.Fprintf(&b, "%s:\n\t@%s -peak %d -ramp %d -hold %s -log %s -id %s\n", id, bins.memhog, h.peak, h.ramp, h.hold, log, id)
+		fmt.Fprintf(&b, "%s:\n\t@%s -peak %d -ramp %d -hold %g -log %s -id %s\n", id, bins.fakecc, h.peak, h.ramp, h.hold.Seconds(), log, id)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)

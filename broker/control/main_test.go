@@ -17,13 +17,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// bins are tokend, tokenctl and memhog, built once per test binary
+// bins are tokend, tokenctl and fakecc, built once per test binary
 // without the race detector: they are the programs under test and the
 // stand-in compiler, not this test.
 var bins struct {
 	once                     sync.Once
 	dir                      string
-	tokend, tokenctl, memhog string
+	tokend, tokenctl, fakecc string
 	err                      error
 }
 
@@ -41,7 +41,7 @@ func buildBins(t *testing.T) {
 		for _, b := range []struct {
 			pkg string
 			out *string
-		}{{"./cmd/tokend", &bins.tokend}, {"./cmd/tokenctl", &bins.tokenctl}, {"./internal/memhog", &bins.memhog}} {
+		}{{"./cmd/tokend", &bins.tokend}, {"./cmd/tokenctl", &bins.tokenctl}, {"./internal/fakecc", &bins.fakecc}} {
 			if *b.out, bins.err = cgtest.BuildGo(root, b.pkg, bins.dir); bins.err != nil {
 				return
 			}

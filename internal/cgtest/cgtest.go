@@ -202,7 +202,7 @@ func (g Group) OOMKills() (int, error) {
 	return 0, fmt.Errorf("cgtest: %s has no oom_kill line (Linux 4.13 or later has it)", g.File("memory.oom_control"))
 }
 
-// BuildGo builds the Go package pkg (such as ./internal/memhog, relative
+// BuildGo builds the Go package pkg (such as ./internal/fakecc, relative
 // to the module root) into dir and returns the binary's path.
 func BuildGo(moduleRoot, pkg, dir string) (string, error) {
 	out := filepath.Join(dir, filepath.Base(pkg))

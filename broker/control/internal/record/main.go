@@ -1,5 +1,5 @@
 // Command record records the memory controller's replay traces on this
-// host: it runs scripted "leases" of memhog jobs (internal/memhog, a
+// host: it runs scripted "leases" of fakecc jobs (internal/fakecc, a
 // stand-in compiler) and copies, every step, the kernel files the
 // controller reads. It needs root on a host with the cgroup v1 memory
 // controller and a cgroup2 mount, like tokend's Debian test host:
@@ -30,7 +30,7 @@ import (
 
 const mib = 1 << 20
 
-// job is one memhog run.
+// job is one fakecc run.
 type job struct {
 	peak, ramp int // MiB, MiB/s
 	hold       time.Duration
@@ -134,7 +134,7 @@ func run(out, only string, interval time.Duration) error {
 	if err != nil {
 		return err
 	}
-	memhog, err := cgtest.BuildGo(root, "./internal/memhog", work)
+	fakecc, err := cgtest.BuildGo(root, "./internal/fakecc", work)
 	if err != nil {
 		return err
 	}
@@ -145,7 +145,7 @@ func run(out, only string, interval time.Duration) error {
 		if only != "" && sc.name != only {
 			continue
 		}
-		r := &recorder{sc: sc, mounts: mounts, memhog: memhog, work: work, interval: interval}
+		r := &recorder{sc: sc, mounts: mounts, fakecc: fakecc, work: work, interval: interval}
 		if err := r.record(filepath.Join(out, sc.name+".jsonl.gz")); err != nil {
 			return fmt.Errorf("%s: %w", sc.name, err)
 		}
@@ -164,7 +164,7 @@ func moduleRoot() (string, error) {
 type recorder struct {
 	sc       scenario
 	mounts   cgtest.Mounts
-	memhog   string
+	fakecc   string
 	work     string
 	interval time.Duration
 	v1, v2   cgtest.Group
@@ -292,11 +292,11 @@ func (r *recorder) advance(l *leaseRun, elapsed time.Duration, groups []cgtest.G
 	for len(l.running) < l.spec.parallel && len(l.queue) > 0 {
 		spec := l.queue[0]
 		l.queue = l.queue[1:]
-		args := []string{"-peak", strconv.Itoa(spec.peak), "-ramp", strconv.Itoa(spec.ramp), "-hold", spec.hold.String()}
+		args := []string{"-peak", strconv.Itoa(spec.peak), "-ramp", strconv.Itoa(spec.ramp), "-hold", strconv.FormatFloat(spec.hold.Seconds(), 'g', -1, 64)}
 		if spec.file {
 			args = append(args, "-file", r.file)
 		}
-		cmd := cgtest.Command(groups, r.memhog, args...)
+		cmd := cgtest.Command(groups, r.fakecc, args...)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
 			return err

@@ -1,0 +1,398 @@
+// Package bench is tokend-bench: it builds generated packages with a
+// stand-in compiler (internal/fakecc) under the ways people limit builds
+// today and under tokend, inside a cgroup memory limit, and reports
+// makespan, OOM kills, wasted work, memory and pressure, with plots.
+package bench
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Config is one invocation of the benchmark.
+type Config struct {
+	Quick     bool
+	Out       string
+	Scenarios string // comma-separated names, "" for all
+	// Strategies is a comma-separated list of strategy names, "" for all.
+	Strategies string
+	Reps       int
+	Seed       uint64 // run order
+	LimitMiB   int
+	Sample     time.Duration
+	BinDir     string // prebuilt tokend, tokenctl and fakecc; "" builds them
+	Make       string // "" finds GNU make >= 4.4
+	Ninja      string // "" finds ninja >= 1.13
+	Command    string // the command line, for the report
+	Log        io.Writer
+}
+
+// Main runs the benchmark and writes its results to c.Out.
+func Main(ctx context.Context, c Config) (err error) {
+	scenarios, err := SelectScenarios(Scenarios(c.Quick), c.Scenarios)
+	if err != nil {
+		return err
+	}
+	mounts, err := FindMounts()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(c.Out, 0o755); err != nil {
+		return fmt.Errorf("output dir: %w", err)
+	}
+	work, err := os.MkdirTemp("", "tokend-bench-")
+	if err != nil {
+		return fmt.Errorf("scratch dir: %w", err)
+	}
+	defer func() { err = errors.Join(err, os.RemoveAll(work)) }()
+	bin, err := prepare(ctx, c, work)
+	if err != nil {
+		return err
+	}
+	cpus := runtime.NumCPU()
+	strategies, err := SelectStrategies(Strategies(cpus, c.Quick), c.Strategies)
+	if err != nil {
+		return err
+	}
+	env := Env{Mounts: mounts, Bin: bin, Work: work, LimitMiB: c.LimitMiB, CPUs: cpus, Sample: c.Sample}
+
+	type cell struct {
+		sc  Scenario
+		st  Strategy
+		rep int
+	}
+	var order []cell
+	for rep := 1; rep <= c.Reps; rep++ {
+		var round []cell
+		for _, sc := range scenarios {
+			for _, st := range strategies {
+				round = append(round, cell{sc, st, rep})
+			}
+		}
+		order = append(order, round...)
+	}
+	r := rand.New(rand.NewPCG(c.Seed, 1))
+	r.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+
+	meta := Meta{Command: c.Command, Started: time.Now().UTC(), LoadStart: loadavg(), CPUs: cpus, Quick: c.Quick,
+		LimitMiB: c.LimitMiB, Reps: c.Reps, Runs: len(order), Tokend: bin.TokendDescription, Make: version(bin.Make), Ninja: version(bin.Ninja)}
+	for _, st := range strategies {
+		meta.Strategies = append(meta.Strategies, st.Name)
+	}
+	for _, sc := range scenarios {
+		meta.Scenarios = append(meta.Scenarios, ScenarioInfo{Name: sc.Name, About: sc.About, Packages: Generate(sc.Graph, sc.Seed), MaxJobs: sc.MaxJobs})
+	}
+	fmt.Fprintf(c.Log, "tokend-bench: %d runs (%d scenarios x %d strategies x %d reps), limit %d MiB, load %s; tokend: %s\n",
+		len(order), len(scenarios), len(strategies), c.Reps, c.LimitMiB, meta.LoadStart, bin.TokendDescription)
+	var results []Result
+	for i, cl := range order {
+		res, err := Run(ctx, env, cl.sc, cl.st, cl.rep, i+1)
+		if err != nil {
+			err = fmt.Errorf("run %d (%s, %s, rep %d): %w", i+1, cl.sc.Name, cl.st.Name, cl.rep, err)
+			if ctx.Err() == nil || len(results) == 0 {
+				return err
+			}
+			// Interrupted: report what was measured, marked as such.
+			meta.Finished, meta.LoadEnd = time.Now().UTC(), loadavg()
+			return errors.Join(err, writeRaw(c.Out, meta, results), writeReport(c.Out, meta, results, scenarios, strategies))
+		}
+		fmt.Fprintf(c.Log, "[%d/%d] %-6s %-12s rep %d: %6.1f s, %d OOM kills, %d failed, %d re-runs, peak %.0f MiB\n",
+			i+1, len(order), cl.sc.Name, cl.st.Name, cl.rep, res.Makespan, res.OOMKills, res.Failed, res.Reruns, res.PeakMiB)
+		results = append(results, res)
+		// Kept current, so that an interrupted benchmark leaves its data.
+		meta.Finished, meta.LoadEnd = time.Now().UTC(), loadavg()
+		if err := writeRaw(c.Out, meta, results); err != nil {
+			return err
+		}
+	}
+	meta.Finished = time.Now().UTC()
+	meta.LoadEnd = loadavg()
+	if err := writeRaw(c.Out, meta, results); err != nil {
+		return err
+	}
+	return writeReport(c.Out, meta, results, scenarios, strategies)
+}
+
+// writeRaw writes every run's measurements and samples to results.json.
+func writeRaw(out string, meta Meta, results []Result) error {
+	raw, err := json.MarshalIndent(struct {
+		Meta    Meta     `json:"meta"`
+		Results []Result `json:"results"`
+	}{meta, results}, "", " ")
+	if err != nil {
+		return fmt.Errorf("results: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(out, "results.json"), raw, 0o644); err != nil {
+		return fmt.Errorf("results: %w", err)
+	}
+	return nil
+}
+
+// Meta describes an invocation for the report.
+type Meta struct {
+	Command   string    `json:"command"`
+	Started   time.Time `json:"started"`
+	Finished  time.Time `json:"finished"`
+	LoadStart string    `json:"loadavg_start"`
+	LoadEnd   string    `json:"loadavg_end"`
+	CPUs      int       `json:"cpus"`
+	Quick     bool      `json:"quick"`
+	LimitMiB  int       `json:"limit_mib"`
+	Reps      int       `json:"reps"`
+	Runs      int       `json:"runs"` // planned
+	// Strategies are the names of the strategies run; none means all.
+	Strategies []string       `json:"strategies"`
+	Tokend     string         `json:"tokend"`
+	Make       string         `json:"make"`
+	Ninja      string         `json:"ninja"`
+	Scenarios  []ScenarioInfo `json:"scenarios"`
+}
+
+// ScenarioInfo is a scenario as run, with its generated packages.
+type ScenarioInfo struct {
+	Name     string    `json:"name"`
+	About    string    `json:"about"`
+	MaxJobs  int       `json:"max_jobs"`
+	Packages []Package `json:"packages"`
+}
+
+func writeReport(out string, meta Meta, results []Result, scenarios []Scenario, strategies []Strategy) error {
+	sums := Summarize(results, scenarios, strategies)
+	var md strings.Builder
+	fmt.Fprintf(&md, "Command: `%s`\n\n", meta.Command)
+	fmt.Fprintf(&md, "Run %s to %s UTC on %d CPUs; load average at start %s, at end %s.\n",
+		meta.Started.Format("2006-01-02 15:04"), meta.Finished.Format("15:04"), meta.CPUs, meta.LoadStart, meta.LoadEnd)
+	fmt.Fprintf(&md, "Memory limit %d MiB; %d repetitions in randomized order; medians.\n", meta.LimitMiB, meta.Reps)
+	if meta.Runs > len(results) {
+		fmt.Fprintf(&md, "**Interrupted after %d of %d runs**: some cells have fewer repetitions (see reps).\n", len(results), meta.Runs)
+	}
+	fmt.Fprintf(&md, "tokend: %s. make: %s. ninja: %s.\n\n", meta.Tokend, meta.Make, meta.Ninja)
+	for _, sc := range meta.Scenarios {
+		var units, links int
+		var cpu float64
+		for _, p := range sc.Packages {
+			cpu += p.CPUSeconds()
+			for _, j := range p.Jobs {
+				if j.Link {
+					links++
+				} else {
+					units++
+				}
+			}
+		}
+		fmt.Fprintf(&md, "- **%s**: %s; %d packages (%d compiles, %d links, %.0f CPU-s of jobs) built %d at a time.\n",
+			sc.Name, sc.About, len(sc.Packages), units, links, cpu, sc.MaxJobs)
+	}
+	md.WriteString("\n")
+	if err := WriteTable(&md, sums); err != nil {
+		return err
+	}
+	md.WriteString("\nTargets for tokend:\n\n")
+	if err := WriteVerdicts(&md, Targets(sums, scenarios)); err != nil {
+		return err
+	}
+	md.WriteString("\nPareto front (makespan against OOM kills + failed packages), fastest first:\n\n")
+	for _, sc := range scenarios {
+		var ss []Summary
+		for _, s := range sums {
+			if s.Scenario == sc.Name {
+				ss = append(ss, s)
+			}
+		}
+		var names []string
+		for _, s := range Pareto(ss) {
+			names = append(names, fmt.Sprintf("%s (%.1f s, %g)", s.Strategy, s.Makespan, failures(s)))
+		}
+		fmt.Fprintf(&md, "- %s: %s\n", sc.Name, strings.Join(names, ", "))
+	}
+	if err := os.WriteFile(filepath.Join(out, "report.md"), []byte(md.String()), 0o644); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	for _, sc := range scenarios {
+		var traces []Trace
+		for _, st := range strategies {
+			if r, ok := medianRun(results, sc.Name, st.Name); ok {
+				traces = append(traces, Trace{Label: fmt.Sprintf("%s (rep %d: %.1f s, %d OOM kills)", st.Name, r.Rep, r.Makespan, r.OOMKills), Samples: r.Samples})
+			}
+		}
+		if err := writeSVG(filepath.Join(out, sc.Name+".svg"), func(w io.Writer) error {
+			return WriteTimeline(w, sc.Name+": memory and running jobs, the median-makespan run of each strategy", meta.LimitMiB, traces)
+		}); err != nil {
+			return err
+		}
+	}
+	return writeSVG(filepath.Join(out, "pareto.svg"), func(w io.Writer) error { return WritePareto(w, sums, scenarios) })
+}
+
+// Rerender writes report.md and the plots to out again from a results.json
+// an earlier (maybe interrupted) invocation wrote.
+func Rerender(out, resultsPath string) error {
+	raw, err := os.ReadFile(resultsPath)
+	if err != nil {
+		return fmt.Errorf("read results: %w", err)
+	}
+	var r struct {
+		Meta    Meta     `json:"meta"`
+		Results []Result `json:"results"`
+	}
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return fmt.Errorf("read results %s: %w", resultsPath, err)
+	}
+	var names []string
+	for _, sc := range r.Meta.Scenarios {
+		names = append(names, sc.Name)
+	}
+	scenarios, err := SelectScenarios(Scenarios(r.Meta.Quick), strings.Join(names, ","))
+	if err != nil {
+		return err
+	}
+	strategies, err := SelectStrategies(Strategies(r.Meta.CPUs, r.Meta.Quick), strings.Join(r.Meta.Strategies, ","))
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return fmt.Errorf("output dir: %w", err)
+	}
+	return writeReport(out, r.Meta, r.Results, scenarios, strategies)
+}
+
+func writeSVG(path string, draw func(io.Writer) error) error {
+	var b strings.Builder
+	if err := draw(&b); err != nil {
+		return fmt.Errorf("plot %s: %w", path, err)
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("plot: %w", err)
+	}
+	return nil
+}
+
+// medianRun is the repetition whose makespan is the median (the lower
+// middle one for an even count).
+func medianRun(results []Result, scenario, strategy string) (Result, bool) {
+	var rs []Result
+	for _, r := range results {
+		if r.Scenario == scenario && r.Strategy == strategy {
+			rs = append(rs, r)
+		}
+	}
+	if len(rs) == 0 {
+		return Result{}, false
+	}
+	slices.SortFunc(rs, func(a, b Result) int { return cmp.Compare(a.Makespan, b.Makespan) })
+	return rs[(len(rs)-1)/2], true
+}
+
+// prepare puts the binaries a run needs in work/bin.
+func prepare(ctx context.Context, c Config, work string) (Binaries, error) {
+	dir := filepath.Join(work, "bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Binaries{}, fmt.Errorf("bin dir: %w", err)
+	}
+	src := c.BinDir
+	if src == "" {
+		src = dir
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/",
+			"github.com/tokend/tokend/cmd/tokend", "github.com/tokend/tokend/cmd/tokenctl", "github.com/tokend/tokend/internal/fakecc")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return Binaries{}, fmt.Errorf("build tokend, tokenctl and fakecc (run from the tokend source tree, or give --bin): %w\n%s", err, out)
+		}
+	}
+	b := Binaries{
+		Tokend:   filepath.Join(src, "tokend"),
+		Tokenctl: filepath.Join(src, "tokenctl"),
+		CC:       filepath.Join(dir, "cc1"),
+		LD:       filepath.Join(dir, "ld"),
+		Hog:      filepath.Join(dir, "hog"),
+	}
+	fakecc, err := os.ReadFile(filepath.Join(src, "fakecc"))
+	if err != nil {
+		return b, fmt.Errorf("stand-in compiler: %w", err)
+	}
+	// One binary under three names: the sampler counts jobs by name.
+	for _, p := range []string{b.CC, b.LD, b.Hog} {
+		if err := os.WriteFile(p, fakecc, 0o755); err != nil {
+			return b, fmt.Errorf("stand-in compiler: %w", err)
+		}
+	}
+	if b.Make, err = findTool(c.Make, "make", "GNU Make 4.4", "GNU Make 4.5", "GNU Make 5"); err != nil {
+		return b, err
+	}
+	if b.Ninja, err = findTool(c.Ninja, "ninja", "1.13", "1.14", "1.15", "1.16", "1.17", "1.18", "1.19", "2."); err != nil {
+		return b, err
+	}
+	help, _ := exec.Command(b.Tokend, "--help").CombinedOutput()
+	for _, f := range []string{"memory-cgroup", "lease-cgroups"} {
+		if strings.Contains(string(help), "  -"+f+" ") {
+			b.TokendCgroupFlags = append(b.TokendCgroupFlags, f)
+		}
+	}
+	b.TokendDescription = "CPU default (one job per CPU): this tokend has no --memory-cgroup flag"
+	if len(b.TokendCgroupFlags) > 0 {
+		b.TokendDescription = "memory controller on its defaults, pointed at each run's cgroups with --" + strings.Join(b.TokendCgroupFlags, ", --")
+	}
+	return b, nil
+}
+
+// findTool returns given, or the first name found in $TOKEND_TOOLS_BIN,
+// the cache .ci/tools.sh fills, or $PATH, whose --version starts with one
+// of the prefixes (after "GNU Make " for make, bare for ninja).
+func findTool(given, name string, prefixes ...string) (string, error) {
+	var cands []string
+	if given != "" {
+		cands = []string{given}
+	} else {
+		if d := os.Getenv("TOKEND_TOOLS_BIN"); d != "" {
+			cands = append(cands, filepath.Join(d, name))
+		}
+		if h, err := os.UserHomeDir(); err == nil {
+			cands = append(cands, filepath.Join(h, ".cache", "tokend-tools", "bin", name))
+		}
+		if p, err := exec.LookPath(name); err == nil {
+			cands = append(cands, p)
+		}
+	}
+	for _, p := range cands {
+		v := version(p)
+		for _, pre := range prefixes {
+			if strings.HasPrefix(v, pre) {
+				return p, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no %s new enough among %v (want %s...; .ci/tools.sh builds one, or pass --%s)", name, cands, prefixes[0], name)
+}
+
+// version is the first line of a tool's --version.
+func version(path string) string {
+	out, err := exec.Command(path, "--version").Output()
+	if err != nil {
+		return ""
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimSpace(line)
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}

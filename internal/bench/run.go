@@ -1,0 +1,532 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tokend/tokend/jobserver"
+)
+
+// Binaries are the programs a run drives.
+type Binaries struct {
+	CC, LD, Hog      string // the stand-in compiler under three names
+	Tokend, Tokenctl string
+	Make, Ninja      string // GNU make >= 4.4 and ninja >= 1.13
+	// TokendCgroupFlags are the flags this tokend has for where its
+	// memory domain, pressure and lease cgroups are; each run points them
+	// at its own cgroups.
+	TokendCgroupFlags []string
+	TokendDescription string
+}
+
+// Env is what every run of a benchmark shares.
+type Env struct {
+	Mounts   Mounts
+	Bin      Binaries
+	Work     string // scratch directory
+	LimitMiB int
+	CPUs     int
+	Sample   time.Duration
+}
+
+// Sample is the state of a run at one instant.
+type Sample struct {
+	T      float64 `json:"t"`       // seconds since the builds started
+	MemMiB float64 `json:"mem_mib"` // memory charged to the limit
+	Jobs   int     `json:"jobs"`    // compiles and links running
+	OOM    int     `json:"oom"`     // OOM kills so far
+}
+
+// Result is what one run measured.
+type Result struct {
+	Scenario     string   `json:"scenario"`
+	Strategy     string   `json:"strategy"`
+	Rep          int      `json:"rep"`
+	Order        int      `json:"order"` // position in the randomized run order
+	Makespan     float64  `json:"makespan_s"`
+	OOMKills     int      `json:"oom_kills"`
+	Failed       int      `json:"failed_packages"` // packages that did not build in the end
+	Reruns       int      `json:"reruns"`
+	WastedCPU    float64  `json:"wasted_cpu_s"` // CPU of failed attempts
+	PeakMiB      float64  `json:"peak_mib"`
+	StallSome    float64  `json:"stall_some_s"`
+	StallFull    float64  `json:"stall_full_s"`
+	CPUIdle      float64  `json:"cpu_idle"`           // share of the host's CPU time the run left unused
+	TokendCPU    float64  `json:"tokend_cpu_s"`       // tokend strategy only
+	TokendCPUPct float64  `json:"tokend_cpu_pct"`     // of one core, over the makespan
+	TokendRSSMiB float64  `json:"tokend_rss_hwm_mib"` // peak RSS (VmHWM)
+	Samples      []Sample `json:"samples"`
+}
+
+// build is one package's attempt in flight.
+type build struct {
+	pkg     int
+	attempt int
+	cmd     *exec.Cmd
+}
+
+type finished struct {
+	b   build
+	ok  bool
+	cpu time.Duration
+	err error
+}
+
+// Run builds sc's packages once under st, inside a fresh memory limit,
+// and measures it. Everything it started is gone when it returns.
+func Run(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int) (res Result, err error) {
+	res = Result{Scenario: sc.Name, Strategy: st.Name, Rep: rep, Order: seq}
+	dir := filepath.Join(env.Work, fmt.Sprintf("%03d-%s-%s", seq, sc.Name, st.Name))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return res, fmt.Errorf("run dir: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	pkgs := Generate(sc.Graph, sc.Seed)
+	tools := Tools{CC: env.Bin.CC, LD: env.Bin.LD}
+	if sc.Graph.WorkingSetMiB > 0 {
+		if tools.WorkingSet, err = workingSet(env.Work, sc.Graph.WorkingSetMiB); err != nil {
+			return res, err
+		}
+	}
+
+	lim, err := MakeLimit(env.Mounts, fmt.Sprintf("tokend-bench-%d-%d", os.Getpid(), seq), uint64(env.LimitMiB)<<20)
+	if err != nil {
+		return res, err
+	}
+	defer func() { err = errors.Join(err, lim.Remove()) }()
+
+	var makeflags string
+	switch st.Kind {
+	case Tokend:
+		td, err := startTokend(ctx, env.Bin, filepath.Join(dir, "tokend"), lim)
+		if err != nil {
+			return res, err
+		}
+		defer func() { err = errors.Join(err, td.stop()) }()
+		defer func() {
+			if err == nil {
+				res.TokendCPU, res.TokendRSSMiB, err = procUsage(td.cmd.Process.Pid)
+				res.TokendCPUPct = 100 * res.TokendCPU / res.Makespan
+			}
+		}()
+		makeflags = "tokend:" + td.socket
+	case Shared:
+		f, err := jobserver.Create(filepath.Join(dir, "shared.fifo"), jobserver.FIFOOptions{GID: -1})
+		if err != nil {
+			return res, err
+		}
+		defer f.Remove()
+		if err := f.Add(st.N); err != nil {
+			return res, fmt.Errorf("fill shared jobserver: %w", err)
+		}
+		makeflags = jobserver.WithAuth("", jobserver.FIFOAuth(f.Path()))
+	}
+
+	// The builds' processes volunteer for the OOM killer, so that a hog,
+	// which stands for the user's own program, is never its victim.
+	enter := lim.Enter() + " && echo 1000 > /proc/self/oom_score_adj && exec \"$@\""
+	start := time.Now()
+	sampler := startSampler(lim, start, env.Sample)
+	defer sampler.stop()
+
+	if h := sc.Hog; h != nil {
+		var (
+			mu      sync.Mutex
+			hog     *exec.Cmd
+			stopped bool
+		)
+		time.AfterFunc(h.After, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if stopped {
+				return
+			}
+			c := exec.Command("/bin/sh", "-c", lim.Enter()+` && exec "$@"`, "sh", env.Bin.Hog,
+				"--peak", strconv.Itoa(h.PeakMiB), "--ramp", fmt.Sprint(h.RampMiBs), "--cpu", fmt.Sprint(burnCPU(0, h.PeakMiB, h.RampMiBs)), "--hold", "-1")
+			if c.Start() == nil {
+				hog = c
+			}
+		})
+		defer func() {
+			mu.Lock()
+			defer mu.Unlock()
+			stopped = true
+			if hog != nil {
+				_ = hog.Process.Signal(syscall.SIGTERM)
+				_ = hog.Wait()
+			}
+		}()
+	}
+
+	slots := sc.MaxJobs
+	if st.Kind == Serial {
+		slots = 1
+	}
+	queue := make([]build, len(pkgs))
+	for i := range pkgs {
+		queue[i] = build{pkg: i, attempt: 1}
+	}
+	done := make(chan finished)
+	running := map[*exec.Cmd]bool{}
+	defer func() {
+		for c := range running {
+			_ = syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+		}
+		for range running {
+			<-done
+		}
+	}()
+	for len(queue) > 0 || len(running) > 0 {
+		for len(queue) > 0 && len(running) < slots {
+			b := queue[0]
+			queue = queue[1:]
+			pdir := filepath.Join(dir, pkgs[b.pkg].Name)
+			if err := writePackage(pdir, pkgs[b.pkg], tools); err != nil {
+				return res, err
+			}
+			b.cmd = buildCommand(env.Bin, st, pkgs[b.pkg], pdir, makeflags, enter)
+			logf, err := os.OpenFile(pdir+".log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			if err != nil {
+				return res, fmt.Errorf("build log: %w", err)
+			}
+			b.cmd.Stdout, b.cmd.Stderr = logf, logf
+			b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			if err := b.cmd.Start(); err != nil {
+				logf.Close()
+				return res, fmt.Errorf("start %s: %w", pkgs[b.pkg].Name, err)
+			}
+			running[b.cmd] = true
+			go func(b build, logf *os.File) {
+				err := b.cmd.Wait()
+				logf.Close()
+				f := finished{b: b, ok: err == nil}
+				if ps := b.cmd.ProcessState; ps != nil {
+					f.cpu = ps.UserTime() + ps.SystemTime()
+				}
+				var ee *exec.ExitError
+				if err != nil && !errors.As(err, &ee) {
+					f.err = err
+				}
+				done <- f
+			}(b, logf)
+		}
+		var f finished
+		select {
+		case f = <-done:
+		case <-ctx.Done():
+			return res, ctx.Err()
+		}
+		delete(running, f.b.cmd)
+		if f.err != nil {
+			return res, fmt.Errorf("build %s: %w", pkgs[f.b.pkg].Name, f.err)
+		}
+		if f.ok {
+			continue
+		}
+		res.WastedCPU += f.cpu.Seconds()
+		if st.Kind == Retry && f.b.attempt < MaxAttempts {
+			res.Reruns++
+			// A failed Nix build starts again from nothing.
+			if err := os.RemoveAll(filepath.Join(dir, pkgs[f.b.pkg].Name)); err != nil {
+				return res, fmt.Errorf("clean %s: %w", pkgs[f.b.pkg].Name, err)
+			}
+			queue = append(queue, build{pkg: f.b.pkg, attempt: f.b.attempt + 1})
+			continue
+		}
+		res.Failed++
+	}
+	res.Makespan = time.Since(start).Seconds()
+	res.Samples = sampler.stop()
+	return res, finish(&res, lim, env.CPUs)
+}
+
+// finish reads the run's totals from its cgroups.
+func finish(res *Result, lim *Limit, cpus int) error {
+	oom, err := lim.OOMKills()
+	if err != nil {
+		return err
+	}
+	peak, err := lim.Peak()
+	if err != nil {
+		return err
+	}
+	some, full, err := lim.Stall()
+	if err != nil {
+		return err
+	}
+	cpu, err := lim.CPU()
+	if err != nil {
+		return err
+	}
+	res.OOMKills = oom
+	res.PeakMiB = float64(peak) / (1 << 20)
+	res.StallSome, res.StallFull = some.Seconds(), full.Seconds()
+	res.CPUIdle = max(0, 1-cpu.Seconds()/(res.Makespan*float64(cpus)))
+	return nil
+}
+
+// buildCommand is the command that builds one package under st; makeflags
+// is the shared jobserver's MAKEFLAGS, or "tokend:SOCKET".
+func buildCommand(bin Binaries, st Strategy, p Package, dir, makeflags, enter string) *exec.Cmd {
+	tool := []string{bin.Make, "-C", dir}
+	if p.Ninja {
+		tool = []string{bin.Ninja, "-C", dir}
+	}
+	env := cleanEnv()
+	switch st.Kind {
+	case Serial, Static, Retry:
+		tool = append(tool, "-j"+strconv.Itoa(st.N))
+	case Load:
+		tool = append(tool, "-j"+strconv.Itoa(st.N), "-l"+strconv.Itoa(st.L))
+	case Shared:
+		env = append(env, "MAKEFLAGS="+makeflags)
+	case Tokend:
+		socket := strings.TrimPrefix(makeflags, "tokend:")
+		tool = append([]string{bin.Tokenctl, "--socket", socket, "run", "--name", p.Name, "--"}, tool...)
+	}
+	c := exec.Command("/bin/sh", append([]string{"-c", enter, "sh"}, tool...)...)
+	c.Env = env
+	return c
+}
+
+// cleanEnv is this process's environment without any jobserver in it.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS", "MAKELEVEL", "TOKEND_SOCKET":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+func writePackage(dir string, p Package, t Tools) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("package dir: %w", err)
+	}
+	name, write := "Makefile", WriteMakefile
+	if p.Ninja {
+		name, write = "build.ninja", WriteNinja
+	}
+	f, err := os.Create(filepath.Join(dir, name))
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := write(f, p, t); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return nil
+}
+
+// workingSet returns a file of mib MiB of data in dir, creating it the
+// first time, with none of its pages cached: each run faults them in and
+// is charged for them afresh.
+func workingSet(dir string, mib int) (string, error) {
+	path := filepath.Join(dir, fmt.Sprintf("workingset-%d.bin", mib))
+	if st, err := os.Stat(path); err != nil || st.Size() != int64(mib)<<20 {
+		buf := make([]byte, 1<<20)
+		for i := range buf {
+			buf[i] = byte(i*7 + i>>9)
+		}
+		f, err := os.Create(path)
+		if err != nil {
+			return "", fmt.Errorf("working set: %w", err)
+		}
+		for range mib {
+			if _, err := f.Write(buf); err != nil {
+				f.Close()
+				return "", fmt.Errorf("working set: %w", err)
+			}
+		}
+		if err := f.Close(); err != nil {
+			return "", fmt.Errorf("working set: %w", err)
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("working set: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return "", fmt.Errorf("working set: sync: %w", err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		return "", fmt.Errorf("working set: drop cached pages: %w", err)
+	}
+	return path, nil
+}
+
+// sampler records memory and running jobs at a fixed interval.
+type sampler struct {
+	stopOnce sync.Once
+	quit     chan struct{}
+	done     chan []Sample
+	samples  []Sample
+}
+
+func startSampler(lim *Limit, start time.Time, every time.Duration) *sampler {
+	s := &sampler{quit: make(chan struct{}), done: make(chan []Sample, 1)}
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		var out []Sample
+		for {
+			out = append(out, sample(lim, start))
+			select {
+			case <-s.quit:
+				out = append(out, sample(lim, start))
+				s.done <- out
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
+
+// stop ends the sampling and returns the samples; later calls return
+// the same samples.
+func (s *sampler) stop() []Sample {
+	s.stopOnce.Do(func() {
+		close(s.quit)
+		s.samples = <-s.done
+	})
+	return s.samples
+}
+
+// sample reads one Sample; a value the kernel would not give stays zero
+// (a group being torn down can refuse a read).
+func sample(lim *Limit, start time.Time) Sample {
+	s := Sample{T: time.Since(start).Seconds()}
+	if u, err := lim.Usage(); err == nil {
+		s.MemMiB = float64(u) / (1 << 20)
+	}
+	s.OOM, _ = lim.OOMKills()
+	pids, _ := lim.Procs()
+	for _, pid := range pids {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err != nil {
+			continue
+		}
+		switch strings.TrimSpace(string(comm)) {
+		case "cc1", "ld":
+			s.Jobs++
+		}
+	}
+	return s
+}
+
+// tokend is a tokend started for one run.
+type tokend struct {
+	cmd    *exec.Cmd
+	socket string
+	log    *os.File
+}
+
+// startTokend starts tokend on its defaults in its own runtime directory,
+// outside the benchmark's cgroups but pointed at them where it has flags
+// for that, and waits for its socket to answer.
+func startTokend(ctx context.Context, bin Binaries, runtimeDir string, lim *Limit) (*tokend, error) {
+	if err := os.MkdirAll(runtimeDir, 0o755); err != nil {
+		return nil, fmt.Errorf("tokend runtime dir: %w", err)
+	}
+	logf, err := os.Create(runtimeDir + ".log")
+	if err != nil {
+		return nil, fmt.Errorf("tokend log: %w", err)
+	}
+	args := []string{"--runtime-dir", runtimeDir}
+	for _, f := range bin.TokendCgroupFlags {
+		switch f {
+		case "memory-cgroup":
+			args = append(args, "--"+f, lim.Mem)
+		case "lease-cgroups":
+			// Lease groups nest in the run's cgroup2 group, whose
+			// pressure and CPU counters include its children; on a
+			// hybrid host tokend reads pressure from their parent.
+			args = append(args, "--"+f, lim.PSI)
+		}
+	}
+	t := &tokend{cmd: exec.Command(bin.Tokend, args...), socket: filepath.Join(runtimeDir, "tokend.sock"), log: logf}
+	t.cmd.Stdout, t.cmd.Stderr = logf, logf
+	t.cmd.Env = cleanEnv()
+	if err := t.cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start tokend: %w", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		probe := exec.Command(bin.Tokenctl, "--socket", t.socket, "status", "--json")
+		probe.Env = cleanEnv()
+		if probe.Run() == nil {
+			return t, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, errors.Join(fmt.Errorf("tokend did not answer on %s within 10 s (log: %s.log)", t.socket, runtimeDir), ctx.Err(), t.stop())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM, waits up to 5 s, then kills.
+func (t *tokend) stop() error {
+	defer t.log.Close()
+	_ = t.cmd.Process.Signal(syscall.SIGTERM)
+	exited := make(chan error, 1)
+	go func() { exited <- t.cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			return fmt.Errorf("tokend exited: %w", err)
+		}
+		return nil
+	case <-time.After(5 * time.Second):
+		_ = t.cmd.Process.Kill()
+		<-exited
+		return errors.New("tokend ignored SIGTERM for 5 s; killed")
+	}
+}
+
+// procUsage is a live process's CPU time in seconds and peak RSS in MiB.
+func procUsage(pid int) (cpu, rssMiB float64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, fmt.Errorf("tokend usage: %w", err)
+	}
+	// Fields after the command name, which is in parentheses and may
+	// hold spaces: utime and stime are fields 14 and 15 of the line.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0, 0, fmt.Errorf("tokend usage: short /proc/%d/stat", pid)
+	}
+	ut, err1 := strconv.ParseUint(f[11], 10, 64)
+	stime, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, fmt.Errorf("tokend usage: %w", err)
+	}
+	const ticks = 100 // USER_HZ on Linux
+	cpu = float64(ut+stime) / ticks
+	hwm, err := readKey(fmt.Sprintf("/proc/%d/status", pid), "VmHWM:")
+	if err != nil {
+		return 0, 0, fmt.Errorf("tokend usage: %w", err)
+	}
+	return cpu, float64(hwm) / 1024, nil
+}
