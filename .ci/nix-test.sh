@@ -219,12 +219,13 @@ sampler_stop() {
 }
 # leases_seen SAMPLES NAME BUILDS: every lease the samples show; succeeds if
 # BUILDS leases named NAME with features [big-parallel] were seen, one owned
-# by the sandbox of each derivation NAME-1 ... NAME-BUILDS.
+# by the sandbox of each derivation NAME-1 ... NAME-BUILDS, and the memory
+# controller found processes confined to each sandbox at some point.
 leases_seen() {
   python3 - "$@" <<'EOF'
 import json, re, sys
 path, name, builds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-data, dec, i, leases, samples = open(path).read(), json.JSONDecoder(), 0, {}, 0
+data, dec, i, leases, samples, procs = open(path).read(), json.JSONDecoder(), 0, {}, 0, {}
 while True:
     while i < len(data) and data[i].isspace():
         i += 1
@@ -234,11 +235,13 @@ while True:
     samples += 1
     for l in st["leases"]:
         leases[l["id"]] = l
+        procs[l["id"]] = max(procs.get(l["id"], 0), (l.get("memory") or {}).get("procs", 0))
 mine = [l for l in leases.values() if l["name"] == name and l.get("features") == ["big-parallel"]]
 builds_seen = sorted(m.group(1) for l in mine if (m := re.search(r"-%s-(\d+)\.drv\.chroot(/root)?$" % re.escape(name), l["owner"]["dir"])))
-print("%d samples: %d leases, %d named %s with features [big-parallel], owned by the sandboxes of builds %s"
-      % (samples, len(leases), len(mine), name, ",".join(builds_seen) or "none"))
-sys.exit(0 if len(leases) == builds and builds_seen == [str(b) for b in range(1, builds + 1)] else 1)
+sampled = [procs[l["id"]] for l in mine]
+print("%d samples: %d leases, %d named %s with features [big-parallel], owned by the sandboxes of builds %s; most processes sampled in each sandbox: %s"
+      % (samples, len(leases), len(mine), name, ",".join(builds_seen) or "none", ",".join(map(str, sampled)) or "none"))
+sys.exit(0 if len(leases) == builds and builds_seen == [str(b) for b in range(1, builds + 1)] and all(n > 0 for n in sampled) else 1)
 EOF
 }
 # settled: waits up to 10 s for the sandboxes to go and tokend to end their
@@ -402,11 +405,16 @@ if [ -n "$tools" ]; then
     fi
     real "$nb" "$v-killed" 3 --jobs 8 --cores 8 &
     harness=$!
-    # Kill it as soon as all three builds hold a lease, so some make or
-    # ninja opens its FIFO after tokend is gone.
-    for _ in $(seq 1500); do
-      [ "$(find "$rt/leases" -name '*.fifo' | wc -l)" -ge 3 ] && break
-      sleep 0.01
+    # Kill it as soon as every build has joined its FIFO (a client of each
+    # holds a token), so the ninja that follows make in each build opens
+    # its FIFO after tokend is gone. A FIFO on disk is not enough: tokend
+    # makes it before the hook has its answer, and a build whose hook got
+    # none rightly runs without tokend.
+    for _ in $(seq 300); do
+      joined=$("$bin/tokenctl" --socket "$sock" status --json 2>/dev/null \
+        | python3 -c 'import json, sys; print(sum(1 for l in json.load(sys.stdin)["leases"] if l["held"] > 0))' 2>/dev/null)
+      [ "${joined:-0}" -ge 3 ] && break
+      sleep 0.05
     done
     tokend_stop KILL
     killed_us=$(date +%s%6N)

@@ -44,7 +44,8 @@ const pfExiting = 0x4
 
 // lease samples the processes of l: those in its cgroup, or, while the
 // cgroup holds none (not made yet, or the command started outside it),
-// the descendants of its owner process. grouped tells whether they came
+// the descendants of its owner process, or for a lease owned by a
+// directory (a nix build's sandbox) the processes confined to it. grouped tells whether they came
 // from the cgroup, which can then be frozen.
 func (s sampler) lease(l broker.LeaseStatus, forest func() (memory.Forest, error)) (procs []proc, grouped bool, err error) {
 	var ps []memory.Proc
@@ -66,6 +67,17 @@ func (s sampler) lease(l broker.LeaseStatus, forest func() (memory.Forest, error
 		// The owner (tokenctl, or a nix hook's process) is not a job.
 		if len(ps) > 0 && ps[0].PID == l.Owner.PID {
 			ps = ps[1:]
+		}
+	}
+	if !grouped && l.Owner.PID <= 0 && l.Owner.Dir != "" {
+		// A nix build without use-cgroups: its processes are those
+		// confined to its sandbox, whatever build user runs them.
+		f, err := forest()
+		if err != nil {
+			return nil, false, err
+		}
+		if ps, err = f.Rooted(l.Owner.Dir); err != nil {
+			return nil, false, err
 		}
 	}
 	return s.classify(ps), grouped, nil

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -214,6 +215,64 @@ func TestLiveTree(t *testing.T) {
 	}
 	if procs, err := s.Tree(1 << 22); err != nil || len(procs) != 0 {
 		t.Errorf("Tree of a PID above pid_max = %+v, %v; want none, no error", procs, err)
+	}
+}
+
+// A nix build runs confined to its sandbox directory: its processes are
+// found by the directory their root is, here a chroot of our own.
+func TestLiveRooted(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root to chroot a process, which CI must provide")
+		}
+		t.Skip("needs root to chroot a process")
+	}
+	busybox, err := os.ReadFile("/bin/busybox") // static, from busybox-static (.ci/tools.sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sandbox, elsewhere := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(sandbox, "busybox"), busybox, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for range 2 {
+		cmd := exec.Command("/busybox", "sleep", "60")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: sandbox}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
+		pids = append(pids, cmd.Process.Pid)
+	}
+	s, err := NewSampler("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := s.Forest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs, err := f.Rooted(sandbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	for _, p := range procs {
+		got = append(got, p.PID)
+	}
+	slices.Sort(pids)
+	if !slices.Equal(got, pids) {
+		t.Errorf("Rooted(sandbox) = %v, want the two chrooted processes %v", got, pids)
+	}
+	if procs, err := f.Rooted(elsewhere); err != nil || len(procs) != 0 {
+		t.Errorf("Rooted of a directory no process is confined to = %+v, %v; want none", procs, err)
+	}
+	if procs, err := f.Rooted(filepath.Join(elsewhere, "gone")); err != nil || len(procs) != 0 {
+		t.Errorf("Rooted of a removed sandbox = %+v, %v; want none, no error", procs, err)
 	}
 }
 

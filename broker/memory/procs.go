@@ -1,7 +1,9 @@
 package memory
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -9,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
 )
 
 // Proc is one process's memory at the moment it was sampled.
@@ -28,7 +31,8 @@ type Proc struct {
 // Sampler reads per-process memory from a procfs mount. Processes exit
 // while it reads: those it misses are left out, never reported as errors.
 type Sampler struct {
-	fs procfs.FS
+	fs   procfs.FS
+	root string
 }
 
 // NewSampler reads from the procfs mounted at root; "" means /proc.
@@ -40,7 +44,7 @@ func NewSampler(root string) (Sampler, error) {
 	if err != nil {
 		return Sampler{}, fmt.Errorf("memory: procfs at %s: %w (pass the procfs mount point)", root, err)
 	}
-	return Sampler{fs: fs}, nil
+	return Sampler{fs: fs, root: root}, nil
 }
 
 // PIDs samples the given processes, in the order given, leaving out those
@@ -63,11 +67,24 @@ func (s Sampler) PIDs(pids ...int) ([]Proc, error) {
 	return out, nil
 }
 
-// Forest is every process's parent at one moment, read once so that the
-// trees of many leases cost one scan of /proc, not one each.
+// Forest is every process's parent and root directory at one moment,
+// read once so that the processes of many leases cost one scan of /proc,
+// not one each.
 type Forest struct {
 	s        Sampler
 	children map[int][]int
+	rooted   map[fileID][]int // processes by the identity of their root directory
+}
+
+// fileID is a file's identity, the same through any mount or namespace.
+type fileID struct{ dev, ino uint64 }
+
+func statID(path string) (fileID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return fileID{}, err
+	}
+	return fileID{dev: st.Dev, ino: st.Ino}, nil
 }
 
 // Forest reads the parent of every process. It finds children by scanning
@@ -80,6 +97,7 @@ func (s Sampler) Forest() (Forest, error) {
 		return Forest{}, fmt.Errorf("memory: list processes: %w", err)
 	}
 	children := map[int][]int{}
+	rooted := map[fileID][]int{}
 	for _, p := range all {
 		st, err := p.Stat()
 		if err != nil {
@@ -89,8 +107,30 @@ func (s Sampler) Forest() (Forest, error) {
 			return Forest{}, fmt.Errorf("memory: read parent of process %d: %w", p.PID, err)
 		}
 		children[st.PPID] = append(children[st.PPID], p.PID)
+		// Following /proc/PID/root reaches the directory itself: a
+		// process in a nix sandbox reads its root as "/" in its own mount
+		// namespace, but stat sees the sandbox directory on the host.
+		if root, err := statID(filepath.Join(s.root, strconv.Itoa(p.PID), "root")); err == nil {
+			rooted[root] = append(rooted[root], p.PID)
+		}
 	}
-	return Forest{s: s, children: children}, nil
+	return Forest{s: s, children: children, rooted: rooted}, nil
+}
+
+// Rooted samples the processes whose root directory is dir: the processes
+// of a build confined there, as a nix build is to its sandbox. Reading
+// another user's root needs root; processes it cannot read are left out.
+func (f Forest) Rooted(dir string) ([]Proc, error) {
+	id, err := statID(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("memory: sandbox directory %s: %w", dir, err)
+	}
+	pids := slices.Clone(f.rooted[id])
+	slices.Sort(pids)
+	return f.s.PIDs(pids...)
 }
 
 // Tree samples root and all its descendants as the forest saw them, root
