@@ -72,13 +72,6 @@ func (c *Client) Register(ctx context.Context, req RegisterRequest) (Registered,
 	return r, err
 }
 
-// Lease fetches one lease.
-func (c *Client) Lease(ctx context.Context, id string) (LeaseStatus, error) {
-	var l LeaseStatus
-	err := c.do(ctx, http.MethodGet, pathLeases+"/"+id, nil, &l)
-	return l, err
-}
-
 // AwaitAdmission waits, up to a couple of seconds per call, until the lease
 // is admitted, and returns it as it then is: admitted, or still waiting.
 func (c *Client) AwaitAdmission(ctx context.Context, id string) (LeaseStatus, error) {

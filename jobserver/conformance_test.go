@@ -490,9 +490,7 @@ func copyExecutable(t *testing.T, src, dst string) string {
 // same FIFO works. (cargo is not run as nobody: its toolchain lives under
 // /root, which nobody cannot read.)
 func TestConformanceNoPermission(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("running a client as another user needs root")
-	}
+	buildtest.Require(t, os.Geteuid() == 0, "root, to run a client as another user")
 	const tokens = 3
 	for _, c := range []struct {
 		name string
@@ -594,25 +592,7 @@ func TestConformanceNoWriter(t *testing.T) {
 	cmd.Env = buildtest.CleanEnv("MAKEFLAGS=" + jobserver.FIFOAuth(bare).Flag())
 	p := buildtest.Start(t, cmd)
 	// /proc/PID/syscall names the system call a process is blocked in.
-	inOpen := func() bool { return blockedIn(p) == unix.SYS_OPENAT }
-	for !inOpen() {
-		select {
-		case <-p.Done():
-			t.Fatalf("make exited on a FIFO without a writer: %v\n%s", p.Err(), p.Output())
-		case <-ctx.Done():
-			t.Fatalf("make never blocked in open(2)")
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	// A short timeout: it stays there.
-	select {
-	case <-p.Done():
-		t.Fatalf("make exited: %v\n%s", p.Err(), p.Output())
-	case <-time.After(500 * time.Millisecond):
-	}
-	if !inOpen() {
-		t.Errorf("make left open(2) with no writer on the FIFO")
-	}
+	stuckIn(ctx, t, p, unix.SYS_OPENAT, "open(2) with no writer on the FIFO")
 	if n := log.Run(t).Started(); n != 0 {
 		t.Errorf("make ran %d jobs while hanging", n)
 	}
@@ -928,25 +908,32 @@ func TestConformanceCeilingDefaultPipe(t *testing.T) {
 	log.WaitFor(ctx, t, "every job", func(r buildtest.Run) bool { return r.Running() == len(jobs) })
 	buildtest.OpenGate(t, gate)
 	log.WaitFor(ctx, t, "every job to end", func(r buildtest.Run) bool { return r.Ended() == len(jobs) })
-	inWrite := func() bool { return blockedIn(p) == unix.SYS_WRITE }
-	for !inWrite() {
+	stuckIn(ctx, t, p, unix.SYS_WRITE, "write(2), giving tokens back to a full default pipe")
+	t.Logf("make 4.4.1, 65,535 tokens in a 64 KiB pipe: all %d jobs ended, make blocked in write(2) for 500ms, killed", len(jobs))
+}
+
+// stuckIn waits until p is blocked in the system call nr and checks it is
+// still there half a second later: a hang, measured from /proc/PID/syscall
+// rather than guessed from silence.
+func stuckIn(ctx context.Context, t *testing.T, p *buildtest.Proc, nr int, what string) {
+	t.Helper()
+	for blockedIn(p) != nr {
 		select {
 		case <-p.Done():
-			t.Fatalf("make exited (%v): it did not block giving tokens back to a full default pipe; output:\n%s", p.Err(), p.Output())
+			t.Fatalf("make exited (%v) instead of blocking in %s; output:\n%s", p.Err(), what, p.Output())
 		case <-ctx.Done():
-			t.Fatal("make never blocked in write(2)")
+			t.Fatalf("make never blocked in %s", what)
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
 	select {
 	case <-p.Done():
-		t.Fatalf("make exited: %v", p.Err())
+		t.Fatalf("make left %s and exited: %v\n%s", what, p.Err(), p.Output())
 	case <-time.After(500 * time.Millisecond):
 	}
-	if !inWrite() {
-		t.Errorf("make left write(2)")
+	if blockedIn(p) != nr {
+		t.Errorf("make left %s", what)
 	}
-	t.Logf("make 4.4.1, 65,535 tokens in a 64 KiB pipe: all %d jobs ended, make blocked in write(2) for 500ms, killed", len(jobs))
 }
 
 // blockedIn is the number of the system call p is in, or -1.

@@ -14,7 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
+	"github.com/tokend/tokend/broker/brokertest"
+	"github.com/tokend/tokend/internal/buildtest"
 
 	"github.com/tokend/tokend/broker"
 )
@@ -37,36 +38,8 @@ func socketDir(t *testing.T) string {
 // socket and a client.
 func startTokend(t *testing.T, budget int) (string, *broker.Client) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the hook registers leases for a build's group, which takes root")
-	}
-	b, err := broker.New(broker.Options{RuntimeDir: t.TempDir(), Budget: budget})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	srv, err := broker.NewServer(b, "", hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	socket := filepath.Join(socketDir(t), "tokend.sock")
-	ln, err := broker.Listen(socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		srv.Shutdown(context.Background())
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("broker stopped with %v", err)
-		}
-		if st := b.Status(); st.InvariantViolations != 0 {
-			t.Errorf("broker found %d accounting errors, last: %s", st.InvariantViolations, st.LastViolation)
-		}
-	})
+	buildtest.Require(t, os.Geteuid() == 0, "root: the hook registers leases for a build's group")
+	socket := brokertest.Start(t, budget)
 	return socket, broker.NewClient(socket)
 }
 
@@ -247,8 +220,8 @@ func TestRunBacklogFull(t *testing.T) {
 }
 
 func TestRunSocketWithoutPermission(t *testing.T) {
-	if os.Geteuid() == 0 {
-		t.Skip("root may connect to any socket")
+	if buildtest.RerunAsNobody(t) {
+		return // root may connect to any socket
 	}
 	drv, sandbox := build(t, os.Getegid())
 	socket := filepath.Join(socketDir(t), "tokend.sock")

@@ -231,13 +231,13 @@ func TestFixtureProcs(t *testing.T) {
 		t.Errorf("PIDs = %+v, want %+v", got, cc1plus)
 	}
 	// proc/*/stat: 19848 and 19849 have parent 19847.
-	if got, err = s.Tree(19847); err != nil {
+	if got, err = tree(t, s, 19847); err != nil {
 		t.Fatal(err)
 	}
 	if want := []Proc{gxx, cc1plus, as}; !slices.Equal(got, want) {
 		t.Errorf("Tree = %+v, want %+v", got, want)
 	}
-	if got, err = s.Tree(19848); err != nil {
+	if got, err = tree(t, s, 19848); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(got, []Proc{cc1plus}) {

@@ -69,3 +69,13 @@ func thrash(spec string) error {
 func fixture(parts ...string) string {
 	return filepath.Join(append([]string{"..", "..", "testdata", "memory"}, parts...)...)
 }
+
+// tree samples root and its descendants from a Forest read now.
+func tree(t testing.TB, s Sampler, root int) ([]Proc, error) {
+	t.Helper()
+	f, err := s.Forest()
+	if err != nil {
+		return nil, err
+	}
+	return f.Tree(root)
+}

@@ -146,15 +146,6 @@ func (f Forest) Tree(root int) ([]Proc, error) {
 	return f.s.PIDs(tree...)
 }
 
-// Tree samples root and all its descendants, reading a Forest of its own.
-func (s Sampler) Tree(root int) ([]Proc, error) {
-	f, err := s.Forest()
-	if err != nil {
-		return nil, err
-	}
-	return f.Tree(root)
-}
-
 // Cgroup samples every process in the cgroup directory dir and in the
 // groups below it, which its memory accounting includes. Groups removed
 // while it walks are left out; dir itself must exist.

@@ -11,44 +11,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/go-hclog"
+	"github.com/tokend/tokend/broker/brokertest"
+	"github.com/tokend/tokend/internal/buildtest"
 
 	"github.com/tokend/tokend/broker"
 )
-
-// startTokend runs a broker and its API with the socket in the broker's
-// runtime directory, as tokend lays them out.
-func startTokend(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "tokenctl-doctor-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	b, err := broker.New(broker.Options{RuntimeDir: dir, Budget: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	srv, err := broker.NewServer(b, "", hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	socket := broker.SocketPath(dir)
-	ln, err := broker.Listen(socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		srv.Shutdown(context.Background())
-		cancel()
-		<-done
-	})
-	return socket
-}
 
 // host is a fake host for doctor: a PATH of its own, nix.conf, /proc and
 // /sys/fs/cgroup.
@@ -154,13 +121,11 @@ func want(t *testing.T, lines map[string]string, check, level string, parts ...s
 }
 
 func TestDoctorHealthyHost(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("tokend runs as root on a healthy host; so must this test")
-	}
+	buildtest.Require(t, os.Geteuid() == 0, "root: tokend runs as root on a healthy host")
 	h := newHost(t)
 	hook := h.hook()
 	h.nix("nix (Nix) 2.34.8", "pre-build-hook = "+hook+"\nsandbox = true\nbuild-users-group = root\nauto-allocate-uids = false\n")
-	socket := startTokend(t)
+	socket := brokertest.Start(t, 4)
 	code, lines, out := h.run(socket)
 	if code != 0 || !strings.HasSuffix(out, "10 OK, 0 WARN, 0 FAIL\n") {
 		t.Fatalf("exit %d:\n%s", code, out)
@@ -192,12 +157,10 @@ func TestDoctorTokendDown(t *testing.T) {
 }
 
 func TestDoctorTokendNotRootOrElsewhere(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("giving the socket to another user takes root")
-	}
+	buildtest.Require(t, os.Geteuid() == 0, "root, to give the socket to another user")
 	h := newHost(t)
 	h.nix("nix (Nix) 2.34.8", "pre-build-hook = "+h.hook()+"\n")
-	socket := startTokend(t)
+	socket := brokertest.Start(t, 4)
 	if err := os.Lchown(socket, 4321, -1); err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +179,7 @@ func TestDoctorTokendNotRootOrElsewhere(t *testing.T) {
 
 func TestDoctorLix(t *testing.T) {
 	h := newHost(t)
-	socket := startTokend(t)
+	socket := brokertest.Start(t, 4)
 	for version, level := range map[string]string{
 		"nix (Lix, like Nix) 2.93.0": "FAIL",
 		"nix (Lix, like Nix) 2.94.1": "FAIL",
@@ -231,7 +194,7 @@ func TestDoctorLix(t *testing.T) {
 
 func TestDoctorHookSetting(t *testing.T) {
 	h := newHost(t)
-	socket := startTokend(t)
+	socket := brokertest.Start(t, 4)
 	notExec := h.file(t.TempDir(), "tokend-nix-hook", "", 0o644)
 	for settings, check := range map[string][]string{
 		"sandbox = true\n": {"FAIL", "not set", "add 'pre-build-hook = "},
@@ -260,10 +223,8 @@ func TestDoctorWithRealNix(t *testing.T) {
 			}
 		}
 	}
-	if len(nixes) == 0 {
-		t.Skip("no nix here (.ci/nix.sh installs it; NIX234_BIN names sid's)")
-	}
-	socket := startTokend(t)
+	buildtest.Require(t, len(nixes) > 0, "nix (.ci/nix.sh installs it; NIX234_BIN names sid's)")
+	socket := brokertest.Start(t, 4)
 	for _, dir := range nixes {
 		h := newHost(t)
 		t.Setenv("PATH", h.bin+":"+dir)
@@ -285,7 +246,7 @@ func TestDoctorWithRealNix(t *testing.T) {
 
 func TestDoctorReadsNixConfWithoutNix(t *testing.T) {
 	h := newHost(t)
-	socket := startTokend(t)
+	socket := brokertest.Start(t, 4)
 	hook := h.hook()
 	h.file(h.conf, "nix.conf", `# settings
 sandbox = relaxed   # comment
@@ -329,13 +290,13 @@ func TestReadNixConfExtra(t *testing.T) {
 func TestDoctorAutoAllocateUIDs(t *testing.T) {
 	h := newHost(t)
 	h.nix("nix (Nix) 2.34.8", "pre-build-hook = "+h.hook()+"\nauto-allocate-uids = true\nbuild-users-group = no-such-group-tokend\n")
-	_, lines, _ := h.run(startTokend(t))
+	_, lines, _ := h.run(brokertest.Start(t, 4))
 	want(t, lines, "build users", "OK", "auto-allocate-uids")
 }
 
 func TestDoctorTools(t *testing.T) {
 	h := newHost(t)
-	socket := startTokend(t)
+	socket := brokertest.Start(t, 4)
 	h.nix("nix (Nix) 2.34.8", "pre-build-hook = "+h.hook()+"\n")
 	_, lines, _ := h.run(socket)
 	want(t, lines, "make", "OK", "4.4.1")
@@ -359,7 +320,7 @@ func TestDoctorTools(t *testing.T) {
 
 func TestDoctorKernel(t *testing.T) {
 	h := newHost(t)
-	socket := startTokend(t)
+	socket := brokertest.Start(t, 4)
 	h.nix("nix (Nix) 2.34.8", "pre-build-hook = "+h.hook()+"\n")
 
 	// Hybrid: v1 controllers, v2 under unified/.

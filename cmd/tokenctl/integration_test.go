@@ -670,9 +670,7 @@ func tokenctlLines(stderr string) []string {
 // status, but neither take a lease (the command then runs unchanged) nor
 // set the budget. Permission comes from the socket peer's credentials.
 func TestOtherUserMayOnlyReadStatus(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run tokenctl as another user")
-	}
+	buildtest.Require(t, os.Geteuid() == 0, "root, to run tokenctl as another user")
 	const budget = 4
 	d := startDaemon(t, filepath.Join(worldDir(t), "run"), budget)
 	_, tokenctl := binaries(t)
