@@ -20,14 +20,7 @@ import (
 // serve runs the API of b on a socket in a directory every user can reach.
 func serve(t *testing.T, b *Broker, leaseGroup string) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "tokend-api-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := buildtest.WorldDir(t)
 	srv, err := NewServer(b, leaseGroup, hclog.NewNullLogger())
 	if err != nil {
 		t.Fatal(err)

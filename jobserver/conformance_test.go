@@ -456,23 +456,8 @@ func TestConformanceMissingFIFO(t *testing.T) {
 	}
 }
 
-// nobody is the unprivileged user the permission cases run clients as.
-const nobody = 65534
-
-// sharedDir is a directory every user can read, for running clients as
-// nobody: t.TempDir is private to root.
-func sharedDir(t *testing.T) string {
-	dir, err := os.MkdirTemp("", "tokend-conformance-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
+// copyExecutable copies the executable src to dst, for a client run as
+// another user who cannot read where src lives.
 func copyExecutable(t *testing.T, src, dst string) string {
 	b, err := os.ReadFile(src)
 	if err != nil {
@@ -510,14 +495,14 @@ func TestConformanceNoPermission(t *testing.T) {
 				"ninja: error: Could not initialize jobserver: Error opening fifo for reading: Permission denied",
 			}},
 		// The control: the FIFO given to nobody's group, mode 0660.
-		{"make-4.4.1/group", buildtest.Make44, buildtest.WriteMakefile, jobserver.FIFOOptions{Mode: 0o660, GID: nobody},
+		{"make-4.4.1/group", buildtest.Make44, buildtest.WriteMakefile, jobserver.FIFOOptions{Mode: 0o660, GID: buildtest.Nobody},
 			func(*testing.T, string) int { return tokens + 1 }, nil},
-		{"ninja/group", buildtest.Ninja, buildtest.WriteNinja, jobserver.FIFOOptions{Mode: 0o660, GID: nobody},
+		{"ninja/group", buildtest.Ninja, buildtest.WriteNinja, jobserver.FIFOOptions{Mode: 0o660, GID: buildtest.Nobody},
 			func(*testing.T, string) int { return tokens + 1 }, []string{"ninja: Jobserver mode detected"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := ctxFor(t)
-			dir := sharedDir(t)
+			dir := buildtest.WorldDir(t)
 			tool := copyExecutable(t, c.tool(t), filepath.Join(dir, filepath.Base(c.tool(t))))
 			probe := buildtest.BuildProbe(t).CopyTo(t, dir)
 			f, err := jobserver.Create(filepath.Join(dir, "jobserver"), c.opts)
@@ -533,7 +518,7 @@ func TestConformanceNoPermission(t *testing.T) {
 			if err := os.Mkdir(build, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Chown(build, nobody, nobody); err != nil {
+			if err := os.Chown(build, buildtest.Nobody, buildtest.Nobody); err != nil {
 				t.Fatal(err)
 			}
 			want := c.want(t, tool)
@@ -542,7 +527,7 @@ func TestConformanceNoPermission(t *testing.T) {
 			c.gen(t, build, probe, log, jobs)
 			cmd := exec.Command(tool, "-C", build)
 			cmd.Env = buildtest.CleanEnv(fifoFlags(f), "HOME="+build)
-			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody, Groups: []uint32{}}}
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: buildtest.Nobody, Gid: buildtest.Nobody, Groups: []uint32{}}}
 			p := buildtest.Start(t, cmd)
 			wantFree := tokens
 			if want == tokens+1 {

@@ -56,14 +56,7 @@ type daemon struct {
 func startTokend(t *testing.T, args ...string) *daemon {
 	t.Helper()
 	// Users other than root reach the socket too.
-	dir, err := os.MkdirTemp("", "tokend-control-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := buildtest.WorldDir(t)
 	d := &daemon{socket: broker.SocketPath(dir), log: filepath.Join(dir, "tokend.log")}
 	logf, err := os.Create(d.log)
 	if err != nil {

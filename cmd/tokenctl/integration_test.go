@@ -640,21 +640,6 @@ func TestTokendKilledMidBuild(t *testing.T) {
 	t.Logf("after the builds: reclaimed %d, inflated %d", st.ReclaimedTotal, st.InflatedTotal)
 }
 
-// worldDir is a new directory every user may enter, removed when the test
-// ends (t.TempDir's are root's alone).
-func worldDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "tokenctl-it-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
 // fallbackLines are the lines tokenctl wrote on stderr.
 func tokenctlLines(stderr string) []string {
 	var lines []string
@@ -672,7 +657,7 @@ func tokenctlLines(stderr string) []string {
 func TestOtherUserMayOnlyReadStatus(t *testing.T) {
 	buildtest.Require(t, os.Geteuid() == 0, "root, to run tokenctl as another user")
 	const budget = 4
-	d := startDaemon(t, filepath.Join(worldDir(t), "run"), budget)
+	d := startDaemon(t, filepath.Join(buildtest.WorldDir(t), "run"), budget)
 	_, tokenctl := binaries(t)
 	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
 

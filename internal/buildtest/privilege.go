@@ -24,6 +24,22 @@ func Require(t testing.TB, ok bool, what string) {
 	t.Skipf("skipping: needs %s", what)
 }
 
+// WorldDir is a new directory every user may enter, removed when t ends:
+// t.TempDir's are private to root, and a build or client run as another
+// user must reach its files, sockets and binaries.
+func WorldDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "tokend-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // Nobody is the uid and gid tests use for a user with no privileges.
 const Nobody = 65534
 
@@ -38,14 +54,7 @@ func RerunAsNobody(t *testing.T) bool {
 		return false
 	}
 	// The test binary lives in a directory only root may enter.
-	dir, err := os.MkdirTemp("", "tokend-nobody-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := WorldDir(t)
 	raw, err := os.ReadFile(os.Args[0])
 	if err != nil {
 		t.Fatal(err)
