@@ -193,7 +193,7 @@ budget=6
 # directory and waits until it answers; sock is its socket.
 tokend_start() {
   sock=$1/tokend.sock
-  "$bin/tokend" --tokens "$budget" --runtime-dir "$1" --log-level debug >>"$work/tokend.log" 2>&1 &
+  "$bin/tokend" --tokens "$budget" --runtime-dir "$1" --state-dir "$work/state" --log-level debug >>"$work/tokend.log" 2>&1 &
   tokend_pid=$!
   local _
   for _ in $(seq 100); do

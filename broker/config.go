@@ -3,6 +3,8 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -16,6 +18,8 @@ import (
 type Config struct {
 	// RuntimeDir holds the socket, the state file and the FIFOs.
 	RuntimeDir string `toml:"runtime_dir"`
+	// StateDir holds what outlives a reboot: the job history.
+	StateDir string `toml:"state_dir"`
 	// Tokens fixes the budget; 0 lets tokend choose it.
 	Tokens int `toml:"tokens"`
 	// LeaseGroup names the group whose members may register leases
@@ -96,7 +100,23 @@ func (b *ByteSize) Set(s string) error { return b.UnmarshalText([]byte(s)) }
 
 // DefaultConfig is what tokend runs with when nothing is configured.
 func DefaultConfig() Config {
-	return Config{RuntimeDir: DefaultRuntimeDir(), LogLevel: "info"}
+	return Config{RuntimeDir: DefaultRuntimeDir(), StateDir: DefaultStateDir(), LogLevel: "info"}
+}
+
+// DefaultStateDir is where tokend keeps what must survive a reboot when
+// not told otherwise: /var/lib/tokend for root, $XDG_STATE_HOME/tokend
+// (~/.local/state/tokend) for others.
+func DefaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/tokend"
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(d) {
+		return filepath.Join(d, "tokend")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "tokend")
+	}
+	return ""
 }
 
 // LoadConfig reads the file at path over c. Unknown keys and bad values are
@@ -124,7 +144,7 @@ func (c Config) LoadConfig(path string) (Config, error) {
 }
 
 var configKeys = []string{
-	"runtime_dir", "tokens", "lease_group", "log_level", "memory_cgroup", "memory_pressure",
+	"runtime_dir", "state_dir", "tokens", "lease_group", "log_level", "memory_cgroup", "memory_pressure",
 	"lease_cgroups", "memory_reserve", "memory_tick", "growth_interval", "cpu_multiple", "job_estimate",
 }
 
@@ -132,6 +152,9 @@ var configKeys = []string{
 func (c Config) Validate() error {
 	if c.RuntimeDir == "" || !strings.HasPrefix(c.RuntimeDir, "/") {
 		return fmt.Errorf("runtime_dir %q: want an absolute path", c.RuntimeDir)
+	}
+	if c.StateDir == "" || !strings.HasPrefix(c.StateDir, "/") {
+		return fmt.Errorf("state_dir %q: want an absolute path (with no $HOME, set it or $XDG_STATE_HOME)", c.StateDir)
 	}
 	if c.Tokens < 0 || c.Tokens > 65535 {
 		return fmt.Errorf("tokens %d: want 0 (tokend decides) to 65535", c.Tokens)

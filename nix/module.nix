@@ -49,6 +49,12 @@ in
             default = "/run/tokend";
             description = "Directory for the socket, the state file and the FIFOs.";
           };
+          state_dir = mkOption {
+            type = types.str;
+            # systemd makes it (StateDirectory) and keeps it across reboots.
+            default = "/var/lib/tokend";
+            description = "Directory for what outlives a reboot: the job history.";
+          };
           tokens = mkOption {
             type = types.ints.between 0 65535;
             default = 0;
@@ -156,6 +162,9 @@ in
           # Running builds keep their FIFOs across a restart.
           RuntimeDirectoryPreserve = "restart";
           RuntimeDirectoryMode = if cfg.group == null then "0755" else "0750";
+          # The job history, kept across reboots and nixos-rebuild.
+          StateDirectory = "tokend";
+          StateDirectoryMode = "0755";
           Group = mkIf (cfg.group != null) cfg.group;
           UMask = "0022";
 

@@ -27,8 +27,8 @@ type Config struct {
 	Memory memory.Config
 	// Cgroups makes the tokenctl leases' groups; nil when tokend makes none.
 	Cgroups *Cgroups
-	// HistoryPath is the job history file, in the runtime directory.
-	HistoryPath string
+	// History is the job history (OpenHistory), which New's caller owns.
+	History *History
 	// CPUs is how many CPUs builds may use; 0 means runtime.NumCPU(),
 	// which counts those in this process's affinity mask.
 	CPUs   int
@@ -51,8 +51,9 @@ type Controller struct {
 	mu   sync.Mutex
 	next *Params // parameters to apply at the next tick
 
-	placed  map[string]bool // leases whose build is known to run in its own group
-	lastErr string
+	placed      map[string]bool // leases whose build is known to run in its own group
+	lastErr     string
+	lastSaveErr string
 }
 
 // New makes a controller for b. It checks that the domain's files can be
@@ -83,10 +84,10 @@ func New(b *broker.Broker, c Config) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	hist, err := LoadHistory(c.HistoryPath)
-	if err != nil {
-		c.Logger.Warn("starting with an empty job history", "error", err)
+	if c.History == nil {
+		return nil, errors.New("memory controller: no job history given")
 	}
+	hist := c.History
 	name := "host"
 	if mc.Cgroup != "" {
 		name = mc.Cgroup
@@ -214,8 +215,11 @@ func (c *Controller) tick() {
 	if c.cgroups != nil {
 		c.cgroups.Retry()
 	}
-	if err := c.hist.Save(); err != nil {
-		c.log.Warn("cannot save the job history", "error", err)
+	if err := c.hist.Save(); err == nil {
+		c.lastSaveErr = ""
+	} else if err.Error() != c.lastSaveErr {
+		c.log.Warn("cannot save the job history; it is kept in memory and saved when it can be", "error", err)
+		c.lastSaveErr = err.Error()
 	}
 }
 
@@ -283,10 +287,17 @@ func (c *Controller) thawLeftovers() {
 	}
 }
 
-// stop thaws every lease the controller froze and saves the history.
+// stop thaws every lease the controller froze, records the leases that
+// ended since the last tick and saves the history.
 func (c *Controller) stop() error {
 	var err error
-	for _, l := range c.b.Status().Leases {
+	st := c.b.Status()
+	live := make(map[string]bool, len(st.Leases))
+	for _, l := range st.Leases {
+		live[l.ID] = true
+	}
+	c.engine.retire(live, time.Now())
+	for _, l := range st.Leases {
 		ls, ok := c.engine.leases[l.ID]
 		if !ok || !ls.frozen || l.Cgroup == "" {
 			continue

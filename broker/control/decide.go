@@ -237,7 +237,7 @@ func (e *engine) step(in tickInput) decision {
 }
 
 // track starts states for new leases, seeded from history, hands each its
-// processes, and records leases that are gone in the history.
+// processes, and retires leases that are gone.
 func (e *engine) track(in []leaseInput, now time.Time) {
 	seen := make(map[string]bool, len(in))
 	for _, li := range in {
@@ -255,8 +255,14 @@ func (e *engine) track(in []leaseInput, now time.Time) {
 		}
 		ls.observe(li.Procs)
 	}
+	e.retire(seen, now)
+}
+
+// retire records the leases that are not live any more in the history
+// and forgets them.
+func (e *engine) retire(live map[string]bool, now time.Time) {
 	for id, ls := range e.leases {
-		if seen[id] {
+		if live[id] {
 			continue
 		}
 		ls.observe(nil)

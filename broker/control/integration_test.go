@@ -46,32 +46,32 @@ func writeMakefile(t *testing.T, dir, log, prefix string, n int, h hog) {
 
 // daemon is a tokend started by a test.
 type daemon struct {
-	socket string
-	client *broker.Client
-	log    string
+	socket, dir string
+	client      *broker.Client
+	log         string
+	cmd         *exec.Cmd
+	stopped     bool
 }
 
 // startTokend runs tokend in a fresh runtime directory with args, until
-// the test ends; its log is printed if the test fails.
+// the test ends or stop; its log is printed if the test fails. Its state
+// directory is inside the runtime directory unless args name another.
 func startTokend(t *testing.T, args ...string) *daemon {
 	t.Helper()
 	// Users other than root reach the socket too.
 	dir := buildtest.WorldDir(t)
-	d := &daemon{socket: broker.SocketPath(dir), log: filepath.Join(dir, "tokend.log")}
+	d := &daemon{socket: broker.SocketPath(dir), dir: dir, log: filepath.Join(dir, "tokend.log")}
 	logf, err := os.Create(d.log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bins.tokend, append([]string{"--runtime-dir", dir, "--log-level", "debug"}, args...)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	d.cmd = exec.Command(bins.tokend, append([]string{"--runtime-dir", dir, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug"}, args...)...)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		if err := cmd.Wait(); err != nil {
-			t.Errorf("tokend: %v", err)
-		}
+		d.stop(t)
 		logf.Close()
 		if t.Failed() {
 			if b, err := os.ReadFile(d.log); err == nil {
@@ -87,6 +87,29 @@ func startTokend(t *testing.T, args ...string) *daemon {
 		return err == nil && st.Memory != nil
 	})
 	return d
+}
+
+// stop stops tokend with SIGTERM and waits for it to exit.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	if d.stopped {
+		return
+	}
+	d.stopped = true
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	if err := d.cmd.Wait(); err != nil {
+		t.Errorf("tokend: %v", err)
+	}
+}
+
+// logText is tokend's log so far.
+func (d *daemon) logText(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(d.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 func (d *daemon) status(t *testing.T) broker.Status {

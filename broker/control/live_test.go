@@ -115,8 +115,8 @@ func TestControllerOnLiveBroker(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctl, err := New(b, Config{
-		Params:      Params{Tick: 20 * time.Millisecond},
-		HistoryPath: filepath.Join(t.TempDir(), "history.json"),
+		Params:  Params{Tick: 20 * time.Millisecond},
+		History: newTestHistory(t),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -114,7 +114,7 @@ func startDaemon(t *testing.T, dir string, budget int) *daemon {
 	t.Helper()
 	tokend, tokenctl := binaries(t)
 	d := &daemon{dir: dir, sock: broker.SocketPath(dir), tokenctl: tokenctl}
-	d.proc = buildtest.Start(t, exec.Command(tokend, "--runtime-dir", dir, "--tokens", strconv.Itoa(budget), "--lease-group", "", "--log-level", "debug"))
+	d.proc = buildtest.Start(t, exec.Command(tokend, "--runtime-dir", dir, "--state-dir", filepath.Join(dir, "state"), "--tokens", strconv.Itoa(budget), "--lease-group", "", "--log-level", "debug"))
 	deadline := time.Now().Add(testDeadline)
 	for {
 		if _, _, code := d.ctl(t, nil, "status"); code == 0 {

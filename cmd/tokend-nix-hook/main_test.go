@@ -93,7 +93,7 @@ func startTokend(t testing.TB, tokens int) string {
 		t.Fatal(err)
 	}
 	var logs bytes.Buffer
-	cmd := exec.Command(tokend, "--tokens", fmt.Sprint(tokens), "--runtime-dir", dir, "--log-level", "warn")
+	cmd := exec.Command(tokend, "--tokens", fmt.Sprint(tokens), "--runtime-dir", dir, "--state-dir", filepath.Join(dir, "state"), "--log-level", "warn")
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

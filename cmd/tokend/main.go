@@ -1,13 +1,14 @@
 // Command tokend is the host's jobserver broker: it owns a budget of job
 // tokens and hands them to builds through one jobserver FIFO per build.
 //
-//	tokend [--config FILE] [--runtime-dir DIR] [--tokens N] [--lease-group G] [--log-level L]
+//	tokend [--config FILE] [--runtime-dir DIR] [--state-dir DIR] [--tokens N] [--lease-group G] [--log-level L]
 //	       [--memory-cgroup DIR] [--memory-pressure FILE] [--lease-cgroups DIR|off]
 //	       [--memory-reserve SIZE] [--memory-tick D] [--growth-interval D]
 //	       [--cpu-multiple X] [--job-estimate SIZE]
 //
 // With no flags it runs on embedded defaults: runtime directory /run/tokend
-// as root, $XDG_RUNTIME_DIR/tokend otherwise, and a budget the memory
+// as root, $XDG_RUNTIME_DIR/tokend otherwise, state directory (the job
+// history) /var/lib/tokend as root, $XDG_STATE_HOME/tokend otherwise, and a budget the memory
 // controller sizes from the host's memory headroom and pressure, capped at
 // 1.5 jobs per CPU. SIGTERM and SIGINT stop it, leaving running builds
 // their tokens; SIGHUP reloads the configuration file.
@@ -21,7 +22,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -51,6 +51,7 @@ func parseFlags(args []string) (*settings, error) {
 	fs := s.flags
 	fs.StringVar(&s.configPath, "config", "", "configuration file (TOML); flags given win over it")
 	fs.StringVar(&s.override.RuntimeDir, "runtime-dir", "", "directory for the socket, state and FIFOs (config: runtime_dir)")
+	fs.StringVar(&s.override.StateDir, "state-dir", "", "directory for what outlives a reboot: the job history (config: state_dir)")
 	fs.IntVar(&s.override.Tokens, "tokens", 0, "fix the budget at N jobs (config: tokens)")
 	fs.StringVar(&s.override.LeaseGroup, "lease-group", "", "group whose members may register leases (config: lease_group)")
 	fs.StringVar(&s.override.LogLevel, "log-level", "", "trace, debug, info, warn or error (config: log_level)")
@@ -84,6 +85,8 @@ func (s *settings) load() (broker.Config, error) {
 		switch f.Name {
 		case "runtime-dir":
 			c.RuntimeDir = s.override.RuntimeDir
+		case "state-dir":
+			c.StateDir = s.override.StateDir
 		case "tokens":
 			c.Tokens = s.override.Tokens
 		case "lease-group":
@@ -140,12 +143,16 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	hist, err := control.OpenHistory(cfg.StateDir, cfg.RuntimeDir, log.Named("history"))
+	if err != nil {
+		return err
+	}
 	ctl, err := control.New(b, control.Config{
-		Params:      params(cfg),
-		Memory:      memory.Config{Cgroup: cfg.MemoryCgroup, Pressure: cfg.MemoryPressure},
-		Cgroups:     cgroups,
-		HistoryPath: filepath.Join(cfg.RuntimeDir, "history.json"),
-		Logger:      log.Named("memory"),
+		Params:  params(cfg),
+		Memory:  memory.Config{Cgroup: cfg.MemoryCgroup, Pressure: cfg.MemoryPressure},
+		Cgroups: cgroups,
+		History: hist,
+		Logger:  log.Named("memory"),
 	})
 	if err != nil {
 		return err
@@ -242,9 +249,9 @@ func reload(s *settings, old broker.Config, b *broker.Broker, ctl *control.Contr
 		log.Error("reload failed; keeping the running configuration", "error", err)
 		return
 	}
-	if cfg.RuntimeDir != old.RuntimeDir || cfg.LeaseGroup != old.LeaseGroup || cfg.MemoryCgroup != old.MemoryCgroup ||
+	if cfg.RuntimeDir != old.RuntimeDir || cfg.StateDir != old.StateDir || cfg.LeaseGroup != old.LeaseGroup || cfg.MemoryCgroup != old.MemoryCgroup ||
 		cfg.MemoryPressure != old.MemoryPressure || cfg.LeaseCgroups != old.LeaseCgroups {
-		log.Warn("runtime_dir, lease_group, memory_cgroup, memory_pressure and lease_cgroups change only at restart")
+		log.Warn("runtime_dir, state_dir, lease_group, memory_cgroup, memory_pressure and lease_cgroups change only at restart")
 	}
 	log.SetLevel(hclog.LevelFromString(cfg.LogLevel))
 	if err := ctl.Reconfigure(params(cfg)); err != nil {

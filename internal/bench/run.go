@@ -452,7 +452,8 @@ func startTokend(ctx context.Context, bin Binaries, runtimeDir string, lim *Limi
 	if err != nil {
 		return nil, fmt.Errorf("tokend log: %w", err)
 	}
-	args := []string{"--runtime-dir", runtimeDir}
+	// A state directory of its own: every run starts without history.
+	args := []string{"--runtime-dir", runtimeDir, "--state-dir", runtimeDir + ".state"}
 	for _, f := range bin.TokendCgroupFlags {
 		switch f {
 		case "memory-cgroup":

@@ -202,6 +202,9 @@ let
     "module: Type=notify" = sc.Type == "notify";
     "module: Restart=on-failure" = sc.Restart == "on-failure";
     "module: RuntimeDirectory=tokend" = sc.RuntimeDirectory == "tokend";
+    "module: StateDirectory=tokend holds the job history" =
+      sc.StateDirectory == "tokend"
+      && full.environment.etc."tokend/config.toml".source.value.state_dir == "/var/lib/tokend";
     "module: cgroup tree writable" =
       sc.ProtectControlGroups == false && builtins.elem "/sys/fs/cgroup" sc.ReadWritePaths;
     "module: ExecStart reads /etc/tokend/config.toml" =
@@ -232,6 +235,7 @@ let
     "module: TOML settings with defaults" =
       full.environment.etc."tokend/config.toml".source.value == {
         runtime_dir = "/run/tokend";
+        state_dir = "/var/lib/tokend";
         tokens = 0;
         lease_group = "jobserver";
         lease_cgroups = "/sys/fs/cgroup/system.slice/tokend.service/leases";
