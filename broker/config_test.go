@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokend/tokend/internal/buildtest"
 )
 
 func TestLoadConfig(t *testing.T) {
@@ -52,5 +54,28 @@ func TestLoadConfig(t *testing.T) {
 				t.Fatalf("got %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+// A tokend run by a user other than root keeps its history where the XDG
+// base directory spec puts state: $XDG_STATE_HOME, else ~/.local/state.
+func TestDefaultStateDirOfAUser(t *testing.T) {
+	if buildtest.RerunAsNobody(t) {
+		return
+	}
+	if os.Geteuid() == 0 {
+		if got := DefaultStateDir(); got != "/var/lib/tokend" {
+			t.Errorf("root's state dir %q, want /var/lib/tokend", got)
+		}
+		return
+	}
+	t.Setenv("XDG_STATE_HOME", "/srv/state")
+	if got := DefaultStateDir(); got != "/srv/state/tokend" {
+		t.Errorf("with XDG_STATE_HOME: %q, want /srv/state/tokend", got)
+	}
+	t.Setenv("XDG_STATE_HOME", "")
+	t.Setenv("HOME", "/home/u")
+	if got := DefaultStateDir(); got != "/home/u/.local/state/tokend" {
+		t.Errorf("without XDG_STATE_HOME: %q, want /home/u/.local/state/tokend", got)
 	}
 }

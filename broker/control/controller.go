@@ -191,7 +191,7 @@ func (c *Controller) tick() {
 		}
 		cgroups[l.ID] = l.Cgroup
 		in.Leases = append(in.Leases, leaseInput{
-			ID: l.ID, Name: l.Name, Created: l.Created, Admitted: l.Admitted, Ending: l.Ending,
+			ID: l.ID, Name: l.Name, UID: l.UID, Created: l.Created, Admitted: l.Admitted, Ending: l.Ending,
 			Hungry: l.Hungry, Held: l.Held, Freezable: grouped, Procs: procs,
 		})
 	}

@@ -22,6 +22,8 @@ const (
 // sampled processes.
 type leaseInput struct {
 	ID, Name string
+	// UID is the user the lease belongs to, whose history it learns from.
+	UID      int
 	Created  time.Time
 	Admitted bool
 	Ending   bool
@@ -92,7 +94,9 @@ func newEngine(p Params, cpus int, domain, pressureFile string, hist *History, l
 func (e *engine) step(in tickInput) decision {
 	r := in.Reading
 	now := r.At
-	e.track(in.Leases, now)
+	limit, ws := domainSize(r)
+	reserve := e.p.reserve(limit)
+	e.track(in.Leases, max(limit-min(reserve, limit), heavyFloor), now)
 
 	jobs, waiting := 0, 0
 	var growth, back, live uint64
@@ -126,7 +130,6 @@ func (e *engine) step(in tickInput) decision {
 		}
 	}
 
-	limit, ws := domainSize(r)
 	// Jobs exiting or just ended give their memory back, which offsets
 	// the growth of the jobs that replace them, but only up to the part
 	// of a cgroup's working set that no live process accounts for: what
@@ -136,7 +139,6 @@ func (e *engine) step(in tickInput) decision {
 		growth -= min(growth, back, ws-min(live, ws))
 	}
 	head := r.Headroom()
-	reserve := e.p.reserve(limit)
 	some, full, span := e.pressure(r)
 	pressured := span >= pressureWindow*3/4 && some >= pressureThreshold
 	if pressured {
@@ -238,17 +240,19 @@ func (e *engine) step(in tickInput) decision {
 
 // track starts states for new leases, seeded from history, hands each its
 // processes, and retires leases that are gone.
-func (e *engine) track(in []leaseInput, now time.Time) {
+func (e *engine) track(in []leaseInput, seedCap uint64, now time.Time) {
 	seen := make(map[string]bool, len(in))
 	for _, li := range in {
 		seen[li.ID] = true
 		ls, ok := e.leases[li.ID]
 		if !ok {
-			ls = &leaseState{name: li.Name, source: "default"}
+			ls = &leaseState{uid: li.UID, name: li.Name, source: "default"}
 			ls.seed[classCompile], ls.seed[classLink] = e.p.JobEstimate, 2*e.p.JobEstimate
 			for _, c := range []class{classCompile, classLink} {
-				if s := e.hist.seed(li.Name, c); s > 0 {
-					ls.seed[c], ls.source = s, "history"
+				if s := e.hist.seed(li.UID, li.Name, c); s > 0 {
+					// What one job may be expected at is bounded by the
+					// domain: a job bigger than it can still run alone.
+					ls.seed[c], ls.source = max(min(s, seedCap), heavyFloor), "history"
 				}
 			}
 			e.leases[li.ID] = ls
@@ -266,15 +270,15 @@ func (e *engine) retire(live map[string]bool, now time.Time) {
 			continue
 		}
 		ls.observe(nil)
-		var compile, link uint64
+		run := leaseRun{prior: ls.seed, oom: ls.oom}
 		if ls.estimateSource() == "observed" {
-			compile = ls.estimate(classCompile)
+			run.peak[classCompile] = ls.estimate(classCompile)
 		}
 		if len(ls.seen[classLink]) > 0 {
-			link = ls.estimate(classLink)
+			run.peak[classLink] = ls.estimate(classLink)
 		}
-		if compile > 0 || link > 0 {
-			e.hist.record(ls.name, compile, link, now)
+		if run.peak != [3]uint64{} || run.oom != [3]uint64{} {
+			e.hist.record(ls.uid, ls.name, run, now)
 		}
 		delete(e.leases, id)
 	}

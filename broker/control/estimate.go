@@ -100,6 +100,7 @@ const (
 
 // leaseState is what the controller keeps of one lease between ticks.
 type leaseState struct {
+	uid  int
 	name string
 	// procs are the lease's processes at the last sample, by PID.
 	procs map[int]proc
@@ -114,6 +115,10 @@ type leaseState struct {
 	// tells where it came from ("history" or "default").
 	seed   [3]uint64
 	source string
+	// oom is the largest size a job of each class reached before the OOM
+	// killer took it; oomKills counts them.
+	oom      [3]uint64
+	oomKills int
 
 	frozen   bool
 	frozenAt time.Time

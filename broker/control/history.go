@@ -8,50 +8,97 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
 
-// historyVersion changes when the history file's meaning does.
-const historyVersion = 1
+// historyVersion changes when the history file's meaning does. Version 1
+// kept one entry per name for everyone; its entries are read as root's.
+const historyVersion = 2
 
-// historyLimit bounds the names remembered; the least recently updated go
-// first.
-const historyLimit = 1000
+const (
+	// historyLimit bounds the names remembered per user; the least
+	// recently updated go first, so a user filling the history pushes out
+	// only their own.
+	historyLimit = 1000
+	// historyRuns is how many runs an estimate is taken over: the upper
+	// median of the largest job of each of the last five, so two odd runs
+	// out of five cannot move it.
+	historyRuns = 5
+	// historyStep bounds how far one run moves an estimate: to at most
+	// twice or half the estimate before it (for the first run, the
+	// estimate the lease started from). A first odd run, before there is
+	// a median to hide it, moves it no further.
+	historyStep = 2
+)
 
 // HistoryFile is the job history's name in the state directory (and, before
 // tokend kept one, in the runtime directory).
 const HistoryFile = "history.json"
 
-// Past is what past leases of one name showed: the largest job peak per
-// class in the last lease that ran such jobs, as nixbuild.net predicts a
-// build's memory from earlier builds of the same package.
+// Past is what past leases of one user and name showed, as nixbuild.net
+// predicts a build's memory from earlier builds of the same package.
 type Past struct {
-	Compile uint64 `json:"compile,omitempty"`
-	Link    uint64 `json:"link,omitempty"`
-	Runs    int    `json:"runs"`
-	// OOMKills counts jobs of leases of this name the kernel's OOM killer
-	// killed.
+	Compile ClassPast `json:"compile"`
+	Link    ClassPast `json:"link"`
+	Runs    int       `json:"runs"`
+	// OOMKills counts jobs of these leases the kernel's OOM killer killed.
 	OOMKills int       `json:"oom_kills,omitempty"`
 	Updated  time.Time `json:"updated"`
 }
 
-type historyFile struct {
-	Version int             `json:"version"`
-	Names   map[string]Past `json:"names"`
+// ClassPast is the history of one job class of one name.
+type ClassPast struct {
+	// Estimate is what the next lease's jobs of the class are expected
+	// to peak at; 0 until a run showed one.
+	Estimate uint64 `json:"estimate,omitempty"`
+	// Recent are the largest job peaks of the last runs, newest last.
+	Recent []uint64 `json:"recent,omitempty"`
 }
 
-// History is the per-name job memory of past leases, kept in the state
-// directory so that a new lease of a known name starts from what its
+// class is the entry of one job class.
+func (p *Past) class(c class) *ClassPast {
+	if c == classLink {
+		return &p.Link
+	}
+	return &p.Compile
+}
+
+type historyFile struct {
+	Version int                     `json:"version"`
+	Users   map[int]map[string]Past `json:"users"`
+}
+
+// historyFileV1 is the file of tokend before it kept a history per user.
+type historyFileV1 struct {
+	Names map[string]struct {
+		Compile uint64    `json:"compile"`
+		Link    uint64    `json:"link"`
+		Runs    int       `json:"runs"`
+		Updated time.Time `json:"updated"`
+	} `json:"names"`
+}
+
+// History is the job memory of past leases per user and name, kept in the
+// state directory so that a new lease of a known name starts from what its
 // predecessors needed rather than from the default, across restarts and
-// reboots.
+// reboots. Each user's leases learn only from that user's runs: a lease
+// group member cannot change root's estimates or another member's.
 type History struct {
-	path  string
-	names map[string]Past
+	path string
+
+	mu    sync.Mutex
+	users map[int]map[string]Past
 	dirty bool
+}
+
+func newHistory(path string) *History {
+	return &History{path: path, users: map[int]map[string]Past{}}
 }
 
 // OpenHistory opens the job history in stateDir, creating the directory if
@@ -80,7 +127,7 @@ func OpenHistory(stateDir, legacyDir string, log hclog.Logger) (*History, error)
 		return nil, fmt.Errorf("%w; and it cannot be set aside: %w; move it away by hand", err, rerr)
 	}
 	log.Error("job history unreadable; set it aside and starting with an empty history", "error", err, "set_aside", aside)
-	return &History{path: path, names: map[string]Past{}}, nil
+	return newHistory(path), nil
 }
 
 // takeOver moves the history at old to path unless path exists already.
@@ -139,7 +186,7 @@ var errUnreadable = errors.New("not a job history this tokend can read")
 // LoadHistory reads the history file at path; a missing file is an empty
 // history.
 func LoadHistory(path string) (*History, error) {
-	h := &History{path: path, names: map[string]Past{}}
+	h := newHistory(path)
 	raw, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return h, nil
@@ -147,81 +194,158 @@ func LoadHistory(path string) (*History, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read job history %s: %w", path, err)
 	}
-	var f historyFile
-	if err := json.Unmarshal(raw, &f); err != nil {
+	var version struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(raw, &version); err != nil {
 		return nil, fmt.Errorf("read job history %s: %w: %w", path, errUnreadable, err)
 	}
-	if f.Version != historyVersion {
-		return nil, fmt.Errorf("read job history %s: %w: version %d, this tokend reads version %d", path, errUnreadable, f.Version, historyVersion)
-	}
-	if f.Names != nil {
-		h.names = f.Names
+	switch version.Version {
+	case historyVersion:
+		var f historyFile
+		if err := json.Unmarshal(raw, &f); err != nil {
+			return nil, fmt.Errorf("read job history %s: %w: %w", path, errUnreadable, err)
+		}
+		for uid, names := range f.Users {
+			if names != nil {
+				h.users[uid] = names
+			}
+		}
+	case 1:
+		var f historyFileV1
+		if err := json.Unmarshal(raw, &f); err != nil {
+			return nil, fmt.Errorf("read job history %s: %w: %w", path, errUnreadable, err)
+		}
+		for name, v := range f.Names {
+			p := Past{Runs: v.Runs, Updated: v.Updated}
+			for c, peak := range map[class]uint64{classCompile: v.Compile, classLink: v.Link} {
+				if peak > 0 {
+					*p.class(c) = ClassPast{Estimate: peak, Recent: []uint64{peak}}
+				}
+			}
+			h.user(0)[name] = p
+		}
+		h.dirty = len(f.Names) > 0
+	default:
+		return nil, fmt.Errorf("read job history %s: %w: version %d, this tokend reads versions 1 and %d", path, errUnreadable, version.Version, historyVersion)
 	}
 	return h, nil
 }
 
-// seed is the remembered peak of name's jobs of class c, or 0.
-func (h *History) seed(name string, c class) uint64 {
-	p := h.names[name]
-	if c == classLink {
-		return p.Link
+// user is the names of uid, made if need be. h.mu is held.
+func (h *History) user(uid int) map[string]Past {
+	names, ok := h.users[uid]
+	if !ok {
+		names = map[string]Past{}
+		h.users[uid] = names
 	}
-	return p.Compile
+	return names
 }
 
-// record remembers what a lease of name saw; zero peaks keep the older
-// value, since the lease ran no such job.
-func (h *History) record(name string, compile, link uint64, now time.Time) {
-	p := h.names[name]
-	if compile > 0 {
-		p.Compile = compile
-	}
-	if link > 0 {
-		p.Link = link
+// seed is what uid's jobs of class c in leases of name are expected to
+// peak at, or 0 if no run of theirs showed one.
+func (h *History) seed(uid int, name string, c class) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	p := h.users[uid][name]
+	return p.class(c).Estimate
+}
+
+// leaseRun is what one lease showed, per class: the largest peak of its
+// finished jobs (0: it ran none), the estimate it started from, and the
+// largest size a job of it reached before the OOM killer took it.
+type leaseRun struct {
+	peak, prior, oom [3]uint64
+}
+
+// record remembers what a lease of uid and name showed. Each class's
+// estimate follows the upper median of the last historyRuns runs, moved
+// by at most historyStep from where it was, and never below what a job
+// of this lease reached when it was OOM-killed. A class the lease ran no
+// job of keeps its estimate.
+func (h *History) record(uid int, name string, run leaseRun, now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	p := h.user(uid)[name]
+	for _, c := range []class{classCompile, classLink} {
+		peak := max(run.peak[c], run.oom[c])
+		if peak == 0 {
+			continue
+		}
+		cp := p.class(c)
+		from := cp.Estimate
+		if from == 0 {
+			from = run.prior[c]
+		}
+		cp.Recent = append(cp.Recent, peak)
+		cp.Recent = cp.Recent[max(len(cp.Recent)-historyRuns, 0):]
+		cp.Estimate = max(bounded(upperMedian(cp.Recent), from), run.oom[c])
 	}
 	p.Runs++
-	h.update(name, p, now)
+	h.update(uid, name, p, now)
 }
 
-// recordOOM remembers that a job of class c of a lease of name was
-// OOM-killed at size bytes: the next lease of that name starts expecting
-// at least that, so it is admitted with room for the job that was killed.
-func (h *History) recordOOM(name string, c class, size uint64, now time.Time) {
-	p := h.names[name]
-	switch c {
-	case classLink:
-		p.Link = max(p.Link, size)
-	case classCompile:
-		p.Compile = max(p.Compile, size)
+// recordOOM remembers at once that a job of class c of a lease of uid and
+// name was OOM-killed at size bytes: the next lease of that name starts
+// expecting at least that, so it is admitted with room for the job that
+// was killed, even while the killed one's lease still runs.
+func (h *History) recordOOM(uid int, name string, c class, size uint64, now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	p := h.user(uid)[name]
+	if c != classDriver {
+		cp := p.class(c)
+		cp.Estimate = max(cp.Estimate, size)
 	}
 	p.OOMKills++
-	h.update(name, p, now)
+	h.update(uid, name, p, now)
 }
 
-func (h *History) update(name string, p Past, now time.Time) {
+// bounded is v, moved no further than historyStep from from.
+func bounded(v, from uint64) uint64 {
+	if from == 0 {
+		return v
+	}
+	return min(max(v, from/historyStep), from*historyStep)
+}
+
+// upperMedian is the middle of vs, the larger of the two middle ones for
+// an even count: of two runs the larger counts, which errs toward room.
+func upperMedian(vs []uint64) uint64 {
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// update stores p and forgets uid's least recently updated names beyond
+// historyLimit. h.mu is held.
+func (h *History) update(uid int, name string, p Past, now time.Time) {
 	p.Updated = now
-	h.names[name] = p
+	names := h.user(uid)
+	names[name] = p
 	h.dirty = true
-	if len(h.names) <= historyLimit {
+	if len(names) <= historyLimit {
 		return
 	}
-	byAge := make([]string, 0, len(h.names))
-	for n := range h.names {
+	byAge := make([]string, 0, len(names))
+	for n := range names {
 		byAge = append(byAge, n)
 	}
-	sort.Slice(byAge, func(i, j int) bool { return h.names[byAge[i]].Updated.Before(h.names[byAge[j]].Updated) })
+	sort.Slice(byAge, func(i, j int) bool { return names[byAge[i]].Updated.Before(names[byAge[j]].Updated) })
 	for _, n := range byAge[:len(byAge)-historyLimit] {
-		delete(h.names, n)
+		delete(names, n)
 	}
 }
 
 // Save writes the history if it changed, atomically and durably: a crash
 // or a power cut leaves the old file or the new one.
 func (h *History) Save() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if !h.dirty {
 		return nil
 	}
-	raw, err := json.MarshalIndent(historyFile{Version: historyVersion, Names: h.names}, "", "  ")
+	raw, err := json.MarshalIndent(historyFile{Version: historyVersion, Users: h.users}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode job history: %w", err)
 	}

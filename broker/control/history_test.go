@@ -11,13 +11,19 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
+// run is a leaseRun of one compile peak and one link peak (0: none),
+// started from the default estimates.
+func run(compile, link uint64) leaseRun {
+	return leaseRun{peak: [3]uint64{classCompile: compile, classLink: link}, prior: [3]uint64{classCompile: 1 << 30, classLink: 2 << 30}}
+}
+
 func TestHistoryRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "history.json")
 	h := newTestHistoryAt(t, path)
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	h.record("llvm-19.1.7", 900*mib, 3<<30, now)
-	// A lease that ran no link keeps the link peak of the one before.
-	h.record("llvm-19.1.7", 950*mib, 0, now.Add(time.Hour))
+	h.record(0, "llvm-19.1.7", run(900*mib, 3<<30), now)
+	// A lease that ran no link keeps the link estimate of the one before.
+	h.record(0, "llvm-19.1.7", run(950*mib, 0), now.Add(time.Hour))
 	if err := h.Save(); err != nil {
 		t.Fatal(err)
 	}
@@ -26,17 +32,90 @@ func TestHistoryRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(entries) != 1 {
-		t.Errorf("runtime dir holds %d files after an atomic save, want only history.json", len(entries))
+		t.Errorf("state dir holds %d files after an atomic save, want only history.json", len(entries))
 	}
 	got := newTestHistoryAt(t, path)
-	if c, l := got.seed("llvm-19.1.7", classCompile), got.seed("llvm-19.1.7", classLink); c != 950*mib || l != 3<<30 {
-		t.Errorf("seeds %d and %d MiB, want 950 and 3072", c/mib, l/mib)
+	if c, l := got.seed(0, "llvm-19.1.7", classCompile), got.seed(0, "llvm-19.1.7", classLink); c != 950*mib || l != 3<<30 {
+		t.Errorf("seeds %d and %d MiB, want 950 (the upper median of 900 and 950) and 3072", c/mib, l/mib)
 	}
-	if p := got.names["llvm-19.1.7"]; p.Runs != 2 || !p.Updated.Equal(now.Add(time.Hour)) {
+	if p := got.users[0]["llvm-19.1.7"]; p.Runs != 2 || !p.Updated.Equal(now.Add(time.Hour)) {
 		t.Errorf("entry %+v, want 2 runs updated an hour later", p)
 	}
-	if got.seed("unknown", classCompile) != 0 {
+	if got.seed(0, "unknown", classCompile) != 0 {
 		t.Error("an unknown name has a seed")
+	}
+}
+
+// One odd run among ordinary ones does not move an estimate: it follows
+// the upper median of the last runs. A first odd run, with no median yet,
+// moves it by at most a factor of two from the estimate the lease started
+// from, so what a seed from history can be is bounded by what came before.
+func TestHistoryOneOddRunCannotSwingIt(t *testing.T) {
+	h := newTestHistory(t)
+	now := time.Now()
+	for range 3 {
+		h.record(0, "chromium", run(1500*mib, 0), now)
+	}
+	for _, odd := range []uint64{64 << 30, 64 * mib} {
+		h.record(0, "chromium", run(odd, 0), now)
+		if got := h.seed(0, "chromium", classCompile); got != 1500*mib {
+			t.Errorf("after an odd %d MiB run: %d MiB, want 1500", odd/mib, got/mib)
+		}
+	}
+	// Two more make three small runs of the last five: they are the
+	// build now, and the estimate follows them, at most halving per run.
+	for range 2 {
+		h.record(0, "chromium", run(64*mib, 0), now)
+	}
+	if got := h.seed(0, "chromium", classCompile); got != 750*mib {
+		t.Errorf("after three small runs of the last five: %d MiB, want 750, half of 1500: one run moves it at most that far", got/mib)
+	}
+
+	for _, tt := range []struct {
+		peak, want uint64
+	}{{64 << 30, 2 << 30}, {64 * mib, 512 * mib}, {1200 * mib, 1200 * mib}} {
+		h := newTestHistory(t)
+		h.record(0, "first", run(tt.peak, 0), now)
+		if got := h.seed(0, "first", classCompile); got != tt.want {
+			t.Errorf("first run at %d MiB, started from 1 GiB: %d MiB, want %d", tt.peak/mib, got/mib, tt.want/mib)
+		}
+	}
+}
+
+// Each user learns from their own runs only: a member's small "chromium"
+// changes neither root's estimate nor another member's.
+func TestHistoryIsPerUser(t *testing.T) {
+	h := newTestHistory(t)
+	now := time.Now()
+	h.record(0, "chromium", run(1800*mib, 0), now)
+	for range historyRuns {
+		h.record(1000, "chromium", run(64*mib, 0), now)
+	}
+	if got := h.seed(0, "chromium", classCompile); got != 1800*mib {
+		t.Errorf("root's estimate %d MiB after a member's runs, want its own 1800", got/mib)
+	}
+	if got := h.seed(1001, "chromium", classCompile); got != 0 {
+		t.Errorf("another member starts from %d MiB, want nothing: no run of theirs", got/mib)
+	}
+	if got := h.seed(1000, "chromium", classCompile); got >= 1<<30 {
+		t.Errorf("the member's own estimate %d MiB did not follow their runs", got/mib)
+	}
+}
+
+// A history of version 1, kept for everyone in the runtime directory by an
+// older tokend, is read as root's.
+func TestHistoryVersion1IsRoots(t *testing.T) {
+	path := filepath.Join(t.TempDir(), HistoryFile)
+	v1 := `{"version": 1, "names": {"llvm": {"compile": 943718400, "link": 3221225472, "runs": 4, "updated": "2026-01-02T03:04:05Z"}}}`
+	if err := os.WriteFile(path, []byte(v1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := newTestHistoryAt(t, path)
+	if c, l := h.seed(0, "llvm", classCompile), h.seed(0, "llvm", classLink); c != 900*mib || l != 3<<30 {
+		t.Errorf("root's seeds %d and %d MiB, want 900 and 3072", c/mib, l/mib)
+	}
+	if h.users[0]["llvm"].Runs != 4 {
+		t.Errorf("entry %+v, want its 4 runs", h.users[0]["llvm"])
 	}
 }
 
@@ -59,8 +138,8 @@ func TestHistoryUnreadableIsSetAside(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(h.names) != 0 {
-				t.Fatalf("history %+v, want an empty one", h.names)
+			if len(h.users) != 0 {
+				t.Fatalf("history %+v, want an empty one", h.users)
 			}
 			aside, err := filepath.Glob(path + ".corrupt-*")
 			if err != nil || len(aside) != 1 {
@@ -72,7 +151,7 @@ func TestHistoryUnreadableIsSetAside(t *testing.T) {
 			if !strings.Contains(logs.String(), "job history unreadable") || !strings.Contains(logs.String(), aside[0]) {
 				t.Errorf("log %q does not report the file set aside at %s", logs.String(), aside[0])
 			}
-			h.record("x", 100*mib, 0, time.Now())
+			h.record(0, "x", run(100*mib, 0), time.Now())
 			if err := h.Save(); err != nil {
 				t.Fatal(err)
 			}
@@ -91,9 +170,8 @@ func TestHistoryUnreadableIsSetAside(t *testing.T) {
 // to take over.
 func TestHistoryTakenOverFromTheRuntimeDir(t *testing.T) {
 	runtime, state := t.TempDir(), filepath.Join(t.TempDir(), "state")
-	old := newTestHistoryAt(t, filepath.Join(runtime, HistoryFile))
-	old.record("llvm", 900*mib, 3<<30, time.Now())
-	if err := old.Save(); err != nil {
+	v1 := `{"version": 1, "names": {"llvm": {"compile": 943718400, "link": 3221225472, "runs": 1}}}`
+	if err := os.WriteFile(filepath.Join(runtime, HistoryFile), []byte(v1), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var logs strings.Builder
@@ -102,7 +180,7 @@ func TestHistoryTakenOverFromTheRuntimeDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := h.seed("llvm", classLink); got != 3<<30 {
+	if got := h.seed(0, "llvm", classLink); got != 3<<30 {
 		t.Errorf("link seed %d MiB after the take-over, want 3072", got/mib)
 	}
 	if _, err := os.Stat(filepath.Join(runtime, HistoryFile)); !os.IsNotExist(err) {
@@ -120,31 +198,44 @@ func TestHistoryTakenOverFromTheRuntimeDir(t *testing.T) {
 	}
 }
 
-// A job the OOM killer took is remembered at the size it reached, even
-// above what the lease's finished jobs showed.
+// A job the OOM killer took is remembered at once at the size it reached,
+// above what the lease's finished jobs showed, and the lease's run, when
+// it ends, does not bring the estimate back below it.
 func TestHistoryRemembersOOMKills(t *testing.T) {
 	h := newTestHistory(t)
 	now := time.Now()
-	h.record("chromium", 800*mib, 0, now)
-	h.recordOOM("chromium", classCompile, 1500*mib, now)
-	if got, p := h.seed("chromium", classCompile), h.names["chromium"]; got != 1500*mib || p.OOMKills != 1 {
+	for range 3 {
+		h.record(0, "chromium", run(800*mib, 0), now)
+	}
+	h.recordOOM(0, "chromium", classCompile, 1500*mib, now)
+	if got, p := h.seed(0, "chromium", classCompile), h.users[0]["chromium"]; got != 1500*mib || p.OOMKills != 1 {
 		t.Errorf("seed %d MiB, %d OOM kills; want 1500 MiB and 1", got/mib, p.OOMKills)
+	}
+	killed := run(800*mib, 0)
+	killed.oom[classCompile] = 1500 * mib
+	h.record(0, "chromium", killed, now)
+	if got := h.seed(0, "chromium", classCompile); got != 1500*mib {
+		t.Errorf("after the killed lease ended: %d MiB, want the 1500 it reached", got/mib)
 	}
 }
 
 func TestHistoryForgetsTheOldest(t *testing.T) {
 	h := newTestHistoryAt(t, filepath.Join(t.TempDir(), "history.json"))
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	h.record(0, "root-pkg", run(100*mib, 0), start)
 	for i := range historyLimit + 5 {
-		h.record(fmt.Sprintf("pkg-%d", i), 100*mib, 0, start.Add(time.Duration(i)*time.Minute))
+		h.record(1000, fmt.Sprintf("pkg-%d", i), run(100*mib, 0), start.Add(time.Duration(i+1)*time.Minute))
 	}
-	if len(h.names) != historyLimit {
-		t.Fatalf("%d names kept, want %d", len(h.names), historyLimit)
+	if n := len(h.users[1000]); n != historyLimit {
+		t.Fatalf("%d names kept, want %d", n, historyLimit)
 	}
 	for i := range 5 {
-		if _, ok := h.names[fmt.Sprintf("pkg-%d", i)]; ok {
+		if _, ok := h.users[1000][fmt.Sprintf("pkg-%d", i)]; ok {
 			t.Errorf("pkg-%d, among the oldest, was kept", i)
 		}
+	}
+	if h.seed(0, "root-pkg", classCompile) == 0 {
+		t.Error("a member's names pushed out root's, older, entry")
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -246,9 +245,7 @@ func TestThreeBuildsInThreeGiB(t *testing.T) {
 func TestBuildStartedOutsideIsMovedIn(t *testing.T) {
 	m := cgtest.Need(t)
 	buildBins(t)
-	if _, err := user.LookupGroup("nogroup"); err != nil {
-		t.Fatalf("needs the nogroup group (uid 65534's group on Debian): %v", err)
-	}
+	requireNogroup(t)
 	leases := cgtest.MakeT(t, m.V2, 0)
 	d := startTokend(t, "--lease-group", "nogroup", "--lease-cgroups", string(leases))
 	cmd := exec.Command(bins.tokenctl, "--socket", d.socket, "run", "--name", "nobody", "--", "sleep", "2")
