@@ -41,6 +41,9 @@ type savedLease struct {
 	Admitted  bool      `json:"admitted"`
 	Ending    bool      `json:"ending,omitempty"`
 	EndReason string    `json:"end_reason,omitempty"`
+	Gate      bool      `json:"gate,omitempty"`
+	Joined    bool      `json:"joined,omitempty"`
+	Asked     time.Time `json:"asked,omitzero"`
 }
 
 func statePath(dir string) string { return filepath.Join(dir, "state.json") }
