@@ -9,6 +9,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/tokend/tokend/api"
 )
 
 // Config is tokend's configuration file (TOML). Every key has a command
@@ -96,7 +98,7 @@ func (b *ByteSize) Set(s string) error { return b.UnmarshalText([]byte(s)) }
 
 // DefaultConfig is what tokend runs with when nothing is configured.
 func DefaultConfig() Config {
-	return Config{RuntimeDir: DefaultRuntimeDir(), LogLevel: "info"}
+	return Config{RuntimeDir: api.DefaultRuntimeDir(), LogLevel: "info"}
 }
 
 // LoadConfig reads the file at path over c. Unknown keys and bad values are

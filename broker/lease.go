@@ -11,18 +11,9 @@ import (
 
 	"github.com/prometheus/procfs"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
-
-// Owner is what a lease lives as long as: a process, a directory (a nix
-// build's sandbox), or both.
-type Owner struct {
-	PID int `json:"pid,omitempty"`
-	// Start is the process's start time in clock ticks since boot, so a
-	// reused PID is not mistaken for the owner.
-	Start uint64 `json:"start,omitempty"`
-	Dir   string `json:"dir,omitempty"`
-}
 
 // processStart reads the start time of pid from /proc.
 func processStart(pid int) (uint64, error) {
@@ -37,8 +28,8 @@ func processStart(pid int) (uint64, error) {
 	return st.Starttime, nil
 }
 
-// gone reports why the owner no longer exists, or "" while it does.
-func (o Owner) gone() string {
+// ownerGone reports why the owner no longer exists, or "" while it does.
+func ownerGone(o api.Owner) string {
 	if o.PID > 0 {
 		if start, err := processStart(o.PID); err != nil || start != o.Start {
 			return fmt.Sprintf("owner process %d exited", o.PID)
@@ -58,7 +49,7 @@ type Lease struct {
 	ID       string
 	Name     string
 	Created  time.Time
-	Owner    Owner
+	Owner    api.Owner
 	UID, GID int      // who registered it; the FIFO's group
 	Features []string // nix requiredSystemFeatures, for the operator's eye
 	// Cgroup is the cgroup v2 directory the build runs in: made for the

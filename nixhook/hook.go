@@ -14,8 +14,11 @@
 // build already runs when the hook fires, and tokend admits its lease at
 // once.
 //
-// cmd/tokend-nix-hook is its command; it depends on broker, not the
-// reverse.
+// It also reads Nix's settings as Nix does (Conf), for tokenctl doctor to
+// tell whether Nix will run the hook at all.
+//
+// cmd/tokend-nix-hook is its command. It speaks to tokend through package
+// api alone, so the hook links nothing of the daemon.
 package nixhook
 
 import (
@@ -28,7 +31,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 )
 
 // SandboxFIFO is where every build finds its lease's FIFO. Fixed, because
@@ -59,7 +62,7 @@ type Result struct {
 	// broken, "" when all went well or tokend simply is not running.
 	Problem string
 	// Lease is the lease registered for the build, if one was.
-	Lease broker.Registered
+	Lease api.Registered
 }
 
 // Command is the hook output that maps the host FIFO hostFIFO into the
@@ -94,8 +97,8 @@ func Run(ctx context.Context, opts Options, drvPath, sandboxDir string) Result {
 	// root:<that group>.
 	gid := int(st.Sys().(*syscall.Stat_t).Gid)
 
-	c := broker.NewClient(opts.Socket)
-	reg, err := c.Register(ctx, broker.RegisterRequest{
+	c := api.NewClient(opts.Socket)
+	reg, err := c.Register(ctx, api.RegisterRequest{
 		Name: drv.Name, OwnerDir: sandboxDir, GID: &gid, Features: drv.Features,
 	})
 	if err != nil {

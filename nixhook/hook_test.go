@@ -17,7 +17,7 @@ import (
 	"github.com/tokend/tokend/broker/brokertest"
 	"github.com/tokend/tokend/internal/buildtest"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 )
 
 const drvFixture = "4d4i2ijz9w4hfzhfzbzjdd567slr6zdd-tokend-e2e-1.drv"
@@ -36,11 +36,11 @@ func socketDir(t *testing.T) string {
 
 // startTokend runs a broker and its API, as tokend does, and returns the
 // socket and a client.
-func startTokend(t *testing.T, budget int) (string, *broker.Client) {
+func startTokend(t *testing.T, budget int) (string, *api.Client) {
 	t.Helper()
 	buildtest.Require(t, os.Geteuid() == 0, "root: the hook registers leases for a build's group")
 	socket := brokertest.Start(t, budget)
-	return socket, broker.NewClient(socket)
+	return socket, api.NewClient(socket)
 }
 
 // build lays out what Nix hands the hook: a .drv (the fixture) and a
@@ -62,7 +62,7 @@ func build(t *testing.T, gid int) (drv, sandbox string) {
 	return drv, sandbox
 }
 
-func status(t *testing.T, c *broker.Client) broker.Status {
+func status(t *testing.T, c *api.Client) api.Status {
 	t.Helper()
 	st, err := c.Status(context.Background())
 	if err != nil {
