@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/tokend/tokend/api"
 )
 
 // stateVersion changes when the state file's meaning does; a file of
@@ -29,7 +31,7 @@ type savedLease struct {
 	ID        string    `json:"id"`
 	Name      string    `json:"name"`
 	Created   time.Time `json:"created"`
-	Owner     Owner     `json:"owner"`
+	Owner     api.Owner `json:"owner"`
 	UID       int       `json:"uid"`
 	GID       int       `json:"gid"`
 	Features  []string  `json:"features,omitempty"`
