@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/buildtest"
 )
 
@@ -85,11 +85,11 @@ func TestCorruptHistorySetAside(t *testing.T) {
 }
 
 // register takes a lease owned by the test process, ended with the test.
-func register(t *testing.T, d *daemon, name string) broker.Registered {
+func register(t *testing.T, d *daemon, name string) api.Registered {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	l, err := d.client.Register(ctx, broker.RegisterRequest{Name: name, OwnerPID: os.Getpid()})
+	l, err := d.client.Register(ctx, api.RegisterRequest{Name: name, OwnerPID: os.Getpid()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func register(t *testing.T, d *daemon, name string) broker.Registered {
 }
 
 // leaseMemory is the controller's view of lease id, nil until it has one.
-func leaseMemory(t *testing.T, d *daemon, id string) *broker.LeaseMemory {
+func leaseMemory(t *testing.T, d *daemon, id string) *api.LeaseMemory {
 	t.Helper()
 	for _, l := range d.status(t).Leases {
 		if l.ID == id {
@@ -151,7 +151,7 @@ func TestHistoryOfAMemberLeavesRootsAlone(t *testing.T) {
 	cmd := exec.Command(bins.tokenctl, "--socket", d.socket, "run", "--name", "chromium", "--", "sleep", "5")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: buildtest.Nobody, Gid: buildtest.Nobody}}
 	p := buildtest.Start(t, cmd)
-	var member *broker.LeaseMemory
+	var member *api.LeaseMemory
 	waitUntil(t, "the member's lease to be measured", func() bool {
 		for _, l := range d.status(t).Leases {
 			if l.UID == buildtest.Nobody && l.Memory != nil {
@@ -198,9 +198,9 @@ func buildAs(t *testing.T, d *daemon, gmake string, uid int, name string, peak i
 }
 
 // waitLeaseMemory waits until the controller has measured lease id.
-func waitLeaseMemory(t *testing.T, d *daemon, id string) *broker.LeaseMemory {
+func waitLeaseMemory(t *testing.T, d *daemon, id string) *api.LeaseMemory {
 	t.Helper()
-	var m *broker.LeaseMemory
+	var m *api.LeaseMemory
 	waitUntil(t, "the controller to see the lease", func() bool {
 		m = leaseMemory(t, d, id)
 		return m != nil

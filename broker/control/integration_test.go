@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/buildtest"
 	"github.com/tokend/tokend/internal/cgtest"
 )
@@ -46,7 +46,7 @@ func writeMakefile(t *testing.T, dir, log, prefix string, n int, h hog) {
 // daemon is a tokend started by a test.
 type daemon struct {
 	socket, dir string
-	client      *broker.Client
+	client      *api.Client
 	log         string
 	cmd         *exec.Cmd
 	stopped     bool
@@ -59,7 +59,7 @@ func startTokend(t *testing.T, args ...string) *daemon {
 	t.Helper()
 	// Users other than root reach the socket too.
 	dir := buildtest.WorldDir(t)
-	d := &daemon{socket: broker.SocketPath(dir), dir: dir, log: filepath.Join(dir, "tokend.log")}
+	d := &daemon{socket: api.SocketPath(dir), dir: dir, log: filepath.Join(dir, "tokend.log")}
 	logf, err := os.Create(d.log)
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +78,7 @@ func startTokend(t *testing.T, args ...string) *daemon {
 			}
 		}
 	})
-	d.client = broker.NewClient(d.socket)
+	d.client = api.NewClient(d.socket)
 	waitUntil(t, "tokend to answer", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -111,7 +111,7 @@ func (d *daemon) logText(t *testing.T) string {
 	return string(b)
 }
 
-func (d *daemon) status(t *testing.T) broker.Status {
+func (d *daemon) status(t *testing.T) api.Status {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
