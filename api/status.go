@@ -115,7 +115,9 @@ type LeaseMemory struct {
 	// ("compile", "link").
 	Estimates map[string]uint64 `json:"estimates"`
 	// Source tells where the compile estimate comes from: "observed" in
-	// this lease, "history" of past leases of the same name, or "default".
+	// this lease, "history" of the same user's past leases of the same
+	// name, "features" (the default scaled for a build that requires
+	// big-parallel or big-memory), or "default".
 	Source string `json:"source"`
 	Frozen bool   `json:"frozen,omitempty"`
 }

@@ -196,7 +196,7 @@ func (c *Controller) tick() {
 		}
 		cgroups[l.ID] = l.Cgroup
 		in.Leases = append(in.Leases, leaseInput{
-			ID: l.ID, Name: l.Name, UID: l.UID, Created: l.Created, Admitted: running, Ending: l.Ending,
+			ID: l.ID, Name: l.Name, UID: l.UID, Features: l.Features, Created: l.Created, Admitted: running, Ending: l.Ending,
 			Hungry: l.Hungry, Held: l.Held, Freezable: grouped, Procs: procs,
 		})
 	}

@@ -23,7 +23,9 @@ const (
 type leaseInput struct {
 	ID, Name string
 	// UID is the user the lease belongs to, whose history it learns from.
-	UID      int
+	UID int
+	// Features are the build's requiredSystemFeatures (nix builds).
+	Features []string
 	Created  time.Time
 	Admitted bool
 	Ending   bool
@@ -246,8 +248,8 @@ func (e *engine) track(in []leaseInput, seedCap uint64, now time.Time) {
 		seen[li.ID] = true
 		ls, ok := e.leases[li.ID]
 		if !ok {
-			ls = &leaseState{uid: li.UID, name: li.Name, source: "default"}
-			ls.seed[classCompile], ls.seed[classLink] = e.p.JobEstimate, 2*e.p.JobEstimate
+			ls = &leaseState{uid: li.UID, name: li.Name}
+			ls.seed, ls.source = e.p.firstEstimates(li.Features)
 			for _, c := range []class{classCompile, classLink} {
 				if s := e.hist.seed(li.UID, li.Name, c); s > 0 {
 					// What one job may be expected at is bounded by the

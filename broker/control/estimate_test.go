@@ -139,3 +139,37 @@ func TestV2DomainHandWritten(t *testing.T) {
 		t.Errorf("decided %d (%s), want 1 (%s): %s", dec.Budget, dec.Reason, ReasonGrowth, m.Detail)
 	}
 }
+
+// A build that requires big-parallel or big-memory starts from larger
+// estimates than the default until its history or its own jobs say more;
+// other features change nothing, and history wins over features.
+func TestFeaturesShapeTheFirstEstimate(t *testing.T) {
+	h := newTestHistory(t)
+	h.record(0, "llvm", run(700*mib, 0), time.Now())
+	e := newEngine(Params{}.withDefaults(), 2, "host", "", h, hclog.NewNullLogger())
+	in := []leaseInput{
+		{ID: "plain", Name: "hello"},
+		{ID: "kvm", Name: "nixos-test", Features: []string{"kvm", "nixos-test"}},
+		{ID: "big", Name: "chromium", Features: []string{"big-parallel"}},
+		{ID: "huge", Name: "chromium", Features: []string{"big-parallel", "big-memory"}},
+		{ID: "known", Name: "llvm", Features: []string{"big-parallel"}},
+	}
+	e.track(in, 64<<30, time.Now())
+	for _, tt := range []struct {
+		id            string
+		compile, link uint64
+		source        string
+	}{
+		{"plain", 1 << 30, 2 << 30, "default"},
+		{"kvm", 1 << 30, 2 << 30, "default"},
+		{"big", 2 << 30, 4 << 30, "features"},
+		{"huge", 4 << 30, 8 << 30, "features"},
+		{"known", 700 * mib, 4 << 30, "history"},
+	} {
+		l := e.leases[tt.id]
+		if c, k, s := l.estimate(classCompile), l.estimate(classLink), l.estimateSource(); c != tt.compile || k != tt.link || s != tt.source {
+			t.Errorf("%s: compile %d, link %d MiB from %s; want %d, %d from %s",
+				tt.id, c/mib, k/mib, s, tt.compile/mib, tt.link/mib, tt.source)
+		}
+	}
+}

@@ -84,12 +84,24 @@ func TestCorruptHistorySetAside(t *testing.T) {
 	}
 }
 
+// A lease registered with the features a nix build requires (the hook
+// passes requiredSystemFeatures) starts from the estimates they call for.
+func TestBigParallelLeaseStartsLarger(t *testing.T) {
+	buildBins(t)
+	d := startTokend(t)
+	m := waitLeaseMemory(t, d, register(t, d, "webkitgtk", "big-parallel").ID)
+	if m.Source != "features" || m.Estimates["compile"] != 2<<30 || m.Estimates["link"] != 4<<30 {
+		t.Errorf("big-parallel lease: compile %d, link %d MiB from %s; want 2048 and 4096 from features",
+			m.Estimates["compile"]/mib, m.Estimates["link"]/mib, m.Source)
+	}
+}
+
 // register takes a lease owned by the test process, ended with the test.
-func register(t *testing.T, d *daemon, name string) api.Registered {
+func register(t *testing.T, d *daemon, name string, features ...string) api.Registered {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	l, err := d.client.Register(ctx, api.RegisterRequest{Name: name, OwnerPID: os.Getpid()})
+	l, err := d.client.Register(ctx, api.RegisterRequest{Name: name, OwnerPID: os.Getpid(), Features: features})
 	if err != nil {
 		t.Fatal(err)
 	}

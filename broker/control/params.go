@@ -74,6 +74,38 @@ const (
 	capRelaxDen = 50
 )
 
+// featureScale is how much larger than the default a build's first
+// estimates are when it requires a system feature: compile, then link.
+// nixpkgs asks for big-parallel on the packages Hydra sends to its largest
+// builders (chromium, firefox, webkitgtk, llvm, gcc, the kernel): their
+// translation units are among the largest (0.5 to 1.5 GiB for LLVM's,
+// more for unity builds) and their links take several GiB, LTO more. A
+// big-memory feature, set by derivations that say they need a lot of
+// memory, gets twice that again. Starting them at the generic estimate
+// would admit too many of their first jobs at once; starting higher costs
+// only concurrency until their first jobs finish and show their size.
+var featureScale = map[string][2]uint64{
+	"big-parallel": {2, 4},
+	"big-memory":   {4, 8},
+}
+
+// firstEstimates are the estimates per class of a lease nothing is known
+// about yet, and where they come from: the default, a compile at
+// JobEstimate and a link at twice that, or, for a build that requires
+// big-parallel or big-memory, the largest scale of those it requires.
+func (p Params) firstEstimates(features []string) (seed [3]uint64, source string) {
+	seed[classCompile], seed[classLink] = p.JobEstimate, 2*p.JobEstimate
+	source = "default"
+	for _, f := range features {
+		if s, ok := featureScale[f]; ok {
+			seed[classCompile] = max(seed[classCompile], s[0]*p.JobEstimate)
+			seed[classLink] = max(seed[classLink], s[1]*p.JobEstimate)
+			source = "features"
+		}
+	}
+	return seed, source
+}
+
 // withDefaults fills zero fields with the defaults, except Reserve, whose
 // default depends on the domain's size.
 func (p Params) withDefaults() Params {
