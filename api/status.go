@@ -97,6 +97,13 @@ type MemoryStatus struct {
 	Detail  string    `json:"detail"`
 	Changed time.Time `json:"changed"`
 	Updated time.Time `json:"updated"`
+	// OOMKills counts the lease processes the kernel's OOM killer killed
+	// since tokend started, OOMKillsOutside the kills of other processes
+	// it saw. OOMSource tells how it sees them: "kernel log" (each kill's
+	// own report) or "counters" (the memory cgroups' kill counts).
+	OOMKills        int    `json:"oom_kills"`
+	OOMKillsOutside int    `json:"oom_kills_outside"`
+	OOMSource       string `json:"oom_source"`
 }
 
 // LeaseMemory is the memory controller's view of one lease.
@@ -120,6 +127,11 @@ type LeaseMemory struct {
 	// big-parallel or big-memory), or "default".
 	Source string `json:"source"`
 	Frozen bool   `json:"frozen,omitempty"`
+	// OOMKills counts the lease's processes the OOM killer killed;
+	// OOMKilled is the largest size one of its jobs had reached when it
+	// was killed, which the next lease of its name expects.
+	OOMKills  int    `json:"oom_kills"`
+	OOMKilled uint64 `json:"oom_killed,omitempty"`
 }
 
 // Lease states, as LeaseStatus.State shows them.

@@ -183,7 +183,12 @@ in
           PrivateNetwork = true;
           NoNewPrivileges = true;
           ProtectKernelModules = true;
-          ProtectKernelLogs = true;
+          # tokend reads the OOM killer's reports of build jobs from
+          # /dev/kmsg (read only, CAP_SYSLOG where dmesg_restrict is set),
+          # which ProtectKernelLogs and PrivateDevices would hide.
+          ProtectKernelLogs = false;
+          BindReadOnlyPaths = [ "/dev/kmsg" ];
+          DeviceAllow = [ "/dev/kmsg r" ];
           ProtectClock = true;
           ProtectHostname = true;
           RestrictAddressFamilies = [ "AF_UNIX" ];
@@ -201,6 +206,7 @@ in
             "CAP_DAC_READ_SEARCH"
             "CAP_KILL"
             "CAP_SYS_PTRACE"
+            "CAP_SYSLOG"
           ];
         };
       };

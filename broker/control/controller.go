@@ -46,6 +46,7 @@ type Controller struct {
 	forests forestCache
 	cgroups *Cgroups
 	hist    *History
+	oom     *oomWatch
 	engine  *engine
 	log     hclog.Logger
 
@@ -102,12 +103,15 @@ func New(b *broker.Broker, c Config) (*Controller, error) {
 	if p.Reserve != 0 {
 		reserve = size(p.Reserve)
 	}
+	oom := newOOMWatch(domain, c.Logger)
 	c.Logger.Info("memory controller ready", "domain", name, "pressure", domain.PressureFile(),
 		"reserve", reserve, "tick", p.Tick, "growth_interval", p.GrowthInterval,
-		"cpu_multiple", p.CPUMultiple, "cpus", c.CPUs, "job_estimate", size(p.JobEstimate))
+		"cpu_multiple", p.CPUMultiple, "cpus", c.CPUs, "job_estimate", size(p.JobEstimate), "oom_kills_from", oom.source())
+	engine := newEngine(p, c.CPUs, name, domain.PressureFile(), hist, c.Logger)
+	engine.oomSource = oom.source()
 	return &Controller{
 		b: b, domain: domain, sampler: s, forests: forestCache{mem: s.mem}, cgroups: c.Cgroups, hist: hist,
-		engine: newEngine(p, c.CPUs, name, domain.PressureFile(), hist, c.Logger),
+		oom: oom, engine: engine,
 		log:    c.Logger,
 		placed: map[string]bool{}, stopped: map[string]string{},
 	}, nil
@@ -208,7 +212,7 @@ func (c *Controller) tick() {
 		}
 		targets[l.ID] = target
 		in.Leases = append(in.Leases, leaseInput{
-			ID: l.ID, Name: l.Name, UID: l.UID, Features: l.Features, Created: l.Created, Admitted: running, Ending: l.Ending,
+			ID: l.ID, Name: l.Name, UID: l.UID, Features: l.Features, Cgroup: l.Cgroup, Created: l.Created, Admitted: running, Ending: l.Ending,
 			Hungry: l.Hungry, Held: l.Held, Freezable: target != brakeTarget{}, Procs: procs,
 		})
 	}
@@ -217,6 +221,10 @@ func (c *Controller) tick() {
 			delete(c.placed, id)
 		}
 	}
+	// Read after the domain: a status updated at r.At has every kill the
+	// kernel reported before then, so a build that ended before it and
+	// asks finds its kills counted.
+	c.oom.read(&in)
 	d := c.engine.step(in)
 	if d.Changed {
 		if err := c.b.Steer(d.Budget, d.Reason); err != nil {
@@ -374,5 +382,5 @@ func (c *Controller) stop() error {
 	if c.cgroups != nil {
 		c.cgroups.Close()
 	}
-	return errors.Join(err, c.hist.Save())
+	return errors.Join(err, c.oom.close(), c.hist.Save())
 }

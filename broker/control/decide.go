@@ -26,6 +26,8 @@ type leaseInput struct {
 	UID int
 	// Features are the build's requiredSystemFeatures (nix builds).
 	Features []string
+	// Cgroup is the cgroup v2 directory the build runs in, if known.
+	Cgroup   string
 	Created  time.Time
 	Admitted bool
 	Ending   bool
@@ -40,6 +42,13 @@ type leaseInput struct {
 type tickInput struct {
 	Reading memory.Reading
 	Leases  []leaseInput
+	// OOMKills are the kernel log's reports of OOM kills since the last
+	// tick. Without the kernel log, OOMCounted are the kills the lease
+	// cgroups' own counters showed, by lease, and OOMCountedDomain those
+	// the domain's counter showed, theirs included.
+	OOMKills         []memory.OOMKill
+	OOMCounted       map[string]int
+	OOMCountedDomain int
 }
 
 // action freezes or thaws one lease's cgroup.
@@ -65,8 +74,10 @@ type engine struct {
 	p                    Params
 	cpus                 int
 	domain, pressureFile string
+	oomSource            string
 	hist                 *History
 	log                  hclog.Logger
+	oom                  oomTally
 
 	started        bool
 	budget         int
@@ -99,6 +110,7 @@ func (e *engine) step(in tickInput) decision {
 	limit, ws := domainSize(r)
 	reserve := e.p.reserve(limit)
 	e.track(in.Leases, max(limit-min(reserve, limit), heavyFloor), now)
+	e.attributeOOM(in, now)
 
 	jobs, waiting := 0, 0
 	var growth, back, live uint64
@@ -129,6 +141,7 @@ func (e *engine) step(in tickInput) decision {
 				classLink.String():    ls.estimate(classLink),
 			},
 			Source: ls.estimateSource(), Frozen: ls.frozen,
+			OOMKills: ls.oomKills, OOMKilled: max(ls.oom[classCompile], ls.oom[classLink]),
 		}
 	}
 
@@ -236,6 +249,7 @@ func (e *engine) step(in tickInput) decision {
 		PressureSome: some, PressureFull: full, PressureWindow: span,
 		Jobs: jobs, Fit: fit, CPUCap: cpuCap, Target: target, Reason: e.reason, Detail: detail,
 		Changed: e.changed, Updated: now,
+		OOMKills: e.oom.total, OOMKillsOutside: e.oom.outside, OOMSource: e.oomSource,
 	}
 	return d
 }

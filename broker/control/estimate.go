@@ -115,10 +115,15 @@ type leaseState struct {
 	// tells where it came from ("history" or "default").
 	seed   [3]uint64
 	source string
+	// ended are the processes that ended since the last sample, as last
+	// seen alive.
+	ended []proc
 	// oom is the largest size a job of each class reached before the OOM
-	// killer took it; oomKills counts them.
+	// killer took it; oomKills counts the lease's processes it took, and
+	// oomPIDs are those already counted.
 	oom      [3]uint64
 	oomKills int
+	oomPIDs  map[int]bool
 
 	frozen   bool
 	frozenAt time.Time
@@ -142,10 +147,12 @@ func (l *leaseState) observe(procs []proc) {
 		now[p.PID] = p
 	}
 	l.gone = 0
+	l.ended = l.ended[:0]
 	for pid, p := range l.procs {
 		if _, ok := now[pid]; ok {
 			continue
 		}
+		l.ended = append(l.ended, p)
 		l.gone += p.held
 		if p.class == classDriver {
 			continue
@@ -162,7 +169,7 @@ func (l *leaseState) observe(procs []proc) {
 
 // estimate is the expected peak of one job of class c: the largest seen
 // of the last finished ones, else the seed, and never less than a running
-// job of that class already reached. A lease that ran a window's worth of
+// job of that class already reached or a job of it the OOM killer took. A lease that ran a window's worth of
 // jobs, all below the floor, is expected to stay there.
 func (l *leaseState) estimate(c class) uint64 {
 	var e uint64
@@ -179,7 +186,7 @@ func (l *leaseState) estimate(c class) uint64 {
 			e = max(e, p.Peak)
 		}
 	}
-	return e
+	return max(e, l.oom[c])
 }
 
 // estimateSource tells where the compile estimate comes from.

@@ -57,8 +57,17 @@ type daemon struct {
 // directory is inside the runtime directory unless args name another.
 func startTokend(t *testing.T, args ...string) *daemon {
 	t.Helper()
+	return startTokendAs(t, 0, args...)
+}
+
+// startTokendAs is startTokend with tokend run as uid (and its group).
+func startTokendAs(t *testing.T, uid int, args ...string) *daemon {
+	t.Helper()
 	// Users other than root reach the socket too.
 	dir := buildtest.WorldDir(t)
+	if err := os.Chown(dir, uid, uid); err != nil {
+		t.Fatal(err)
+	}
 	d := &daemon{socket: api.SocketPath(dir), dir: dir, log: filepath.Join(dir, "tokend.log")}
 	logf, err := os.Create(d.log)
 	if err != nil {
@@ -66,6 +75,9 @@ func startTokend(t *testing.T, args ...string) *daemon {
 	}
 	d.cmd = exec.Command(bins.tokend, append([]string{"--runtime-dir", dir, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug"}, args...)...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if uid != 0 {
+		d.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

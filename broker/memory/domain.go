@@ -39,6 +39,7 @@ type Config struct {
 // Domain reads the signals of one memory domain. Build one with NewDomain.
 type Domain struct {
 	proc     procfs.FS
+	procRoot string
 	cgroup   *memcg // nil for the host alone
 	pressure string
 	// hostPSI: the pressure file is the host's, which procfs parses; a
@@ -58,7 +59,7 @@ func NewDomain(c Config) (*Domain, error) {
 	if err != nil {
 		return nil, fmt.Errorf("memory: procfs at %s: %w (pass the procfs mount point as Config.Proc)", procRoot, err)
 	}
-	d := &Domain{proc: proc}
+	d := &Domain{proc: proc, procRoot: procRoot}
 	if c.Cgroup != "" {
 		if d.cgroup, err = openMemcg(c.Cgroup); err != nil {
 			return nil, err

@@ -19,6 +19,10 @@ import (
 // produces real memory pressure without swap.
 const thrashEnv = "TOKEND_MEMORY_TEST_THRASH"
 
+// allocEnv makes the test binary touch "MIB" of anonymous memory at once
+// and exit: in a smaller memcg, the OOM killer's victim.
+const allocEnv = "TOKEND_MEMORY_TEST_ALLOC"
+
 func TestMain(m *testing.M) {
 	if spec := os.Getenv(thrashEnv); spec != "" {
 		if err := thrash(spec); err != nil {
@@ -26,7 +30,29 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	if spec := os.Getenv(allocEnv); spec != "" {
+		if err := alloc(spec); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	os.Exit(m.Run())
+}
+
+func alloc(spec string) error {
+	n, err := strconv.Atoi(spec)
+	if err != nil {
+		return err
+	}
+	anon, err := unix.Mmap(-1, 0, n<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < len(anon); i += os.Getpagesize() {
+		anon[i] = 1
+	}
+	return nil
 }
 
 func thrash(spec string) error {

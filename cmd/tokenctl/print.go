@@ -60,7 +60,7 @@ func printStatus(w io.Writer, st api.Status, now time.Time) error {
 		return nil
 	}
 	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tJOBS\tPROCS\tRSS\tPEAK\tGROWTH\tCOMPILE EST\tLINK EST\tFROM\tBRAKE")
+	fmt.Fprintln(tw, "ID\tJOBS\tPROCS\tRSS\tPEAK\tGROWTH\tCOMPILE EST\tLINK EST\tFROM\tOOM KILLS\tBRAKE")
 	for _, l := range st.Leases {
 		m := l.Memory
 		if m == nil {
@@ -70,8 +70,12 @@ func printStatus(w io.Writer, st api.Status, now time.Time) error {
 		if m.Frozen {
 			brake = "frozen"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, m.Jobs, m.Procs, mib(m.RSS), mib(m.Peak),
-			mib(m.Growth), mib(m.Estimates["compile"]), mib(m.Estimates["link"]), m.Source, brake)
+		oom := "-"
+		if m.OOMKills > 0 {
+			oom = fmt.Sprintf("%d (at %s)", m.OOMKills, mib(m.OOMKilled))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, m.Jobs, m.Procs, mib(m.RSS), mib(m.Peak),
+			mib(m.Growth), mib(m.Estimates["compile"]), mib(m.Estimates["link"]), m.Source, oom, brake)
 	}
 	return tw.Flush()
 }
@@ -88,6 +92,7 @@ func printMemory(w io.Writer, m *api.MemoryStatus, now time.Time) {
 	}
 	fmt.Fprintf(w, "\ncontroller: %d jobs running, memory fits %d, cpu cap %d, wants budget %d (%s, %s ago): %s\n",
 		m.Jobs, m.Fit, m.CPUCap, m.Target, m.Reason, now.Sub(m.Changed).Round(time.Second), m.Detail)
+	fmt.Fprintf(w, "OOM kills: %d of lease jobs, %d of other processes (seen from the %s)\n", m.OOMKills, m.OOMKillsOutside, m.OOMSource)
 }
 
 // mib writes bytes in MiB, or GiB with one decimal from 10 GiB up.

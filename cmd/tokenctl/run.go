@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
@@ -17,17 +18,25 @@ import (
 
 // runCommand runs a command under a lease and returns its exit status. If
 // tokend cannot give a lease, the command runs unchanged: the broker being
-// down must never fail a build.
+// down must never fail a build. With --retry-oom N, a run that fails after
+// tokend saw the OOM killer take a job of it is run again, up to N times,
+// once memory fits that job alone: make, ninja and cargo resume where they
+// stopped, and the new lease starts expecting jobs of that size.
 func runCommand(c *api.Client, args []string) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	name := fs.String("name", "", "lease name shown in status (default: the command's name)")
 	styleFlag := fs.String("style", "auto", "jobserver style: fifo (make >= 4.4, ninja, cargo), pipe (make 4.3, gcc 12), or auto")
+	retries := fs.Int("retry-oom", 0, "run the command again, up to N times, after a run in which a job of it was OOM-killed")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	argv := fs.Args()
 	if len(argv) == 0 {
-		fmt.Fprintln(os.Stderr, "tokenctl run: no command given; usage: tokenctl run [--name N] [--style auto|fifo|pipe] -- CMD ARGS...")
+		fmt.Fprintln(os.Stderr, "tokenctl run: no command given; usage: tokenctl run [--name N] [--style auto|fifo|pipe] [--retry-oom N] -- CMD ARGS...")
+		return 2
+	}
+	if *retries < 0 {
+		fmt.Fprintf(os.Stderr, "tokenctl run: --retry-oom %d: want 0 (no retries) or more\n", *retries)
 		return 2
 	}
 	if *name == "" {
@@ -38,20 +47,33 @@ func runCommand(c *api.Client, args []string) int {
 		fmt.Fprintln(os.Stderr, "tokenctl run:", err)
 		return 2
 	}
+	for retry := 1; ; retry++ {
+		code, killed := runOnce(c, *name, style, argv, *retries > 0)
+		if code == 0 || killed.jobs == 0 || retry > *retries {
+			return code
+		}
+		fmt.Fprintf(os.Stderr, "tokenctl: the OOM killer took %d process(es) of %s (the largest job at %s); running %s again once %s fits alone (retry %d of %d)\n",
+			killed.jobs, *name, mib(killed.size), filepath.Base(argv[0]), mib(killed.size), retry, *retries)
+		awaitRoom(c, killed.size)
+	}
+}
 
+// runOnce runs the command once under a lease of its own and returns its
+// exit status and, when asked to look, the OOM kills tokend saw in it.
+func runOnce(c *api.Client, name string, style jobserver.Style, argv []string, lookForOOM bool) (int, oomKilled) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	lease, err := c.Register(ctx, api.RegisterRequest{Name: *name, OwnerPID: os.Getpid(), Wait: true, NewCgroup: true})
+	lease, err := c.Register(ctx, api.RegisterRequest{Name: name, OwnerPID: os.Getpid(), Wait: true, NewCgroup: true})
 	cancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "tokenctl: %v; running %s without a lease\n", err, argv[0])
-		return wait(cmd)
+		return wait(cmd), oomKilled{}
 	}
 	if err := awaitAdmission(c, lease.ID); err != nil {
 		fmt.Fprintf(os.Stderr, "tokenctl: %v; running %s without a lease\n", err, argv[0])
-		return wait(cmd)
+		return wait(cmd), oomKilled{}
 	}
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
@@ -69,7 +91,7 @@ func runCommand(c *api.Client, args []string) int {
 		f, err := os.OpenFile(lease.FIFO, os.O_RDWR, 0)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "tokenctl: open lease fifo: %v; running %s without a lease\n", err, argv[0])
-			return wait(cmd)
+			return wait(cmd), oomKilled{}
 		}
 		cmd.ExtraFiles = []*os.File{f, f}
 		auth = jobserver.PipeAuth(3, 4)
@@ -81,7 +103,11 @@ func runCommand(c *api.Client, args []string) int {
 	if lease.Cgroup != "" {
 		intoCgroup(cmd, lease.Cgroup)
 	}
-	return wait(cmd)
+	code := wait(cmd)
+	if code == 0 || !lookForOOM {
+		return code, oomKilled{}
+	}
+	return code, leaseOOMKills(c, lease.ID, time.Now())
 }
 
 // awaitAdmission waits until the lease may start its first job, saying

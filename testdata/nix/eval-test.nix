@@ -202,6 +202,11 @@ let
     "module: Type=notify" = sc.Type == "notify";
     "module: Restart=on-failure" = sc.Restart == "on-failure";
     "module: RuntimeDirectory=tokend" = sc.RuntimeDirectory == "tokend";
+    "module: tokend may read the kernel's OOM kill reports" =
+      sc.ProtectKernelLogs == false
+      && builtins.elem "/dev/kmsg" sc.BindReadOnlyPaths
+      && builtins.elem "/dev/kmsg r" sc.DeviceAllow
+      && builtins.elem "CAP_SYSLOG" sc.CapabilityBoundingSet;
     "module: StateDirectory=tokend holds the job history" =
       sc.StateDirectory == "tokend"
       && full.environment.etc."tokend/config.toml".source.value.state_dir == "/var/lib/tokend";

@@ -6,11 +6,13 @@
 //
 //	go run ./broker/memory/internal/record -out testdata/memory
 //
-// It replaces proc/, memcg-v1/, cgroup2/ and trace-v1-compile.jsonl under
-// -out and leaves the hand-written cgroup2-memory/ alone.
+// It replaces proc/, memcg-v1/, cgroup2/, trace-v1-compile.jsonl and
+// kmsg/ (the kernel log's records of an OOM kill in a v1 group) under -out
+// and leaves the hand-written cgroup2-memory/ alone.
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +24,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/broker/memory"
 	"github.com/tokend/tokend/internal/cgtest"
@@ -36,25 +40,36 @@ func main() {
 	traceLimit := flag.Uint64("trace-limit", 640*mib, "v1 limit for the trace of two compiles, bytes")
 	duration := flag.Duration("duration", 12*time.Second, "trace length")
 	interval := flag.Duration("interval", 200*time.Millisecond, "trace step")
+	kmsgOnly := flag.Bool("kmsg-only", false, "record only kmsg/, the kernel log's report of an OOM kill")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("record: ")
 
-	if err := run(*out, *snapLimit, *snapRSS, *traceLimit, *duration, *interval); err != nil {
+	if err := run(*out, *snapLimit, *snapRSS, *traceLimit, *duration, *interval, *kmsgOnly); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(out string, snapLimit, snapRSS, traceLimit uint64, duration, interval time.Duration) error {
-	r, err := newRecorder(out)
+func run(out string, snapLimit, snapRSS, traceLimit uint64, duration, interval time.Duration, kmsgOnly bool) error {
+	replaced := []string{"proc", "memcg-v1", "cgroup2", "trace-v1-compile.jsonl", "kmsg"}
+	if kmsgOnly {
+		replaced = []string{"kmsg"}
+	}
+	r, err := newRecorder(out, replaced)
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(r.work)
+	if kmsgOnly {
+		return r.oomReport()
+	}
 	if err := r.snapshot(snapLimit, snapRSS); err != nil {
 		return err
 	}
-	return r.trace(traceLimit, duration, interval)
+	if err := r.trace(traceLimit, duration, interval); err != nil {
+		return err
+	}
+	return r.oomReport()
 }
 
 type recorder struct {
@@ -63,7 +78,7 @@ type recorder struct {
 	sampler           memory.Sampler
 }
 
-func newRecorder(out string) (*recorder, error) {
+func newRecorder(out string, replaced []string) (*recorder, error) {
 	m, err := cgtest.FindMounts()
 	if err != nil {
 		return nil, err
@@ -75,7 +90,7 @@ func newRecorder(out string) (*recorder, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, old := range []string{"proc", "memcg-v1", "cgroup2", "trace-v1-compile.jsonl"} {
+	for _, old := range replaced {
 		if err := os.RemoveAll(filepath.Join(out, old)); err != nil {
 			return nil, err
 		}
@@ -265,4 +280,66 @@ std::string f%[2]d(std::vector<%[1]s> v) {
 `, t, i)
 	}
 	return b.String()
+}
+
+// oomReport records the kernel log's records of one OOM kill: fakecc
+// touching 256 MiB at once in a 64 MiB v1 group, from the kernel's
+// "invoked oom-killer" to its "Killed process" line, as /dev/kmsg returns
+// them, one record after another.
+func (r *recorder) oomReport() error {
+	fakecc, err := cgtest.BuildGo(".", "./internal/fakecc", r.work)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open the kernel log: %w", err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.Seek(fd, 0, unix.SEEK_END); err != nil {
+		return fmt.Errorf("kernel log: %w", err)
+	}
+	w, err := r.start(64*mib, fakecc+" -peak 256 -ramp 0")
+	if err != nil {
+		return err
+	}
+	<-w.done
+	if err := w.stop(); err != nil {
+		return err
+	}
+	var records [][]byte
+	buf := make([]byte, 8<<10)
+	for {
+		n, err := unix.Read(fd, buf)
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read the kernel log: %w", err)
+		}
+		records = append(records, bytes.Clone(buf[:n]))
+	}
+	first, last := -1, -1
+	for i, rec := range records {
+		switch {
+		case first < 0 && bytes.Contains(rec, []byte("fakecc invoked oom-killer")):
+			first = i
+		case first >= 0 && bytes.Contains(rec, []byte("Killed process")) && bytes.Contains(rec, []byte("(fakecc)")):
+			last = i
+		}
+		if last >= 0 {
+			break
+		}
+	}
+	if first < 0 || last < 0 {
+		return fmt.Errorf("the kernel log holds no report of fakecc's OOM kill in %d records", len(records))
+	}
+	dir := filepath.Join(r.out, "kmsg")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "memcg-oom"), bytes.Join(records[first:last+1], nil), 0o644)
 }
