@@ -26,27 +26,21 @@ type Status struct {
 // LeaseStatus is one lease in Status, and the answer to GET
 // /v1/leases/{id}.
 type LeaseStatus struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Created   time.Time `json:"created"`
-	Owner     Owner     `json:"owner"`
-	UID       int       `json:"uid"`
-	Features  []string  `json:"features,omitempty"`
-	FIFO      string    `json:"fifo"`
-	Granted   int       `json:"granted"`
-	Free      int       `json:"free"`
-	Held      int       `json:"held"`
-	Owed      int       `json:"owed"`
-	Reclaimed int       `json:"reclaimed"`
-	Inflated  int       `json:"inflated"`
-	Admitted  bool      `json:"admitted"`
-	Ending    bool      `json:"ending,omitempty"`
-	EndReason string    `json:"end_reason,omitempty"`
+	Registration
+	// FIFO is the lease's jobserver FIFO as tokend sees it.
+	FIFO      string `json:"fifo"`
+	Granted   int    `json:"granted"`
+	Free      int    `json:"free"`
+	Held      int    `json:"held"`
+	Owed      int    `json:"owed"`
+	Reclaimed int    `json:"reclaimed"`
+	Inflated  int    `json:"inflated"`
+	Admitted  bool   `json:"admitted"`
+	Ending    bool   `json:"ending,omitempty"`
+	EndReason string `json:"end_reason,omitempty"`
 	// Hungry: every token granted was held at the last pass, so the build
 	// may want more.
 	Hungry bool `json:"hungry,omitempty"`
-	// Cgroup is the cgroup v2 directory the build runs in, if known.
-	Cgroup string `json:"cgroup,omitempty"`
 	// Memory is the memory controller's view of the lease.
 	Memory *LeaseMemory `json:"memory,omitempty"`
 }
