@@ -31,6 +31,9 @@ type Registration struct {
 	// lease (OwnCgroup) or named at registration; "" when none is known.
 	Cgroup    string `json:"cgroup,omitempty"`
 	OwnCgroup bool   `json:"own_cgroup,omitempty"`
+	// Gate: the build waits for admission on its own side, reading a gate
+	// file tokend keeps (a nix build).
+	Gate bool `json:"gate,omitempty"`
 }
 
 // RegisterRequest is the body of POST /v1/leases.
@@ -49,6 +52,9 @@ type RegisterRequest struct {
 	// Cgroup names the existing cgroup v2 directory the build runs in (a
 	// nix build with use-cgroups); root only.
 	Cgroup string `json:"cgroup,omitempty"`
+	// Gate asks for a gate file: the build already runs (a nix build) and
+	// waits for admission on its own side by reading the gate.
+	Gate bool `json:"gate,omitempty"`
 }
 
 // Registered is the answer to POST /v1/leases.
@@ -60,6 +66,12 @@ type Registered struct {
 	// it when NewCgroup asked for one and tokend could make it (start the
 	// command inside), or the one the request named.
 	Cgroup string `json:"cgroup,omitempty"`
+	// Gate is the lease's gate file, when the request asked for one: the
+	// nix hook maps it into the sandbox, where the setup hook reads it.
+	Gate string `json:"gate,omitempty"`
+	// OOMScoreAdj is the oom_score_adj the build's processes should take
+	// (0: leave them alone).
+	OOMScoreAdj int `json:"oom_score_adj,omitempty"`
 }
 
 // BudgetRequest is the body of PUT /v1/budget. Zero hands the budget back

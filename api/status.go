@@ -6,7 +6,9 @@ import "time"
 type Status struct {
 	Budget       int    `json:"budget"`
 	BudgetReason string `json:"budget_reason"`
-	ActiveLeases int    `json:"active_leases"`
+	// ActiveLeases counts the leases whose implicit slot is counted:
+	// running, or waiting for admission.
+	ActiveLeases int `json:"active_leases"`
 	// Allowance is the budget less one implicit slot per active lease:
 	// the most tokens that may be handed out.
 	Allowance int `json:"allowance"`
@@ -36,8 +38,14 @@ type LeaseStatus struct {
 	Reclaimed int    `json:"reclaimed"`
 	Inflated  int    `json:"inflated"`
 	Admitted  bool   `json:"admitted"`
-	Ending    bool   `json:"ending,omitempty"`
-	EndReason string `json:"end_reason,omitempty"`
+	// State is what the build does, as far as tokend can tell: one of
+	// the State constants.
+	State string `json:"state"`
+	// Asked is when a nix build first read its gate, asking for its
+	// implicit slot; a waiting build has waited since then.
+	Asked     time.Time `json:"asked,omitzero"`
+	Ending    bool      `json:"ending,omitempty"`
+	EndReason string    `json:"end_reason,omitempty"`
 	// Hungry: every token granted was held at the last pass, so the build
 	// may want more.
 	Hungry bool `json:"hungry,omitempty"`
@@ -105,3 +113,20 @@ type LeaseMemory struct {
 	Source string `json:"source"`
 	Frozen bool   `json:"frozen,omitempty"`
 }
+
+// Lease states, as LeaseStatus.State shows them.
+const (
+	// StateRunning: admitted; its jobs run on its slot and tokens.
+	StateRunning = "running"
+	// StateWaiting: it waits for admission (tokenctl run, or a nix build
+	// whose setup hook reads its gate).
+	StateWaiting = "waiting"
+	// StateStarting: a nix build that joined its FIFO and has not asked
+	// for a slot yet (it is before its build phase).
+	StateStarting = "starting"
+	// StateNotJoined: a nix build that never opened its FIFO: built
+	// without the setup hook, it runs its own -j outside the budget.
+	StateNotJoined = "not joined"
+	// StateEnding: ended; its tokens come back as its clients let go.
+	StateEnding = "ending"
+)

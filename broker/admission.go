@@ -19,14 +19,35 @@ func (b *Broker) admit(leases []*Lease, granted int) {
 		}
 	}
 	for _, l := range leases {
-		if l.admitted || l.ending || room < 1 {
+		if l.admitted || l.ending || !l.asking() || room < 1 {
 			continue
 		}
 		l.admitted = true
 		room--
 		b.dirty = true
 		b.announce()
-		b.log.Info("lease admitted", "lease", l.ID, "name", l.Name, "waited", time.Since(l.Created).Round(time.Millisecond))
+		since := l.Created
+		if l.gate != nil {
+			since = l.asked
+			if err := l.gate.write(true, b.opts.OOMScoreAdj, time.Now()); err != nil {
+				b.log.Error("cannot open the gate of an admitted lease; its build goes on once it sees the stamp stop", "lease", l.ID, "error", err)
+			}
+		}
+		b.log.Info("lease admitted", "lease", l.ID, "name", l.Name, "waited", time.Since(since).Round(time.Millisecond))
+	}
+}
+
+// beat rewrites the gate of every build that waits in its sandbox, so it
+// can tell a tokend that is alive and has no room from one that is gone.
+func (b *Broker) beat() {
+	now := time.Now()
+	for _, l := range b.leases {
+		if l.gate == nil || l.admitted || l.ending {
+			continue
+		}
+		if err := l.gate.write(false, b.opts.OOMScoreAdj, now); err != nil {
+			b.log.Error("cannot write a waiting build's gate; it will go on without tokend", "lease", l.ID, "error", err)
+		}
 	}
 }
 

@@ -24,7 +24,7 @@ func (b *Broker) adopt() error {
 			return err
 		}
 	}
-	return b.removeStaleFIFOs()
+	return b.removeStaleFiles()
 }
 
 // adoptLease takes over one lease of the state file as it was saved.
@@ -40,7 +40,15 @@ func (b *Broker) adoptLease(s savedLease) error {
 	}
 	l := &Lease{
 		Registration: s.Registration, fifo: f, reclaimed: s.Reclaimed, inflated: s.Inflated,
-		admitted: s.Admitted, ending: s.Ending, endReason: s.EndReason,
+		admitted: s.Admitted, ending: s.Ending, endReason: s.EndReason, joined: s.Joined, asked: s.Asked,
+	}
+	if s.Gate {
+		if l.gate, err = openGate(gatePath(b.opts.RuntimeDir, s.ID)); err != nil {
+			// The build reads a stamp that no longer moves and goes on
+			// without waiting; admit it so it is counted as it runs.
+			b.log.Warn("lease lost its gate; admitting it", "lease", s.ID, "name", s.Name, "error", err)
+			l.admitted = true
+		}
 	}
 	if err := b.track(l); err != nil {
 		f.Close()
@@ -53,23 +61,23 @@ func (b *Broker) adoptLease(s savedLease) error {
 	return nil
 }
 
-// removeStaleFIFOs removes the FIFOs in the runtime directory that no
-// lease owns.
-func (b *Broker) removeStaleFIFOs() error {
+// removeStaleFiles removes the FIFOs and gates in the runtime directory
+// that no lease owns.
+func (b *Broker) removeStaleFiles() error {
 	entries, err := os.ReadDir(filepath.Join(b.opts.RuntimeDir, "leases"))
 	if err != nil {
 		return fmt.Errorf("list leases in %s: %w", b.opts.RuntimeDir, err)
 	}
 	for _, e := range entries {
-		id := strings.TrimSuffix(e.Name(), ".fifo")
-		if _, ok := b.leases[id]; ok {
+		ext := filepath.Ext(e.Name())
+		if _, ok := b.leases[strings.TrimSuffix(e.Name(), ext)]; ok {
 			continue
 		}
 		path := filepath.Join(b.opts.RuntimeDir, "leases", e.Name())
 		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("remove stale fifo %s: %w", path, err)
+			return fmt.Errorf("remove stale file %s: %w", path, err)
 		}
-		b.log.Info("removed stale fifo", "path", path)
+		b.log.Info("removed stale lease file", "path", path)
 	}
 	return nil
 }

@@ -214,13 +214,17 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 	l, err := s.broker.Register(LeaseRequest{
 		Name: req.Name, Owner: api.Owner{PID: req.OwnerPID, Dir: req.OwnerDir},
 		UID: p.uid, GID: gid, Features: req.Features, Wait: req.Wait,
-		NewCgroup: req.NewCgroup, Cgroup: req.Cgroup,
+		NewCgroup: req.NewCgroup, Cgroup: req.Cgroup, Gate: req.Gate,
 	})
 	if err != nil {
 		fail(w, http.StatusBadRequest, err)
 		return
 	}
-	reply(w, http.StatusCreated, api.Registered{ID: l.ID, Name: l.Name, FIFO: l.fifo.Path(), Cgroup: l.Cgroup})
+	out := api.Registered{ID: l.ID, Name: l.Name, FIFO: l.fifo.Path(), Cgroup: l.Cgroup, OOMScoreAdj: s.broker.opts.OOMScoreAdj}
+	if l.gate != nil {
+		out.Gate = l.gate.path
+	}
+	reply(w, http.StatusCreated, out)
 }
 
 func (s *Server) end(w http.ResponseWriter, r *http.Request) {

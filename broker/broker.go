@@ -32,13 +32,19 @@ type Options struct {
 	ProcDir string
 	// Cgroups, if set, makes a cgroup for each lease that asks for one.
 	Cgroups LeaseCgroups
-	Logger  hclog.Logger
+	// OOMScoreAdj is the oom_score_adj every lease's processes take, so
+	// that when the kernel's OOM killer fires anyway it takes a build job
+	// and not the desktop; 0 leaves them alone. Clients apply it (the
+	// setup hook, tokenctl run), learning it from the gate and the
+	// registration answer.
+	OOMScoreAdj int
+	Logger      hclog.Logger
 }
 
 // Broker owns the host's budget of job tokens and the leases it feeds.
 // Its work is split by what it does: registry.go and adopt.go hold the
 // leases, budget.go decides the budget, pass.go moves tokens, admission.go
-// lets waiting builds start, collect.go takes owed tokens back, reclaim.go
+// lets waiting builds start (gate.go for nix builds), collect.go takes owed tokens back, reclaim.go
 // writes off leaked ones, state.go saves it all and status.go reports it.
 type Broker struct {
 	opts       Options
@@ -49,7 +55,7 @@ type Broker struct {
 
 	mu            sync.Mutex
 	leases        map[string]*Lease
-	byWatch       map[int]*Lease
+	byWatch       map[int]watched
 	budget        int
 	budgetReason  string
 	sources       budgetSources
@@ -104,7 +110,7 @@ func New(opts Options) (*Broker, error) {
 		wake:       make(chan struct{}, 1),
 		collectors: newCollectors(),
 		leases:     map[string]*Lease{},
-		byWatch:    map[int]*Lease{},
+		byWatch:    map[int]watched{},
 		sources:    budgetSources{configured: opts.Budget},
 		admissions: make(chan struct{}),
 	}
@@ -161,6 +167,7 @@ func (b *Broker) tick() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.pass()
+	b.beat()
 	b.removeEnded()
 	b.checkpoint()
 }
@@ -180,6 +187,9 @@ func (b *Broker) shutdown() error {
 	err := saveState(b.opts.RuntimeDir, b.snapshot(nil))
 	for _, l := range b.leases {
 		err = errors.Join(err, l.fifo.Close())
+		if l.gate != nil {
+			err = errors.Join(err, l.gate.close())
+		}
 	}
 	err = errors.Join(err, b.watch.close())
 	b.log.Info("stopped; leases stay on disk for the next start", "leases", len(b.leases))

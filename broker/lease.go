@@ -32,6 +32,10 @@ type Lease struct {
 	admitted  bool
 	ending    bool
 	endReason string
+	joined    bool      // a client opened the FIFO: the build uses the jobserver
+	asked     time.Time // when the build first read its gate; zero until it does
+
+	gate *gate // nil unless the build waits on its own side (a nix build)
 
 	// What the passes saw.
 	prevFree int  // free tokens seen by the pass before, to tell idle from between jobs
@@ -54,6 +58,30 @@ type fileID struct{ dev, ino uint64 }
 
 // fifoPath is where lease id's FIFO lives in the runtime directory.
 func fifoPath(dir, id string) string { return filepath.Join(dir, "leases", id+".fifo") }
+
+// asking reports whether l wants its implicit slot: a nix build from the
+// moment it reads its gate, any other lease from the start.
+func (l *Lease) asking() bool { return l.gate == nil || !l.asked.IsZero() }
+
+// counted reports whether l's implicit slot counts against the budget: it
+// runs, or it waits for admission and room is kept for it. A nix build
+// that has not asked yet (still configuring, or built without the setup
+// hook) runs no job of the jobserver's and holds nothing.
+func (l *Lease) counted() bool { return !l.ending && (l.admitted || l.asking()) }
+
+func (l *Lease) state() string {
+	switch {
+	case l.ending:
+		return api.StateEnding
+	case l.admitted:
+		return api.StateRunning
+	case l.asking():
+		return api.StateWaiting
+	case l.joined:
+		return api.StateStarting
+	}
+	return api.StateNotJoined
+}
 
 // processStart reads the start time of pid from /proc.
 func processStart(pid int) (uint64, error) {

@@ -58,10 +58,11 @@ func (b *Broker) observe() *passState {
 			idle:    min(l.prevFree, free),
 			hungry:  free == 0 && !l.ending,
 			ending:  l.ending,
+			out:     !l.ending && !l.counted(),
 		}
 		l.hungry = p.use[i].hungry
 		p.granted += p.use[i].granted
-		if !l.ending {
+		if l.counted() {
 			active++
 		}
 	}

@@ -30,19 +30,35 @@ func (b *Broker) endOrphans(now time.Time) {
 	}
 }
 
-// onFIFOEvent notes a client opening or closing a lease's FIFO: a close
-// makes the lease due for a search for holders after the grace period.
+// onFIFOEvent notes a client opening or closing a lease's FIFO, or a
+// build reading its gate. A close makes the lease due for a search for
+// holders after the grace period; the first read of a gate makes the
+// build ask for admission.
 func (b *Broker) onFIFOEvent(ev fifoEvent) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	l, ok := b.byWatch[ev.wd]
+	w, ok := b.byWatch[ev.wd]
 	if !ok {
 		return
 	}
-	if ev.close {
+	l := w.lease
+	switch {
+	case w.gate:
+		// The build read its gate: it asks for its slot from now on.
+		if !ev.close && l.asked.IsZero() && !l.ending {
+			l.asked = time.Now()
+			b.dirty = true
+			b.log.Info("lease asks for admission", "lease", l.ID, "name", l.Name)
+			b.poke()
+		}
+	case ev.close:
 		l.closeSeen = time.Now()
-	} else {
+	default:
 		l.opens++
+		if !l.joined {
+			l.joined = true
+			b.dirty = true
+		}
 	}
 }
 
@@ -150,6 +166,11 @@ func (b *Broker) removeEnded() {
 		b.untrack(l)
 		if err := l.fifo.Remove(); err != nil {
 			b.log.Warn("cannot remove fifo", "lease", id, "error", err)
+		}
+		if l.gate != nil {
+			if err := l.gate.remove(); err != nil {
+				b.log.Warn("cannot remove gate", "lease", id, "error", err)
+			}
 		}
 		b.removeCgroup(l)
 		b.dirty = true

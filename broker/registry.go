@@ -29,6 +29,11 @@ type LeaseRequest struct {
 	// Cgroup is the existing cgroup v2 directory the build runs in (a nix
 	// build with use-cgroups); it may appear only after registration.
 	Cgroup string
+	// Gate asks for a gate file (see gate): the build is already running
+	// and waits for admission on its own side, by reading the gate, before
+	// it starts parallel jobs. Until it first reads the gate it holds no
+	// slot. A nix build.
+	Gate bool
 }
 
 // ErrNotFound means no lease has the given ID.
@@ -43,21 +48,33 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	}
 	reg := api.Registration{
 		ID: newLeaseID(), Name: req.Name, Created: time.Now(), Owner: owner,
-		UID: req.UID, GID: req.GID, Features: req.Features, Cgroup: req.Cgroup,
+		UID: req.UID, GID: req.GID, Features: req.Features, Cgroup: req.Cgroup, Gate: req.Gate,
 	}
 	f, err := jobserver.Create(fifoPath(b.opts.RuntimeDir, reg.ID), jobserver.FIFOOptions{Mode: 0o660, GID: req.GID})
 	if err != nil {
 		return nil, err
 	}
+	l := &Lease{Registration: reg, fifo: f, admitted: !req.Wait && !req.Gate}
+	if req.Gate {
+		if l.gate, err = createGate(gatePath(b.opts.RuntimeDir, reg.ID), req.GID); err == nil {
+			err = l.gate.write(false, b.opts.OOMScoreAdj, l.Created)
+		}
+		if err != nil {
+			if l.gate != nil {
+				l.gate.remove()
+			}
+			f.Remove()
+			return nil, err
+		}
+	}
 	if req.NewCgroup && b.opts.Cgroups != nil {
 		// A build without a cgroup still runs; it only cannot be frozen.
 		if dir, err := b.opts.Cgroups.Make(reg.ID); err != nil {
-			b.log.Warn("cannot make the lease's cgroup; its command runs without one", "lease", reg.ID, "name", req.Name, "error", err)
+			b.log.Warn("cannot make the lease's cgroup; its command runs without one", "lease", l.ID, "name", req.Name, "error", err)
 		} else {
-			reg.Cgroup, reg.OwnCgroup = dir, true
+			l.Cgroup, l.OwnCgroup = dir, true
 		}
 	}
-	l := &Lease{Registration: reg, fifo: f, admitted: !req.Wait}
 	b.mu.Lock()
 	err = b.track(l)
 	if err == nil {
@@ -73,6 +90,9 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	b.mu.Unlock()
 	if err != nil {
 		f.Remove()
+		if l.gate != nil {
+			l.gate.remove()
+		}
 		b.removeCgroup(l)
 		return nil, err
 	}
@@ -138,7 +158,13 @@ func (b *Broker) end(l *Lease, reason string) {
 	b.log.Info("lease ending", "lease", l.ID, "name", l.Name, "reason", reason)
 }
 
-// track makes l known to the broker and watches its FIFO.
+// watched is what an inotify watch is on: a lease's FIFO, or its gate.
+type watched struct {
+	lease *Lease
+	gate  bool
+}
+
+// track makes l known to the broker and watches its FIFO and gate.
 func (b *Broker) track(l *Lease) error {
 	id, err := statID(l.fifo.Path())
 	if err != nil {
@@ -148,16 +174,25 @@ func (b *Broker) track(l *Lease) error {
 	if err != nil {
 		return err
 	}
+	b.byWatch[wd] = watched{lease: l}
+	if l.gate != nil {
+		gwd, err := b.watch.add(l.gate.path)
+		if err != nil {
+			b.watch.remove(wd)
+			delete(b.byWatch, wd)
+			return err
+		}
+		b.byWatch[gwd] = watched{lease: l, gate: true}
+	}
 	l.inode = id
 	b.leases[l.ID] = l
-	b.byWatch[wd] = l
 	return nil
 }
 
-// untrack forgets l and stops watching its FIFO.
+// untrack forgets l and stops watching its files.
 func (b *Broker) untrack(l *Lease) {
-	for wd, wl := range b.byWatch {
-		if wl == l {
+	for wd, w := range b.byWatch {
+		if w.lease == l {
 			b.watch.remove(wd)
 			delete(b.byWatch, wd)
 		}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/tokend/tokend/api"
 )
@@ -29,12 +30,14 @@ type savedState struct {
 // savedLease is a lease's registration, whole, and its accounting.
 type savedLease struct {
 	api.Registration
-	Granted   int    `json:"granted"`
-	Reclaimed int    `json:"reclaimed"`
-	Inflated  int    `json:"inflated"`
-	Admitted  bool   `json:"admitted"`
-	Ending    bool   `json:"ending,omitempty"`
-	EndReason string `json:"end_reason,omitempty"`
+	Granted   int       `json:"granted"`
+	Reclaimed int       `json:"reclaimed"`
+	Inflated  int       `json:"inflated"`
+	Admitted  bool      `json:"admitted"`
+	Ending    bool      `json:"ending,omitempty"`
+	EndReason string    `json:"end_reason,omitempty"`
+	Joined    bool      `json:"joined,omitempty"`
+	Asked     time.Time `json:"asked,omitzero"`
 }
 
 // snapshot is the state to save, counting extra tokens as granted to the
@@ -48,6 +51,7 @@ func (b *Broker) snapshot(extra map[string]int) savedState {
 		s.Leases = append(s.Leases, savedLease{
 			Registration: l.Registration, Granted: l.fifo.Granted() + extra[l.ID],
 			Reclaimed: l.reclaimed, Inflated: l.inflated, Admitted: l.admitted, Ending: l.ending, EndReason: l.endReason,
+			Joined: l.joined, Asked: l.asked,
 		})
 	}
 	return s

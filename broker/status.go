@@ -24,7 +24,7 @@ func (b *Broker) Status() api.Status {
 		ls := b.leaseStatus(l)
 		s.Leases = append(s.Leases, ls)
 		s.Granted += ls.Granted
-		if !l.ending {
+		if l.counted() {
 			s.ActiveLeases++
 		}
 	}
@@ -43,7 +43,7 @@ func (b *Broker) leaseStatus(l *Lease) api.LeaseStatus {
 		Registration: l.Registration, FIFO: l.fifo.Path(),
 		Granted: g, Free: min(free, g), Held: max(g-free, 0), Owed: l.owed,
 		Reclaimed: l.reclaimed, Inflated: l.inflated, Admitted: l.admitted, Hungry: l.hungry,
-		Ending: l.ending, EndReason: l.endReason,
+		Ending: l.ending, EndReason: l.endReason, State: l.state(), Asked: l.asked,
 	}
 	if m, ok := b.leaseMemory[l.ID]; ok {
 		ls.Memory = &m
