@@ -105,14 +105,27 @@ type LeaseMemory struct {
 	Jobs int `json:"jobs"`
 	// Growth is what its running jobs are still expected to grow by.
 	Growth uint64 `json:"growth"`
-	// Estimates are the expected peaks of one job, per job class
-	// ("compile", "link").
-	Estimates map[string]uint64 `json:"estimates"`
-	// Source tells where the compile estimate comes from: "observed" in
-	// this lease, "history" of past leases of the same name, or "default".
+	// Estimates are the expected peaks of one job of each class.
+	Estimates JobEstimates `json:"estimates"`
+	// Source tells where the compile estimate comes from: one of the
+	// Estimate constants.
 	Source string `json:"source"`
 	Frozen bool   `json:"frozen,omitempty"`
 }
+
+// JobEstimates are the expected peaks of one job, per job class, in bytes.
+type JobEstimates struct {
+	Compile uint64 `json:"compile"`
+	// Link is for linkers and link-time optimisers.
+	Link uint64 `json:"link"`
+}
+
+// Where an estimate comes from, as LeaseMemory.Source shows it.
+const (
+	EstimateObserved = "observed" // this lease's own finished jobs
+	EstimateHistory  = "history"  // past leases of the same name
+	EstimateDefault  = "default"  // the configured job_estimate
+)
 
 // Lease states, as LeaseStatus.State shows them.
 const (
