@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker/memory"
 )
 
@@ -112,7 +113,7 @@ type leaseState struct {
 	// when last seen alive: memory the kernel may still be freeing.
 	gone uint64
 	// seed is the estimate per class before anything is seen; source
-	// tells where it came from ("history" or "default").
+	// tells where it came from (api.EstimateHistory or api.EstimateDefault).
 	seed   [3]uint64
 	source string
 	// ended are the processes that ended since the last sample, as last
@@ -192,7 +193,7 @@ func (l *leaseState) estimate(c class) uint64 {
 // estimateSource tells where the compile estimate comes from.
 func (l *leaseState) estimateSource() string {
 	if len(l.seen[classCompile]) > 0 || l.small >= estimateWindow {
-		return "observed"
+		return api.EstimateObserved
 	}
 	return l.source
 }
@@ -227,4 +228,50 @@ func (l *leaseState) usage(jobs int) (rss, peak, growth, back, live uint64) {
 		growth += uint64(missing) * l.estimate(classCompile)
 	}
 	return rss, peak, growth, back, live
+}
+
+// track starts states for new leases, seeded from history, hands each its
+// processes, and retires leases that are gone. seedCap bounds a seed from
+// history: what one job may be expected at is no more than the domain
+// less the reserve, since a job bigger than that can still run alone.
+func (e *engine) track(in []leaseInput, seedCap uint64, now time.Time) {
+	seen := make(map[string]bool, len(in))
+	for _, li := range in {
+		seen[li.ID] = true
+		ls, ok := e.leases[li.ID]
+		if !ok {
+			ls = &leaseState{uid: li.UID, name: li.Name}
+			ls.seed, ls.source = e.p.firstEstimates(li.Features)
+			for _, c := range []class{classCompile, classLink} {
+				if s := e.hist.seed(li.UID, li.Name, c); s > 0 {
+					ls.seed[c], ls.source = max(min(s, seedCap), heavyFloor), api.EstimateHistory
+				}
+			}
+			e.leases[li.ID] = ls
+		}
+		ls.observe(li.Procs)
+	}
+	e.retire(seen, now)
+}
+
+// retire records the leases that are not live any more in the history
+// and forgets them.
+func (e *engine) retire(live map[string]bool, now time.Time) {
+	for id, ls := range e.leases {
+		if live[id] {
+			continue
+		}
+		ls.observe(nil)
+		run := leaseRun{prior: ls.seed, oom: ls.oom}
+		if ls.estimateSource() == api.EstimateObserved {
+			run.peak[classCompile] = ls.estimate(classCompile)
+		}
+		if len(ls.seen[classLink]) > 0 {
+			run.peak[classLink] = ls.estimate(classLink)
+		}
+		if run.peak != [3]uint64{} || run.oom != [3]uint64{} {
+			e.hist.record(ls.uid, ls.name, run, now)
+		}
+		delete(e.leases, id)
+	}
 }

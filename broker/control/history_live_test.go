@@ -44,7 +44,7 @@ func TestHistorySurvivesRestart(t *testing.T) {
 	}
 	l := register(t, second, "pkg")
 	m := waitLeaseMemory(t, second, l.ID)
-	if est := m.Estimates["compile"]; m.Source != "history" || est < 590*mib || est > 640*mib {
+	if est := m.Estimates.Compile; m.Source != "history" || est < 590*mib || est > 640*mib {
 		t.Errorf("new lease of pkg after the restart: compile estimate %d MiB from %s; want about 600 MiB from history", est/mib, m.Source)
 	}
 	if other := register(t, second, "other"); waitLeaseSource(t, second, other.ID) != "default" {
@@ -90,9 +90,9 @@ func TestBigParallelLeaseStartsLarger(t *testing.T) {
 	buildBins(t)
 	d := startTokend(t)
 	m := waitLeaseMemory(t, d, register(t, d, "webkitgtk", "big-parallel").ID)
-	if m.Source != "features" || m.Estimates["compile"] != 2<<30 || m.Estimates["link"] != 4<<30 {
+	if m.Source != "features" || m.Estimates.Compile != 2<<30 || m.Estimates.Link != 4<<30 {
 		t.Errorf("big-parallel lease: compile %d, link %d MiB from %s; want 2048 and 4096 from features",
-			m.Estimates["compile"]/mib, m.Estimates["link"]/mib, m.Source)
+			m.Estimates.Compile/mib, m.Estimates.Link/mib, m.Source)
 	}
 }
 
@@ -157,8 +157,8 @@ func TestHistoryOfAMemberLeavesRootsAlone(t *testing.T) {
 	}
 
 	root := register(t, d, "chromium")
-	if m := waitLeaseMemory(t, d, root.ID); m.Source != "history" || m.Estimates["compile"] != 512*mib {
-		t.Errorf("root's chromium after a member's runs: %d MiB from %s, want 512 MiB from root's own history", m.Estimates["compile"]/mib, m.Source)
+	if m := waitLeaseMemory(t, d, root.ID); m.Source != "history" || m.Estimates.Compile != 512*mib {
+		t.Errorf("root's chromium after a member's runs: %d MiB from %s, want 512 MiB from root's own history", m.Estimates.Compile/mib, m.Source)
 	}
 	cmd := exec.Command(bins.tokenctl, "--socket", d.socket, "run", "--name", "chromium", "--", "sleep", "5")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: buildtest.Nobody, Gid: buildtest.Nobody}}
@@ -173,8 +173,8 @@ func TestHistoryOfAMemberLeavesRootsAlone(t *testing.T) {
 		}
 		return false
 	})
-	if member.Source != "history" || member.Estimates["compile"] != 256*mib {
-		t.Errorf("the member's chromium: %d MiB from %s, want 256 MiB from the member's own runs", member.Estimates["compile"]/mib, member.Source)
+	if member.Source != "history" || member.Estimates.Compile != 256*mib {
+		t.Errorf("the member's chromium: %d MiB from %s, want 256 MiB from the member's own runs", member.Estimates.Compile/mib, member.Source)
 	}
 	p.Kill()
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/tokend/tokend/broker/memory"
+	"github.com/tokend/tokend/internal/bytesize"
 )
 
 // How OOM kills are seen, as status shows it.
@@ -51,7 +52,7 @@ func (e *engine) attributeOOM(in tickInput, now time.Time) {
 		id, p, ok := e.oomVictim(k, in.Leases)
 		if !ok {
 			e.oom.outside++
-			e.log.Info("OOM kill outside every lease", "pid", k.PID, "task", k.Task, "uid", k.UID, "size", size(k.RSS), "memcg", k.Memcg)
+			e.log.Info("OOM kill outside every lease", "pid", k.PID, "task", k.Task, "uid", k.UID, "size", bytesize.Human(k.RSS), "memcg", k.Memcg)
 			continue
 		}
 		e.oomKilled(id, p, k.RSS, OOMFromKernelLog, now)
@@ -184,7 +185,7 @@ func (e *engine) oomKilled(id string, p proc, rss uint64, from string, now time.
 		ls.oom[p.class] = max(ls.oom[p.class], reached)
 	}
 	e.hist.recordOOM(ls.uid, ls.name, p.class, reached, now)
-	args := []any{"lease", id, "name", ls.name, "uid", ls.uid, "class", p.class.String(), "size", size(reached), "from", from}
+	args := []any{"lease", id, "name", ls.name, "uid", ls.uid, "class", p.class.String(), "size", bytesize.Human(reached), "from", from}
 	if p.PID > 0 {
 		args = append(args, "pid", p.PID, "task", p.Name)
 	}

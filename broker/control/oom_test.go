@@ -44,9 +44,9 @@ func TestOOMKillFromTheKernelLog(t *testing.T) {
 		{PID: 999, Task: "firefox", RSS: 2 << 30},
 	}})
 	m := d.Leases["a"]
-	if m.OOMKills != 1 || m.OOMKilled != 650*mib || m.Estimates["compile"] != 650*mib {
+	if m.OOMKills != 1 || m.OOMKilled != 650*mib || m.Estimates.Compile != 650*mib {
 		t.Errorf("lease after the kill: %d kills, killed at %d MiB, compile estimate %d MiB; want 1, 650, 650",
-			m.OOMKills, m.OOMKilled/mib, m.Estimates["compile"]/mib)
+			m.OOMKills, m.OOMKilled/mib, m.Estimates.Compile/mib)
 	}
 	if d.Status.OOMKills != 1 || d.Status.OOMKillsOutside != 1 {
 		t.Errorf("status counts %d kills in leases and %d outside, want 1 and 1", d.Status.OOMKills, d.Status.OOMKillsOutside)
@@ -76,8 +76,8 @@ func TestOOMKillByCgroup(t *testing.T) {
 		{PID: 5, Task: "ld.lld", RSS: 3 << 30, Memcg: "/system.slice/nix-daemon.service/nix-build-uid-30001/build"},
 		{PID: 6, Task: "cc1plus", RSS: 1 << 30, Memcg: "/system.slice/nix-daemon.service"},
 	}})
-	if m := d.Leases["n"]; m.OOMKills != 1 || m.Estimates["link"] != 3<<30 {
-		t.Errorf("lease: %d kills, link estimate %d MiB; want the link killed in its group at 3072", m.OOMKills, m.Estimates["link"]/mib)
+	if m := d.Leases["n"]; m.OOMKills != 1 || m.Estimates.Link != 3<<30 {
+		t.Errorf("lease: %d kills, link estimate %d MiB; want the link killed in its group at 3072", m.OOMKills, m.Estimates.Link/mib)
 	}
 	if d.Status.OOMKillsOutside != 1 {
 		t.Errorf("%d kills outside, want the one in nix-daemon's own group", d.Status.OOMKillsOutside)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/bytesize"
 )
 
 // oomKilled is what tokend saw the OOM killer take of one run: how many
@@ -65,7 +66,7 @@ func awaitRoom(c *api.Client, size uint64) {
 		}
 		if !told {
 			fmt.Fprintf(os.Stderr, "tokenctl: waiting for %s of memory (headroom %s, reserve %s, growth to come %s)\n",
-				mib(size), mib(m.Headroom), mib(m.Reserve), mib(m.Growth))
+				bytesize.Human(size), bytesize.Human(m.Headroom), bytesize.Human(m.Reserve), bytesize.Human(m.Growth))
 			told = true
 		}
 		time.Sleep(5 * statusPoll)

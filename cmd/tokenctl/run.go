@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/bytesize"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -53,7 +54,7 @@ func runCommand(c *api.Client, args []string) int {
 			return code
 		}
 		fmt.Fprintf(os.Stderr, "tokenctl: the OOM killer took %d process(es) of %s (the largest job at %s); running %s again once %s fits alone (retry %d of %d)\n",
-			killed.jobs, *name, mib(killed.size), filepath.Base(argv[0]), mib(killed.size), retry, *retries)
+			killed.jobs, *name, bytesize.Human(killed.size), filepath.Base(argv[0]), bytesize.Human(killed.size), retry, *retries)
 		awaitRoom(c, killed.size)
 	}
 }
