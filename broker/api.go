@@ -34,6 +34,7 @@ type Server struct {
 	// LeaseGID is the group whose members may register leases; -1 for
 	// root only.
 	leaseGID int
+	mux      *http.ServeMux
 	http     *http.Server
 }
 
@@ -56,6 +57,7 @@ func NewServer(b *Broker, leaseGroup string, log hclog.Logger) (*Server, error) 
 		s.leaseGID, _ = strconv.Atoi(g.Gid)
 	}
 	mux := http.NewServeMux()
+	s.mux = mux
 	mux.HandleFunc("GET "+api.PathStatus, s.status)
 	mux.HandleFunc("POST "+api.PathLeases, s.register)
 	mux.HandleFunc("GET "+api.PathLeases+"/{id}", s.lease)

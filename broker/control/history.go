@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/tokend/tokend/api"
 )
 
 // historyVersion changes when the history file's meaning does. Version 1
@@ -370,4 +372,43 @@ func (h *History) Save() error {
 	}
 	h.dirty = false
 	return nil
+}
+
+// Entries lists the history by user and name, for the API.
+func (h *History) Entries() []api.HistoryEntry {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := []api.HistoryEntry{}
+	for uid, names := range h.users {
+		for name, p := range names {
+			out = append(out, api.HistoryEntry{
+				UID: uid, Name: name, Compile: p.Compile.Estimate, Link: p.Link.Estimate,
+				Runs: p.Runs, OOMKills: p.OOMKills, LastSeen: p.Updated,
+			})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].UID != out[j].UID {
+			return out[i].UID < out[j].UID
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+// Forget forgets name for uid, or for every user when uid is nil, and
+// says how many entries went. A lease of that name already running keeps
+// the estimate it started from.
+func (h *History) Forget(name string, uid *int) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for u, names := range h.users {
+		if _, ok := names[name]; ok && (uid == nil || *uid == u) {
+			delete(names, name)
+			n++
+		}
+	}
+	h.dirty = h.dirty || n > 0
+	return n
 }

@@ -2,10 +2,12 @@ package control
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,7 +34,7 @@ func TestHistorySurvivesRestart(t *testing.T) {
 	defer cancel()
 	buildtest.MustRun(ctx, t, cmd)
 	log.Run(t).Check(t, 2)
-	waitUntil(t, "the build's lease to end", func() bool { return len(first.status(t).Leases) == 0 })
+	waitRecorded(t, first, "pkg")
 	first.stop(t)
 	if _, err := os.Stat(filepath.Join(state, HistoryFile)); err != nil {
 		t.Fatalf("no history in the state directory after the build: %v", err)
@@ -141,15 +143,7 @@ func waitLeaseSource(t *testing.T, d *daemon, id string) string {
 func TestHistoryOfAMemberLeavesRootsAlone(t *testing.T) {
 	buildBins(t)
 	requireNogroup(t)
-	// The tools' directory is root's; the member runs a copy of make.
-	raw, err := os.ReadFile(buildtest.Make44(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	gmake := filepath.Join(buildtest.WorldDir(t), "make")
-	if err := os.WriteFile(gmake, raw, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	gmake := makeForEveryone(t)
 	d := startTokend(t, "--lease-group", "nogroup")
 	buildAs(t, d, gmake, 0, "chromium", 400)
 	for range 2 {
@@ -199,13 +193,26 @@ func buildAs(t *testing.T, d *daemon, gmake string, uid int, name string, peak i
 	defer cancel()
 	buildtest.MustRun(ctx, t, cmd)
 	log.Run(t).Check(t, 2)
-	waitUntil(t, "the build's lease to end and be recorded", func() bool {
-		for _, l := range d.status(t).Leases {
+	waitRecorded(t, d, name)
+}
+
+// waitRecorded waits until no lease of name is left and the controller has
+// ticked since, recording the ended ones in the history: a tick looks at
+// the leases after it reads memory, at the time its status shows.
+func waitRecorded(t *testing.T, d *daemon, name string) {
+	t.Helper()
+	var gone time.Time
+	waitUntil(t, "the lease of "+name+" to end and be recorded", func() bool {
+		st := d.status(t)
+		for _, l := range st.Leases {
 			if l.Name == name {
 				return false
 			}
 		}
-		return true
+		if gone.IsZero() {
+			gone = time.Now()
+		}
+		return st.Memory.Updated.After(gone)
 	})
 }
 
@@ -224,5 +231,79 @@ func requireNogroup(t *testing.T) {
 	t.Helper()
 	if _, err := user.LookupGroup("nogroup"); err != nil {
 		t.Fatalf("needs the nogroup group (uid 65534's group on Debian): %v", err)
+	}
+}
+
+// makeForEveryone is a copy of make 4.4 that other users may run: the
+// tools' directory is root's.
+func makeForEveryone(t *testing.T) string {
+	t.Helper()
+	raw, err := os.ReadFile(buildtest.Make44(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gmake := filepath.Join(buildtest.WorldDir(t), "make")
+	if err := os.WriteFile(gmake, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return gmake
+}
+
+// tokenctlAs runs tokenctl against d as uid and returns its output and
+// whether it succeeded.
+func tokenctlAs(t *testing.T, d *daemon, uid int, args ...string) (string, bool) {
+	t.Helper()
+	cmd := exec.Command(bins.tokenctl, append([]string{"--socket", d.socket}, args...)...)
+	if uid != 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	}
+	out, err := cmd.CombinedOutput()
+	return string(out), err == nil
+}
+
+// tokenctl history lists what tokend learned per user and name, to
+// anyone; only root may forget a name, for one user or all.
+func TestHistoryCommand(t *testing.T) {
+	buildBins(t)
+	requireNogroup(t)
+	gmake := makeForEveryone(t)
+	d := startTokend(t, "--lease-group", "nogroup")
+	buildAs(t, d, gmake, 0, "pkg", 600)
+	buildAs(t, d, gmake, buildtest.Nobody, "pkg", 100)
+
+	out, ok := tokenctlAs(t, d, buildtest.Nobody, "history", "--json")
+	if !ok {
+		t.Fatalf("tokenctl history --json as uid %d: %s", buildtest.Nobody, out)
+	}
+	var h []api.HistoryEntry
+	if err := json.Unmarshal([]byte(out), &h); err != nil {
+		t.Fatalf("tokenctl history --json: %v\n%s", err, out)
+	}
+	if len(h) != 2 || h[0].UID != 0 || h[0].Name != "pkg" || h[0].Compile < 590*mib || h[0].Compile > 640*mib || h[0].Runs != 1 ||
+		h[1].UID != buildtest.Nobody || h[1].Compile != 512*mib || h[0].LastSeen.IsZero() {
+		t.Errorf("history %+v; want root's pkg at about 600 MiB and uid %d's at 512 (half the default)", h, buildtest.Nobody)
+	}
+	if out, ok := tokenctlAs(t, d, 0, "history"); !ok || !strings.Contains(out, "OOM KILLS") || !strings.Contains(out, "512MiB") {
+		t.Errorf("tokenctl history (%v):\n%s", ok, out)
+	}
+	if out, ok := tokenctlAs(t, d, buildtest.Nobody, "history", "forget", "pkg"); ok || !strings.Contains(out, "only root may") {
+		t.Errorf("uid %d forgetting pkg: ok %v, %s; want refused", buildtest.Nobody, ok, out)
+	}
+	if out, ok := tokenctlAs(t, d, 0, "history", "forget", "--uid", strconv.Itoa(buildtest.Nobody), "pkg"); !ok || !strings.Contains(out, "forgot pkg (1 user(s))") {
+		t.Errorf("root forgetting uid %d's pkg: %v, %s", buildtest.Nobody, ok, out)
+	}
+	if out, ok := tokenctlAs(t, d, 0, "history", "forget", "nothing"); ok || !strings.Contains(out, `no entry named "nothing"`) {
+		t.Errorf("forgetting an unknown name: ok %v, %s; want an error naming it", ok, out)
+	}
+	h = nil
+	out, _ = tokenctlAs(t, d, 0, "history", "--json")
+	if err := json.Unmarshal([]byte(out), &h); err != nil || len(h) != 1 || h[0].UID != 0 {
+		t.Errorf("after forgetting uid %d's pkg: %s (%v), want root's alone", buildtest.Nobody, out, err)
+	}
+	if _, ok := tokenctlAs(t, d, 0, "history", "forget", "pkg"); !ok {
+		t.Fatal("root cannot forget pkg")
+	}
+	if src := waitLeaseSource(t, d, register(t, d, "pkg").ID); src != api.EstimateDefault {
+		t.Errorf("a lease of pkg after it was forgotten starts from %s, want the default", src)
 	}
 }

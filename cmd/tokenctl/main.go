@@ -3,6 +3,7 @@
 //	tokenctl [--socket PATH] status [--json]
 //	tokenctl [--socket PATH] run [--name N] [--style auto|fifo|pipe] [--retry-oom N] -- CMD ARGS...
 //	tokenctl [--socket PATH] set budget N|auto
+//	tokenctl [--socket PATH] history [--json] | history forget [--uid N] NAME
 //
 // The socket defaults to $TOKEND_SOCKET, else tokend's default.
 package main
@@ -25,6 +26,9 @@ const usage = `usage:
                                                run CMD under the broker; again, up to N
                                                times, after a run a job of which was OOM-killed
   tokenctl [--socket PATH] set budget N|auto   pin the budget (root), or hand it back
+  tokenctl [--socket PATH] history [--json]    what tokend learned of past builds' jobs
+  tokenctl [--socket PATH] history forget [--uid N] NAME
+                                               forget a name's history (root)
   tokenctl [--socket PATH] doctor              can tokend's Nix hook work on this host?
 `
 
@@ -62,6 +66,8 @@ func run(args []string) int {
 		return runDoctor(*socket, rest)
 	case "set":
 		err = set(c, rest)
+	case "history":
+		err = history(c, rest)
 	default:
 		fmt.Fprintf(os.Stderr, "tokenctl: unknown command %q\n%s", cmd, usage)
 		return 2

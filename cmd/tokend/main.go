@@ -119,6 +119,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	srv.ServeHistory(hist)
 	socket := api.SocketPath(cfg.RuntimeDir)
 	ln, err := broker.Listen(socket)
 	if err != nil {
