@@ -1,7 +1,7 @@
 // Command tokenctl controls and inspects tokend.
 //
 //	tokenctl [--socket PATH] status [--json]
-//	tokenctl [--socket PATH] run [--name N] [--style auto|fifo|pipe] -- CMD ARGS...
+//	tokenctl [--socket PATH] run [--name N] [--style auto|fifo|pipe] [--keep-jobs] -- CMD ARGS...
 //	tokenctl [--socket PATH] set budget N|auto
 //
 // The socket defaults to $TOKEND_SOCKET, else tokend's default.
@@ -21,8 +21,9 @@ import (
 
 const usage = `usage:
   tokenctl [--socket PATH] status [--json]     the budget and every lease
-  tokenctl [--socket PATH] run [--name N] [--style auto|fifo|pipe] -- CMD ARGS...
-                                               run CMD under the broker
+  tokenctl [--socket PATH] run [--name N] [--style auto|fifo|pipe] [--keep-jobs] -- CMD ARGS...
+                                               run CMD under the broker (drops make's
+                                               and ninja's -j and -l unless --keep-jobs)
   tokenctl [--socket PATH] set budget N|auto   pin the budget (root), or hand it back
   tokenctl [--socket PATH] doctor              can tokend's Nix hook work on this host?
 `

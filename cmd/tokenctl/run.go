@@ -24,12 +24,13 @@ func runCommand(c *broker.Client, args []string) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	name := fs.String("name", "", "lease name shown in status (default: the command's name)")
 	styleFlag := fs.String("style", "auto", "jobserver style: fifo (make >= 4.4, ninja, cargo), pipe (make 4.3, gcc 12), or auto")
+	keepJobs := fs.Bool("keep-jobs", false, "keep a make or ninja command's -j and -l, which take it out of the jobserver")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	argv := fs.Args()
 	if len(argv) == 0 {
-		fmt.Fprintln(os.Stderr, "tokenctl run: no command given; usage: tokenctl run [--name N] [--style auto|fifo|pipe] -- CMD ARGS...")
+		fmt.Fprintln(os.Stderr, "tokenctl run: no command given; usage: tokenctl run [--name N] [--style auto|fifo|pipe] [--keep-jobs] -- CMD ARGS...")
 		return 2
 	}
 	if *name == "" {
@@ -41,9 +42,7 @@ func runCommand(c *broker.Client, args []string) int {
 		return 2
 	}
 
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-
+	cmd := command(argv)
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	lease, err := c.Register(ctx, broker.RegisterRequest{Name: *name, OwnerPID: os.Getpid(), Wait: true, NewCgroup: true})
 	cancel()
@@ -62,6 +61,14 @@ func runCommand(c *broker.Client, args []string) int {
 			fmt.Fprintf(os.Stderr, "tokenctl: ending lease %s: %v (tokend ends it when it sees this process gone)\n", lease.ID, err)
 		}
 	}()
+	if !*keepJobs {
+		// Only under a lease: without one the command runs as typed.
+		forgiven := forgiveJobFlags(argv)
+		if msg := forgiven.message(); msg != "" {
+			fmt.Fprintln(os.Stderr, msg)
+			cmd = command(forgiven.argv)
+		}
+	}
 	auth := jobserver.FIFOAuth(lease.FIFO)
 	if style == jobserver.StylePipe {
 		// make 4.3 and gcc 12 know only inherited descriptors. A fresh
@@ -83,6 +90,12 @@ func runCommand(c *broker.Client, args []string) int {
 		intoCgroup(cmd, lease.Cgroup)
 	}
 	return wait(cmd)
+}
+
+func command(argv []string) *exec.Cmd {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	return cmd
 }
 
 // awaitAdmission waits until the lease may start its first job, saying
@@ -177,24 +190,6 @@ func chooseStyle(flagValue, command string) (jobserver.Style, error) {
 		return jobserver.StylePipe, nil
 	}
 	return jobserver.StyleFIFO, nil
-}
-
-// makeName matches the names GNU make is installed under: make, gmake and
-// versioned names such as make-4.3.
-var makeName = regexp.MustCompile(`^g?make(-?[0-9][0-9.]*)?$`)
-
-// isMake tells whether command is GNU make by its name, or by the name of
-// the file its symlinks lead to (make-4.3 -> /usr/bin/make).
-func isMake(command string) bool {
-	if makeName.MatchString(filepath.Base(command)) {
-		return true
-	}
-	path, err := exec.LookPath(command)
-	if err != nil {
-		return false
-	}
-	real, err := filepath.EvalSymlinks(path)
-	return err == nil && makeName.MatchString(filepath.Base(real))
 }
 
 func setEnv(env []string, key, value string) []string {
