@@ -222,9 +222,6 @@ func (e *engine) step(in tickInput) decision {
 			e.lastChange = now
 		}
 		e.budget, e.reason, e.changed, e.started = target, reason, now, true
-		e.log.Info("memory controller set the budget", "budget", target, "reason", reason, "detail", detail)
-	} else {
-		e.log.Debug("memory controller keeps the budget", "budget", target, "reason", reason, "detail", detail)
 	}
 	d.Status = broker.MemoryStatus{
 		Domain: e.domain, PressureFile: e.pressureFile, Limit: limit, WorkingSet: ws, Headroom: head,
