@@ -30,6 +30,7 @@ import (
 	"github.com/tokend/tokend/broker"
 	"github.com/tokend/tokend/broker/control"
 	"github.com/tokend/tokend/broker/memory"
+	"github.com/tokend/tokend/internal/version"
 )
 
 func main() {
@@ -39,8 +40,25 @@ func main() {
 	}
 }
 
+// usage heads tokend --help; the flags follow it.
+const usage = `tokend is the host's jobserver broker: it owns a budget of job slots, sized
+from memory headroom and pressure, and hands them to builds through one
+jobserver FIFO per build (tokenctl run, tokend-nix-hook).
+
+Usage:
+  tokend [--config FILE] [flags]
+
+Examples:
+  sudo tokend                                   # embedded defaults; socket /run/tokend/tokend.sock
+  tokend --tokens 6 --runtime-dir /tmp/tokend   # a fixed budget, as any user
+  sudo tokend --config /etc/tokend.toml         # TOML; every key has a flag of the same name
+
+Flags:
+`
+
 // settings is the configuration file as overridden by the flags given.
 type settings struct {
+	version    bool
 	configPath string
 	flags      *flag.FlagSet
 	override   broker.Config
@@ -62,6 +80,11 @@ func parseFlags(args []string) (*settings, error) {
 	fs.DurationVar(&s.override.GrowthInterval, "growth-interval", 0, "least time between budget increases (config: growth_interval)")
 	fs.Float64Var(&s.override.CPUMultiple, "cpu-multiple", 0, "cap the budget at this many jobs per CPU (config: cpu_multiple)")
 	fs.Var(&s.override.JobEstimate, "job-estimate", "expected peak of an unknown compile job, such as 1GiB (config: job_estimate)")
+	fs.BoolVar(&s.version, "version", false, "print tokend's version and exit")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -121,6 +144,10 @@ func run(args []string) error {
 	}
 	if err != nil {
 		return err
+	}
+	if s.version {
+		fmt.Println("tokend", version.String())
+		return nil
 	}
 	cfg, err := s.load()
 	if err != nil {
