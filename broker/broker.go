@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -37,7 +38,13 @@ type Options struct {
 	ProcDir string
 	// Cgroups, if set, makes a cgroup for each lease that asks for one.
 	Cgroups LeaseCgroups
-	Logger  hclog.Logger
+	// OOMScoreAdj is the oom_score_adj every lease's processes take, so
+	// that when the kernel's OOM killer fires anyway it takes a build job
+	// and not the desktop; 0 leaves them alone. Clients apply it (the
+	// setup hook, tokenctl run), learning it from the gate and the
+	// registration answer.
+	OOMScoreAdj int
+	Logger      hclog.Logger
 }
 
 // ownerCheckInterval is how often the broker looks for leases whose owner
@@ -62,10 +69,10 @@ type Broker struct {
 	operatorBudget int // non-zero while an operator has pinned the budget
 	steered        int // the budget tokend decides (Steer); 0 until it does
 	steerReason    string
-	memory         *MemoryStatus // the memory controller's view, once it has one
-	leaseMemory    map[string]LeaseMemory
+	memory         *api.MemoryStatus // the memory controller's view, once it has one
+	leaseMemory    map[string]api.LeaseMemory
 	leases         map[string]*Lease
-	byWatch        map[int]*Lease
+	byWatch        map[int]watched
 	reclaimedTotal int
 	inflatedTotal  int
 	violations     int
@@ -114,7 +121,7 @@ func New(opts Options) (*Broker, error) {
 		opts:        opts,
 		log:         opts.Logger,
 		leases:      map[string]*Lease{},
-		byWatch:     map[int]*Lease{},
+		byWatch:     map[int]watched{},
 		watch:       watch,
 		wake:        make(chan struct{}, 1),
 		admissions:  make(chan struct{}),
@@ -153,6 +160,15 @@ func (b *Broker) adopt() error {
 			ID: s.ID, Name: s.Name, Created: s.Created, Owner: s.Owner, UID: s.UID, GID: s.GID,
 			Features: s.Features, Cgroup: s.Cgroup, ownCgroup: s.OwnCgroup, fifo: f, reclaimed: s.Reclaimed,
 			inflated: s.Inflated, admitted: s.Admitted, ending: s.Ending, endReason: s.EndReason,
+			joined: s.Joined, asked: s.Asked,
+		}
+		if s.Gate {
+			if l.gate, err = openGate(gatePath(b.opts.RuntimeDir, s.ID)); err != nil {
+				// The build reads a stamp that no longer moves and goes on
+				// without waiting; admit it so it is counted as it runs.
+				b.log.Warn("lease lost its gate; admitting it", "lease", s.ID, "name", s.Name, "error", err)
+				l.admitted = true
+			}
 		}
 		if err := b.track(l); err != nil {
 			f.Close()
@@ -168,20 +184,26 @@ func (b *Broker) adopt() error {
 		return fmt.Errorf("list leases in %s: %w", b.opts.RuntimeDir, err)
 	}
 	for _, e := range entries {
-		id := strings.TrimSuffix(e.Name(), ".fifo")
-		if _, ok := b.leases[id]; ok {
+		ext := filepath.Ext(e.Name())
+		if _, ok := b.leases[strings.TrimSuffix(e.Name(), ext)]; ok {
 			continue
 		}
 		path := filepath.Join(b.opts.RuntimeDir, "leases", e.Name())
 		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("remove stale fifo %s: %w", path, err)
+			return fmt.Errorf("remove stale file %s: %w", path, err)
 		}
-		b.log.Info("removed stale fifo", "path", path)
+		b.log.Info("removed stale lease file", "path", path)
 	}
 	return nil
 }
 
-// track makes l known to the broker and watches its FIFO.
+// watched is what an inotify watch is on: a lease's FIFO, or its gate.
+type watched struct {
+	lease *Lease
+	gate  bool
+}
+
+// track makes l known to the broker and watches its FIFO and gate.
 func (b *Broker) track(l *Lease) error {
 	id, err := statID(l.fifo.Path())
 	if err != nil {
@@ -191,16 +213,25 @@ func (b *Broker) track(l *Lease) error {
 	if err != nil {
 		return err
 	}
+	b.byWatch[wd] = watched{lease: l}
+	if l.gate != nil {
+		gwd, err := b.watch.add(l.gate.path)
+		if err != nil {
+			b.watch.remove(wd)
+			delete(b.byWatch, wd)
+			return err
+		}
+		b.byWatch[gwd] = watched{lease: l, gate: true}
+	}
 	l.inode = id
 	b.leases[l.ID] = l
-	b.byWatch[wd] = l
 	return nil
 }
 
-// untrack forgets l and stops watching its FIFO.
+// untrack forgets l and stops watching its files.
 func (b *Broker) untrack(l *Lease) {
-	for wd, wl := range b.byWatch {
-		if wl == l {
+	for wd, w := range b.byWatch {
+		if w.lease == l {
 			b.watch.remove(wd)
 			delete(b.byWatch, wd)
 		}
@@ -211,7 +242,7 @@ func (b *Broker) untrack(l *Lease) {
 // LeaseRequest asks for a new lease.
 type LeaseRequest struct {
 	Name     string
-	Owner    Owner
+	Owner    api.Owner
 	UID, GID int
 	Features []string
 	// Wait asks for admission before the build starts, so its implicit
@@ -224,6 +255,11 @@ type LeaseRequest struct {
 	// Cgroup is the existing cgroup v2 directory the build runs in (a nix
 	// build with use-cgroups); it may appear only after registration.
 	Cgroup string
+	// Gate asks for a gate file (see gate): the build is already running
+	// and waits for admission on its own side, by reading the gate, before
+	// it starts parallel jobs. Until it first reads the gate it holds no
+	// slot. A nix build.
+	Gate bool
 }
 
 // ErrNotFound means no lease has the given ID.
@@ -251,7 +287,7 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 		}
 		req.Owner.Start = start
 	}
-	if why := req.Owner.gone(); why != "" {
+	if why := ownerGone(req.Owner); why != "" {
 		return nil, errors.New(why)
 	}
 	var raw [6]byte
@@ -263,7 +299,20 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	}
 	l := &Lease{
 		ID: id, Name: req.Name, Created: time.Now(), Owner: req.Owner,
-		UID: req.UID, GID: req.GID, Features: req.Features, Cgroup: req.Cgroup, fifo: f, admitted: !req.Wait,
+		UID: req.UID, GID: req.GID, Features: req.Features, Cgroup: req.Cgroup, fifo: f,
+		admitted: !req.Wait && !req.Gate,
+	}
+	if req.Gate {
+		if l.gate, err = createGate(gatePath(b.opts.RuntimeDir, id), req.GID); err == nil {
+			err = l.gate.write(false, b.opts.OOMScoreAdj, l.Created)
+		}
+		if err != nil {
+			if l.gate != nil {
+				l.gate.remove()
+			}
+			f.Remove()
+			return nil, err
+		}
 	}
 	if req.NewCgroup && b.opts.Cgroups != nil {
 		// A build without a cgroup still runs; it only cannot be frozen.
@@ -288,6 +337,9 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	b.mu.Unlock()
 	if err != nil {
 		f.Remove()
+		if l.gate != nil {
+			l.gate.remove()
+		}
 		b.removeCgroup(l)
 		return nil, err
 	}
@@ -402,14 +454,28 @@ func (b *Broker) Run(ctx context.Context) error {
 func (b *Broker) onFIFOEvent(ev fifoEvent) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	l, ok := b.byWatch[ev.wd]
+	w, ok := b.byWatch[ev.wd]
 	if !ok {
 		return
 	}
-	if ev.close {
+	l := w.lease
+	switch {
+	case w.gate:
+		// The build read its gate: it asks for its slot from now on.
+		if !ev.close && l.asked.IsZero() && !l.ending {
+			l.asked = time.Now()
+			b.dirty = true
+			b.log.Info("lease asks for admission", "lease", l.ID, "name", l.Name)
+			b.poke()
+		}
+	case ev.close:
 		l.closeSeen = time.Now()
-	} else {
+	default:
 		l.opens++
+		if !l.joined {
+			l.joined = true
+			b.dirty = true
+		}
 	}
 }
 
@@ -429,7 +495,7 @@ func (b *Broker) tick() {
 			if l.ending {
 				continue
 			}
-			if why := l.Owner.gone(); why != "" {
+			if why := ownerGone(l.Owner); why != "" {
 				b.end(l, why)
 			}
 		}
@@ -444,6 +510,7 @@ func (b *Broker) tick() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.pass()
+	b.beat()
 	b.removeEnded()
 	if b.dirty {
 		if err := saveState(b.opts.RuntimeDir, b.snapshot(nil)); err != nil {
@@ -548,6 +615,11 @@ func (b *Broker) removeEnded() {
 		if err := l.fifo.Remove(); err != nil {
 			b.log.Warn("cannot remove fifo", "lease", id, "error", err)
 		}
+		if l.gate != nil {
+			if err := l.gate.remove(); err != nil {
+				b.log.Warn("cannot remove gate", "lease", id, "error", err)
+			}
+		}
 		b.removeCgroup(l)
 		b.dirty = true
 		b.announce()
@@ -583,9 +655,10 @@ func (b *Broker) pass() {
 			idle:    min(l.prevFree, free),
 			hungry:  free == 0 && !l.ending,
 			ending:  l.ending,
+			out:     !l.ending && !l.counted(),
 		}
 		l.hungry = use[i].hungry
-		if !l.ending {
+		if l.counted() {
 			active++
 		}
 	}
@@ -674,14 +747,35 @@ func (b *Broker) admit(leases []*Lease, granted int) {
 		}
 	}
 	for _, l := range leases {
-		if l.admitted || l.ending || room < 1 {
+		if l.admitted || l.ending || !l.asking() || room < 1 {
 			continue
 		}
 		l.admitted = true
 		room--
 		b.dirty = true
 		b.announce()
-		b.log.Info("lease admitted", "lease", l.ID, "name", l.Name, "waited", time.Since(l.Created).Round(time.Millisecond))
+		since := l.Created
+		if l.gate != nil {
+			since = l.asked
+			if err := l.gate.write(true, b.opts.OOMScoreAdj, time.Now()); err != nil {
+				b.log.Error("cannot open the gate of an admitted lease; its build goes on once it sees the stamp stop", "lease", l.ID, "error", err)
+			}
+		}
+		b.log.Info("lease admitted", "lease", l.ID, "name", l.Name, "waited", time.Since(since).Round(time.Millisecond))
+	}
+}
+
+// beat rewrites the gate of every build that waits in its sandbox, so it
+// can tell a tokend that is alive and has no room from one that is gone.
+func (b *Broker) beat() {
+	now := time.Now()
+	for _, l := range b.leases {
+		if l.gate == nil || l.admitted || l.ending {
+			continue
+		}
+		if err := l.gate.write(false, b.opts.OOMScoreAdj, now); err != nil {
+			b.log.Error("cannot write a waiting build's gate; it will go on without tokend", "lease", l.ID, "error", err)
+		}
 	}
 }
 
@@ -809,6 +903,7 @@ func (b *Broker) snapshot(extra map[string]int) savedState {
 			ID: l.ID, Name: l.Name, Created: l.Created, Owner: l.Owner, UID: l.UID, GID: l.GID,
 			Features: l.Features, Cgroup: l.Cgroup, OwnCgroup: l.ownCgroup, Granted: l.fifo.Granted() + extra[l.ID], Reclaimed: l.reclaimed, Inflated: l.inflated,
 			Admitted: l.admitted, Ending: l.ending, EndReason: l.endReason,
+			Gate: l.gate != nil, Joined: l.joined, Asked: l.asked,
 		})
 	}
 	return s
@@ -822,68 +917,23 @@ func (b *Broker) shutdown() error {
 	err := saveState(b.opts.RuntimeDir, b.snapshot(nil))
 	for _, l := range b.leases {
 		err = errors.Join(err, l.fifo.Close())
+		if l.gate != nil {
+			err = errors.Join(err, l.gate.close())
+		}
 	}
 	err = errors.Join(err, b.watch.close())
 	b.log.Info("stopped; leases stay on disk for the next start", "leases", len(b.leases))
 	return err
 }
 
-// Status is the broker's state for people and tools.
-type Status struct {
-	Budget       int    `json:"budget"`
-	BudgetReason string `json:"budget_reason"`
-	ActiveLeases int    `json:"active_leases"`
-	// Allowance is the budget less one implicit slot per active lease:
-	// the most tokens that may be handed out.
-	Allowance int `json:"allowance"`
-	Granted   int `json:"granted"`
-	// Debt is how many granted tokens are over the allowance after the
-	// budget shrank, to be kept as clients return them.
-	Debt                int           `json:"debt"`
-	ReclaimedTotal      int           `json:"reclaimed_total"`
-	InflatedTotal       int           `json:"inflated_total"`
-	InvariantViolations int           `json:"invariant_violations"`
-	LastViolation       string        `json:"last_violation,omitempty"`
-	Leases              []LeaseStatus `json:"leases"`
-	// Memory is the memory controller's view; nil when none runs.
-	Memory *MemoryStatus `json:"memory,omitempty"`
-}
-
-// LeaseStatus is one lease in Status.
-type LeaseStatus struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Created   time.Time `json:"created"`
-	Owner     Owner     `json:"owner"`
-	UID       int       `json:"uid"`
-	Features  []string  `json:"features,omitempty"`
-	FIFO      string    `json:"fifo"`
-	Granted   int       `json:"granted"`
-	Free      int       `json:"free"`
-	Held      int       `json:"held"`
-	Owed      int       `json:"owed"`
-	Reclaimed int       `json:"reclaimed"`
-	Inflated  int       `json:"inflated"`
-	Admitted  bool      `json:"admitted"`
-	Ending    bool      `json:"ending,omitempty"`
-	EndReason string    `json:"end_reason,omitempty"`
-	// Hungry: every token granted was held at the last pass, so the build
-	// may want more.
-	Hungry bool `json:"hungry,omitempty"`
-	// Cgroup is the cgroup v2 directory the build runs in, if known.
-	Cgroup string `json:"cgroup,omitempty"`
-	// Memory is the memory controller's view of the lease.
-	Memory *LeaseMemory `json:"memory,omitempty"`
-}
-
 // Status reports the budget and every lease.
-func (b *Broker) Status() Status {
+func (b *Broker) Status() api.Status {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := Status{
+	s := api.Status{
 		Budget: b.budget, BudgetReason: b.budgetReason, ReclaimedTotal: b.reclaimedTotal,
 		InflatedTotal: b.inflatedTotal, InvariantViolations: b.violations, LastViolation: b.lastViolation,
-		Leases: []LeaseStatus{},
+		Leases: []api.LeaseStatus{},
 	}
 	if b.memory != nil {
 		m := *b.memory
@@ -895,18 +945,18 @@ func (b *Broker) Status() Status {
 			free = l.lastFree
 		}
 		g := l.fifo.Granted()
-		ls := LeaseStatus{
+		ls := api.LeaseStatus{
 			ID: l.ID, Name: l.Name, Created: l.Created, Owner: l.Owner, UID: l.UID, Features: l.Features,
 			FIFO: l.fifo.Path(), Cgroup: l.Cgroup, Granted: g, Free: min(free, g), Held: max(g-free, 0), Owed: l.owed,
 			Reclaimed: l.reclaimed, Inflated: l.inflated, Admitted: l.admitted, Hungry: l.hungry,
-			Ending: l.ending, EndReason: l.endReason,
+			Ending: l.ending, EndReason: l.endReason, State: l.state(), Asked: l.asked,
 		}
 		if m, ok := b.leaseMemory[l.ID]; ok {
 			ls.Memory = &m
 		}
 		s.Leases = append(s.Leases, ls)
 		s.Granted += g
-		if !l.ending {
+		if l.counted() {
 			s.ActiveLeases++
 		}
 	}
@@ -923,7 +973,7 @@ func (b *Broker) announce() {
 
 // AwaitAdmission waits until the lease with the given ID is admitted, or
 // ctx ends, and returns the lease as it then is.
-func (b *Broker) AwaitAdmission(ctx context.Context, id string) (LeaseStatus, error) {
+func (b *Broker) AwaitAdmission(ctx context.Context, id string) (api.LeaseStatus, error) {
 	for {
 		b.mu.Lock()
 		l, ok := b.leases[id]
@@ -941,11 +991,11 @@ func (b *Broker) AwaitAdmission(ctx context.Context, id string) (LeaseStatus, er
 }
 
 // Lease returns the lease with the given ID.
-func (b *Broker) Lease(id string) (LeaseStatus, error) {
+func (b *Broker) Lease(id string) (api.LeaseStatus, error) {
 	for _, l := range b.Status().Leases {
 		if l.ID == id {
 			return l, nil
 		}
 	}
-	return LeaseStatus{}, fmt.Errorf("lease %s: %w", id, ErrNotFound)
+	return api.LeaseStatus{}, fmt.Errorf("lease %s: %w", id, ErrNotFound)
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -56,7 +57,7 @@ func holdTokens() {
 // callAPI tries every kind of call on the socket in TOKEND_SOCKET and
 // prints what happened to each as JSON.
 func callAPI() {
-	c := NewClient(os.Getenv("TOKEND_SOCKET"))
+	c := api.NewClient(os.Getenv("TOKEND_SOCKET"))
 	ctx := context.Background()
 	out := map[string]string{}
 	result := func(err error) string {
@@ -67,7 +68,7 @@ func callAPI() {
 	}
 	_, err := c.Status(ctx)
 	out["status"] = result(err)
-	_, err = c.Register(ctx, RegisterRequest{Name: "intruder", OwnerPID: os.Getpid()})
+	_, err = c.Register(ctx, api.RegisterRequest{Name: "intruder", OwnerPID: os.Getpid()})
 	out["register"] = result(err)
 	_, err = c.SetBudget(ctx, 1)
 	out["budget"] = result(err)
@@ -78,7 +79,14 @@ func callAPI() {
 // directory until the test ends.
 func startBroker(t *testing.T, dir string, budget int) *Broker {
 	t.Helper()
-	b, err := New(Options{RuntimeDir: dir, Budget: budget, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{t}})})
+	return startBrokerWith(t, Options{RuntimeDir: dir, Budget: budget})
+}
+
+// startBrokerWith is startBroker with more options; it logs to the test.
+func startBrokerWith(t *testing.T, opts Options) *Broker {
+	t.Helper()
+	opts.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{t}})
+	b, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +113,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // waitStatus polls the broker until cond holds.
-func waitStatus(t *testing.T, b *Broker, what string, cond func(Status) bool) Status {
+func waitStatus(t *testing.T, b *Broker, what string, cond func(api.Status) bool) api.Status {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -120,13 +128,13 @@ func waitStatus(t *testing.T, b *Broker, what string, cond func(Status) bool) St
 	}
 }
 
-func leaseByID(st Status, id string) LeaseStatus {
+func leaseByID(st api.Status, id string) api.LeaseStatus {
 	for _, l := range st.Leases {
 		if l.ID == id {
 			return l
 		}
 	}
-	return LeaseStatus{ID: id, Name: "<gone>"}
+	return api.LeaseStatus{ID: id, Name: "<gone>"}
 }
 
 // jobs runs workers that take a slot, hold it briefly and give it back,
@@ -188,7 +196,7 @@ func dial(t *testing.T, fifo string) *jobserver.Client {
 	return c
 }
 
-func self() Owner { return Owner{PID: os.Getpid()} }
+func self() api.Owner { return api.Owner{PID: os.Getpid()} }
 
 func TestLeasesShareTheBudgetWithoutExceedingIt(t *testing.T) {
 	b := startBroker(t, t.TempDir(), 6)
@@ -200,7 +208,7 @@ func TestLeasesShareTheBudgetWithoutExceedingIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	j.run(t, dial(t, a.fifo.Path()), 8, 5*time.Millisecond)
-	waitStatus(t, b, "a lone lease to get the whole allowance", func(st Status) bool { return leaseByID(st, a.ID).Granted == 5 })
+	waitStatus(t, b, "a lone lease to get the whole allowance", func(st api.Status) bool { return leaseByID(st, a.ID).Granted == 5 })
 
 	// Later builds wait for admission, as tokenctl run does, so their
 	// implicit slots never push the host over the budget.
@@ -211,10 +219,10 @@ func TestLeasesShareTheBudgetWithoutExceedingIt(t *testing.T) {
 			t.Fatal(err)
 		}
 		ids = append(ids, l.ID)
-		waitStatus(t, b, name+" to be admitted", func(st Status) bool { return leaseByID(st, l.ID).Admitted })
+		waitStatus(t, b, name+" to be admitted", func(st api.Status) bool { return leaseByID(st, l.ID).Admitted })
 		j.run(t, dial(t, l.fifo.Path()), 8, 5*time.Millisecond)
 	}
-	st := waitStatus(t, b, "equal shares", func(st Status) bool {
+	st := waitStatus(t, b, "equal shares", func(st api.Status) bool {
 		for _, l := range st.Leases {
 			if l.Granted != 1 {
 				return false
@@ -241,14 +249,14 @@ func TestShrinkingBudgetIsCollectedAndGrowsBack(t *testing.T) {
 	j := newJobs()
 	defer j.close()
 	j.run(t, dial(t, l.fifo.Path()), 12, 2*time.Millisecond)
-	waitStatus(t, b, "all 7 tokens granted", func(st Status) bool { return st.Granted == 7 })
+	waitStatus(t, b, "all 7 tokens granted", func(st api.Status) bool { return st.Granted == 7 })
 
 	// The build keeps every token busy, so the broker must win returned
 	// tokens from clients that read again at once.
 	if err := b.SetBudget(2); err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, b, "the debt to be paid", func(st Status) bool { return st.Granted == 1 && st.Debt == 0 })
+	waitStatus(t, b, "the debt to be paid", func(st api.Status) bool { return st.Granted == 1 && st.Debt == 0 })
 	j.peak.Store(j.running.Load())
 	time.Sleep(300 * time.Millisecond)
 	if p := j.peak.Load(); p > 2 {
@@ -257,7 +265,7 @@ func TestShrinkingBudgetIsCollectedAndGrowsBack(t *testing.T) {
 	if err := b.SetBudget(8); err != nil {
 		t.Fatal(err)
 	}
-	st := waitStatus(t, b, "growth back to 7 tokens", func(st Status) bool { return st.Granted == 7 })
+	st := waitStatus(t, b, "growth back to 7 tokens", func(st api.Status) bool { return st.Granted == 7 })
 	if st.Budget != 8 || st.BudgetReason != "operator" {
 		t.Fatalf("budget %d (%s), want 8 (operator)", st.Budget, st.BudgetReason)
 	}
@@ -269,7 +277,7 @@ func TestTokensOfAKilledBuildAreReclaimed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, b, "4 tokens granted", func(st Status) bool { return st.Granted == 4 })
+	waitStatus(t, b, "4 tokens granted", func(st api.Status) bool { return st.Granted == 4 })
 
 	child := exec.Command(os.Args[0], "-test.run=^$")
 	child.Env = append(os.Environ(), "TOKEND_BROKER_TEST_CHILD=hold", "TOKEND_HOLD=3",
@@ -295,7 +303,7 @@ func TestTokensOfAKilledBuildAreReclaimed(t *testing.T) {
 	child.Wait()
 	killed := time.Now()
 
-	st = waitStatus(t, b, "3 leaked tokens reclaimed", func(st Status) bool { return st.ReclaimedTotal == 3 })
+	st = waitStatus(t, b, "3 leaked tokens reclaimed", func(st api.Status) bool { return st.ReclaimedTotal == 3 })
 	t.Logf("reclaimed %v after the last holder died", time.Since(killed))
 	if got := leaseByID(st, l.ID); got.Reclaimed != 3 {
 		t.Fatalf("lease reclaimed %d, want 3", got.Reclaimed)
@@ -315,7 +323,7 @@ func TestEndedLeaseGivesBackAllItsTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := dial(t, l.fifo.Path())
-	waitStatus(t, b, "3 tokens granted", func(st Status) bool { return st.Granted == 3 })
+	waitStatus(t, b, "3 tokens granted", func(st api.Status) bool { return st.Granted == 3 })
 	implicit, _ := c.Acquire(context.Background())
 	held, err := c.Acquire(context.Background())
 	if err != nil {
@@ -324,7 +332,7 @@ func TestEndedLeaseGivesBackAllItsTokens(t *testing.T) {
 	if err := b.End(l.ID, "test"); err != nil {
 		t.Fatal(err)
 	}
-	st := waitStatus(t, b, "free tokens back, the held one owed", func(st Status) bool {
+	st := waitStatus(t, b, "free tokens back, the held one owed", func(st api.Status) bool {
 		return st.Granted == 1 && leaseByID(st, l.ID).Owed == 1
 	})
 	if !leaseByID(st, l.ID).Ending {
@@ -333,7 +341,7 @@ func TestEndedLeaseGivesBackAllItsTokens(t *testing.T) {
 	c.Release(held)
 	c.Release(implicit)
 	c.Close()
-	st = waitStatus(t, b, "the lease to be gone", func(st Status) bool { return len(st.Leases) == 0 })
+	st = waitStatus(t, b, "the lease to be gone", func(st api.Status) bool { return len(st.Leases) == 0 })
 	if st.Granted != 0 || st.ReclaimedTotal != 0 {
 		t.Fatalf("granted %d reclaimed %d after a clean end, want 0 and 0", st.Granted, st.ReclaimedTotal)
 	}
@@ -349,18 +357,18 @@ func TestOwnerExitEndsLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	dirOwner := t.TempDir()
-	byPID, err := b.Register(LeaseRequest{Name: "pid", Owner: Owner{PID: owner.Process.Pid}, GID: -1})
+	byPID, err := b.Register(LeaseRequest{Name: "pid", Owner: api.Owner{PID: owner.Process.Pid}, GID: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	byDir, err := b.Register(LeaseRequest{Name: "dir", Owner: Owner{Dir: dirOwner}, GID: -1})
+	byDir, err := b.Register(LeaseRequest{Name: "dir", Owner: api.Owner{Dir: dirOwner}, GID: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	owner.Process.Kill()
 	owner.Wait()
 	os.Remove(dirOwner)
-	waitStatus(t, b, "both leases gone", func(st Status) bool {
+	waitStatus(t, b, "both leases gone", func(st api.Status) bool {
 		return leaseByID(st, byPID.ID).Name == "<gone>" && leaseByID(st, byDir.ID).Name == "<gone>"
 	})
 }
@@ -371,14 +379,14 @@ func TestInflatedFIFOIsTrimmed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, b, "2 tokens granted", func(st Status) bool { return st.Granted == 2 })
+	waitStatus(t, b, "2 tokens granted", func(st api.Status) bool { return st.Granted == 2 })
 	f, err := os.OpenFile(l.fifo.Path(), os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.Write([]byte("+++++"))
 	f.Close()
-	st := waitStatus(t, b, "the excess removed", func(st Status) bool { return st.InflatedTotal == 5 })
+	st := waitStatus(t, b, "the excess removed", func(st api.Status) bool { return st.InflatedTotal == 5 })
 	if got := leaseByID(st, l.ID); got.Free != 2 || got.Granted != 2 {
 		t.Fatalf("after trimming: %+v, want 2 free of 2", got)
 	}
@@ -398,7 +406,7 @@ func TestRestartAdoptsLeasesAndCleansStaleFIFOs(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := dial(t, l.fifo.Path())
-	waitStatus(t, first, "4 tokens granted", func(st Status) bool { return st.Granted == 4 })
+	waitStatus(t, first, "4 tokens granted", func(st api.Status) bool { return st.Granted == 4 })
 	c.Acquire(context.Background()) // implicit
 	for range 2 {
 		if _, err := c.Acquire(context.Background()); err != nil {

@@ -11,18 +11,9 @@ import (
 
 	"github.com/prometheus/procfs"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
-
-// Owner is what a lease lives as long as: a process, a directory (a nix
-// build's sandbox), or both.
-type Owner struct {
-	PID int `json:"pid,omitempty"`
-	// Start is the process's start time in clock ticks since boot, so a
-	// reused PID is not mistaken for the owner.
-	Start uint64 `json:"start,omitempty"`
-	Dir   string `json:"dir,omitempty"`
-}
 
 // processStart reads the start time of pid from /proc.
 func processStart(pid int) (uint64, error) {
@@ -37,8 +28,8 @@ func processStart(pid int) (uint64, error) {
 	return st.Starttime, nil
 }
 
-// gone reports why the owner no longer exists, or "" while it does.
-func (o Owner) gone() string {
+// ownerGone reports why the owner no longer exists, or "" while it does.
+func ownerGone(o api.Owner) string {
 	if o.PID > 0 {
 		if start, err := processStart(o.PID); err != nil || start != o.Start {
 			return fmt.Sprintf("owner process %d exited", o.PID)
@@ -58,7 +49,7 @@ type Lease struct {
 	ID       string
 	Name     string
 	Created  time.Time
-	Owner    Owner
+	Owner    api.Owner
 	UID, GID int      // who registered it; the FIFO's group
 	Features []string // nix requiredSystemFeatures, for the operator's eye
 	// Cgroup is the cgroup v2 directory the build runs in: made for the
@@ -78,6 +69,10 @@ type Lease struct {
 	ending    bool
 	endReason string
 
+	gate   *gate     // nil unless the build waits on its own side (a nix build)
+	joined bool      // a client opened the FIFO: the build uses the jobserver
+	asked  time.Time // when the build first read its gate; zero until it does
+
 	prevFree  int // free tokens seen by the pass before, to tell idle from between jobs
 	lastFree  int
 	hungry    bool               // every token granted was held at the last pass
@@ -94,3 +89,27 @@ type fileID struct{ dev, ino uint64 }
 
 // fifoPath is where lease id's FIFO lives in the runtime directory.
 func fifoPath(dir, id string) string { return filepath.Join(dir, "leases", id+".fifo") }
+
+// asking reports whether l wants its implicit slot: a nix build from the
+// moment it reads its gate, any other lease from the start.
+func (l *Lease) asking() bool { return l.gate == nil || !l.asked.IsZero() }
+
+// counted reports whether l's implicit slot counts against the budget: it
+// runs, or it waits for admission and room is kept for it. A nix build
+// that has not asked yet (still configuring, or built without the setup
+// hook) runs no job of the jobserver's and holds nothing.
+func (l *Lease) counted() bool { return !l.ending && (l.admitted || l.asking()) }
+
+func (l *Lease) state() string {
+	switch {
+	case l.ending:
+		return api.StateEnding
+	case l.admitted:
+		return api.StateRunning
+	case l.asking():
+		return api.StateWaiting
+	case l.joined:
+		return api.StateStarting
+	}
+	return api.StateNotJoined
+}

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/tokend/tokend/api"
 )
 
 // stateVersion changes when the state file's meaning does; a file of
@@ -29,7 +31,7 @@ type savedLease struct {
 	ID        string    `json:"id"`
 	Name      string    `json:"name"`
 	Created   time.Time `json:"created"`
-	Owner     Owner     `json:"owner"`
+	Owner     api.Owner `json:"owner"`
 	UID       int       `json:"uid"`
 	GID       int       `json:"gid"`
 	Features  []string  `json:"features,omitempty"`
@@ -41,6 +43,9 @@ type savedLease struct {
 	Admitted  bool      `json:"admitted"`
 	Ending    bool      `json:"ending,omitempty"`
 	EndReason string    `json:"end_reason,omitempty"`
+	Gate      bool      `json:"gate,omitempty"`
+	Joined    bool      `json:"joined,omitempty"`
+	Asked     time.Time `json:"asked,omitzero"`
 }
 
 func statePath(dir string) string { return filepath.Join(dir, "state.json") }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker"
 	"github.com/tokend/tokend/broker/memory"
 )
@@ -182,15 +183,19 @@ func (c *Controller) tick() {
 		c.place(l, forest)
 		var procs []proc
 		var grouped bool
-		if l.Admitted {
-			// A lease waiting for admission has started nothing yet.
+		// A nix build that has not asked for its slot yet runs all the
+		// same (configuring, or built without the setup hook and so
+		// outside the budget): for memory it counts as running. Only a
+		// waiting lease has started nothing that matters yet.
+		running := l.State != api.StateWaiting
+		if running {
 			if procs, grouped, err = c.sampler.lease(l, forest); err != nil {
 				c.log.Debug("cannot sample the lease's processes", "lease", l.ID, "error", err)
 			}
 		}
 		cgroups[l.ID] = l.Cgroup
 		in.Leases = append(in.Leases, leaseInput{
-			ID: l.ID, Name: l.Name, Created: l.Created, Admitted: l.Admitted, Ending: l.Ending,
+			ID: l.ID, Name: l.Name, Created: l.Created, Admitted: running, Ending: l.Ending,
 			Hungry: l.Hungry, Held: l.Held, Freezable: grouped, Procs: procs,
 		})
 	}
@@ -241,7 +246,7 @@ func (c *Controller) steer(d decision) {
 // ancestor of both groups, so for users other than root it falls back to
 // starting it outside. tokend, as root, moves it; until then its memory
 // is still sampled from the owner's descendants.
-func (c *Controller) place(l broker.LeaseStatus, forest func() (memory.Forest, error)) {
+func (c *Controller) place(l api.LeaseStatus, forest func() (memory.Forest, error)) {
 	if c.cgroups == nil || !c.cgroups.Owns(l.Cgroup) || c.placed[l.ID] || !l.Admitted || l.Ending || l.Owner.PID <= 0 {
 		return
 	}

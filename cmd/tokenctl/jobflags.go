@@ -3,10 +3,9 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
 	"strings"
+
+	"github.com/tokend/tokend/jobserver"
 )
 
 // The -j and -l people type by habit are read here the way make and ninja
@@ -120,9 +119,9 @@ type jobFlags struct {
 func forgiveJobFlags(argv []string) jobFlags {
 	var g *grammar
 	switch {
-	case isMake(argv[0]):
+	case jobserver.IsMake(argv[0]):
 		g = &makeGrammar
-	case isNinja(argv[0]):
+	case jobserver.IsNinja(argv[0]):
 		ninja := ninjaGrammar
 		ninja.inOrder = os.Getenv("POSIXLY_CORRECT") == ""
 		g = &ninja
@@ -274,30 +273,4 @@ func (f jobFlags) message() string {
 	}
 	return fmt.Sprintf("tokenctl: dropped %s from the command: %s; --keep-jobs keeps them",
 		strings.Join(f.dropped, " "), strings.Join(f.why, ", "))
-}
-
-// makeName matches the names GNU make is installed under: make, gmake and
-// versioned names such as make-4.3; ninjaName ninja and Fedora's ninja-build.
-var (
-	makeName  = regexp.MustCompile(`^g?make(-?[0-9][0-9.]*)?$`)
-	ninjaName = regexp.MustCompile(`^ninja(-build)?$`)
-)
-
-// isMake tells whether command is GNU make by its name, or by the name of
-// the file its symlinks lead to (make-4.3 -> /usr/bin/make).
-func isMake(command string) bool { return namedLike(command, makeName) }
-
-// isNinja tells whether command is ninja, the same way.
-func isNinja(command string) bool { return namedLike(command, ninjaName) }
-
-func namedLike(command string, name *regexp.Regexp) bool {
-	if name.MatchString(filepath.Base(command)) {
-		return true
-	}
-	path, err := exec.LookPath(command)
-	if err != nil {
-		return false
-	}
-	real, err := filepath.EvalSymlinks(path)
-	return err == nil && name.MatchString(filepath.Base(real))
 }

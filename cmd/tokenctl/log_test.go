@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 )
 
 // logLine waits until tokend's output has a line containing want and
@@ -34,7 +34,7 @@ func (d *daemon) logLine(t *testing.T, want string) string {
 // did set.
 func TestLogSaysWhatTheControllerDid(t *testing.T) {
 	fixed := startDaemon(t, t.TempDir(), 6)
-	st, _ := fixed.waitStatus(t, "the memory controller's first decision", func(st broker.Status) bool { return st.Memory != nil })
+	st, _ := fixed.waitStatus(t, "the memory controller's first decision", func(st api.Status) bool { return st.Memory != nil })
 	line := fixed.logLine(t, "memory would allow")
 	t.Logf("fixed budget: %s", line)
 	for _, want := range []string{
@@ -53,7 +53,7 @@ func TestLogSaysWhatTheControllerDid(t *testing.T) {
 	}
 
 	steered := startDaemonArgs(t, t.TempDir())
-	steered.waitStatus(t, "the memory controller's first decision", func(st broker.Status) bool { return st.Memory != nil })
+	steered.waitStatus(t, "the memory controller's first decision", func(st api.Status) bool { return st.Memory != nil })
 	line = steered.logLine(t, "memory controller set the budget")
 	st = steered.status(t)
 	t.Logf("steered budget: %s", line)

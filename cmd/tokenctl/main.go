@@ -20,7 +20,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/version"
 )
 
@@ -39,7 +39,7 @@ type cli struct {
 	code   int
 }
 
-func (c *cli) client() *broker.Client { return broker.NewClient(c.socket) }
+func (c *cli) client() *api.Client { return api.NewClient(c.socket) }
 
 // do adapts a command's action, which prints its own errors and returns
 // the exit status, to cobra, so that an error cobra sees is always one of
@@ -89,7 +89,7 @@ the broker, and checks that tokend's Nix hook can work on this host.`,
 		SilenceErrors: true,
 	}
 	root.SetVersionTemplate("tokenctl {{.Version}}\n")
-	root.PersistentFlags().StringVar(&c.socket, "socket", broker.DefaultSocket(), "tokend's control socket (also $TOKEND_SOCKET)")
+	root.PersistentFlags().StringVar(&c.socket, "socket", api.DefaultSocket(), "tokend's control socket (also $TOKEND_SOCKET)")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return fmt.Errorf("%w; see tokenctl %s --help", err, cmd.Name())
 	})

@@ -8,11 +8,9 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"syscall"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -25,7 +23,7 @@ type runOptions struct {
 // runCommand runs a command under a lease and returns its exit status. If
 // tokend cannot give a lease, the command runs unchanged: the broker being
 // down must never fail a build.
-func runCommand(c *broker.Client, o runOptions, argv []string) int {
+func runCommand(c *api.Client, o runOptions, argv []string) int {
 	name := o.name
 	if name == "" {
 		name = filepath.Base(argv[0])
@@ -38,7 +36,7 @@ func runCommand(c *broker.Client, o runOptions, argv []string) int {
 
 	cmd := command(argv)
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	lease, err := c.Register(ctx, broker.RegisterRequest{Name: name, OwnerPID: os.Getpid(), Wait: true, NewCgroup: true})
+	lease, err := c.Register(ctx, api.RegisterRequest{Name: name, OwnerPID: os.Getpid(), Wait: true, NewCgroup: true})
 	cancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "tokenctl: %v; running %s without a lease\n", err, argv[0])
@@ -63,6 +61,7 @@ func runCommand(c *broker.Client, o runOptions, argv []string) int {
 			cmd = command(forgiven.argv)
 		}
 	}
+	raiseOOMScoreAdj(lease.OOMScoreAdj)
 	auth := jobserver.FIFOAuth(lease.FIFO)
 	if style == jobserver.StylePipe {
 		// make 4.3 and gcc 12 know only inherited descriptors. A fresh
@@ -96,7 +95,7 @@ func command(argv []string) *exec.Cmd {
 // once on stderr when that takes a while. tokend holds each request until
 // the lease is admitted or a couple of seconds pass, so waiting costs
 // neither side anything.
-func awaitAdmission(c *broker.Client, id string) error {
+func awaitAdmission(c *api.Client, id string) error {
 	told := false
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
@@ -158,32 +157,13 @@ func exitStatus(cmd *exec.Cmd, err error) int {
 	return 1
 }
 
-var makeVersion = regexp.MustCompile(`GNU Make (\d+)\.(\d+)`)
-
-// chooseStyle picks the jobserver style for the command. auto gives the fd
-// style to a GNU make older than 4.4, which stops on a fifo: auth, and the
-// fifo style to everything else (ninja reads nothing else).
+// chooseStyle picks the jobserver style for the command: the one the flag
+// names, or for auto the one the command reads.
 func chooseStyle(flagValue, command string) (jobserver.Style, error) {
 	if flagValue != "auto" {
 		return jobserver.ParseStyle(flagValue)
 	}
-	if !isMake(command) {
-		return jobserver.StyleFIFO, nil
-	}
-	out, err := exec.Command(command, "--version").Output()
-	if err != nil {
-		return jobserver.StyleFIFO, nil // the run itself will report a missing command
-	}
-	m := makeVersion.FindStringSubmatch(string(out))
-	if m == nil {
-		return jobserver.StyleFIFO, nil
-	}
-	major, _ := strconv.Atoi(m[1])
-	minor, _ := strconv.Atoi(m[2])
-	if major < 4 || (major == 4 && minor < 4) {
-		return jobserver.StylePipe, nil
-	}
-	return jobserver.StyleFIFO, nil
+	return jobserver.StyleFor(command), nil
 }
 
 func setEnv(env []string, key, value string) []string {

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 )
 
 // statusOptions are the flags of tokenctl status.
@@ -15,7 +15,7 @@ type statusOptions struct {
 	json bool
 }
 
-func status(c *broker.Client, o statusOptions) int {
+func status(c *api.Client, o statusOptions) int {
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	st, err := c.Status(ctx)
@@ -34,7 +34,7 @@ func status(c *broker.Client, o statusOptions) int {
 }
 
 // setBudget pins the budget at arg jobs, or hands it back with "auto".
-func setBudget(c *broker.Client, arg string) int {
+func setBudget(c *api.Client, arg string) int {
 	tokens := 0
 	if arg != "auto" {
 		n, err := strconv.Atoi(arg)
