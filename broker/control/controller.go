@@ -15,6 +15,7 @@ import (
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker"
 	"github.com/tokend/tokend/broker/memory"
+	"github.com/tokend/tokend/internal/bytesize"
 )
 
 // Config sets up a Controller.
@@ -99,11 +100,11 @@ func New(b *broker.Broker, c Config) (*Controller, error) {
 	}
 	reserve := "auto"
 	if p.Reserve != 0 {
-		reserve = size(p.Reserve)
+		reserve = bytesize.Human(p.Reserve)
 	}
 	c.Logger.Info("memory controller ready", "domain", name, "pressure", domain.PressureFile(),
 		"reserve", reserve, "tick", p.Tick, "growth_interval", p.GrowthInterval,
-		"cpu_multiple", p.CPUMultiple, "cpus", c.CPUs, "job_estimate", size(p.JobEstimate))
+		"cpu_multiple", p.CPUMultiple, "cpus", c.CPUs, "job_estimate", bytesize.Human(p.JobEstimate))
 	return &Controller{
 		b: b, domain: domain, sampler: s, forests: forestCache{mem: s.mem}, cgroups: c.Cgroups, hist: hist,
 		engine: newEngine(p, c.CPUs, name, domain.PressureFile(), hist, c.Logger),
