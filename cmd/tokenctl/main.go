@@ -118,6 +118,7 @@ row per lease. Anyone may read it.`,
 		Args: noArgs,
 	}
 	cmd.Flags().BoolVar(&o.json, "json", false, "print the status as JSON (docs/status-json.md)")
+	cmd.Flags().BoolVar(&o.explain, "explain", false, "add the arithmetic behind the budget and every lease's token account")
 	cmd.RunE = c.do(func(*cobra.Command, []string) int { return status(c.client(), o) })
 	return cmd
 }

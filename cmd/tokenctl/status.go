@@ -12,7 +12,7 @@ import (
 
 // statusOptions are the flags of tokenctl status.
 type statusOptions struct {
-	json bool
+	json, explain bool
 }
 
 func status(c *api.Client, o statusOptions) int {
@@ -22,9 +22,12 @@ func status(c *api.Client, o statusOptions) int {
 	if err != nil {
 		return fail(err)
 	}
-	if o.json {
+	switch {
+	case o.json:
 		err = printJSON(os.Stdout, st)
-	} else {
+	case o.explain:
+		err = printExplained(os.Stdout, st, time.Now())
+	default:
 		err = printStatus(os.Stdout, st, time.Now())
 	}
 	if err != nil {
