@@ -37,7 +37,10 @@ type Options struct {
 	ProcDir string
 	// Cgroups, if set, makes a cgroup for each lease that asks for one.
 	Cgroups LeaseCgroups
-	Logger  hclog.Logger
+	// LeasesPerUser is how many leases one user other than root may hold.
+	// Default DefaultLeasesPerUser.
+	LeasesPerUser int
+	Logger        hclog.Logger
 }
 
 // ownerCheckInterval is how often the broker looks for leases whose owner
@@ -98,6 +101,9 @@ func New(opts Options) (*Broker, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
+	}
+	if opts.LeasesPerUser <= 0 {
+		opts.LeasesPerUser = DefaultLeasesPerUser
 	}
 	if opts.Budget < 0 {
 		return nil, fmt.Errorf("broker: budget %d is negative", opts.Budget)
@@ -232,8 +238,8 @@ var ErrNotFound = errors.New("no such lease")
 // Register creates a lease with its own FIFO. The lease starts with no
 // tokens; the next pass gives it its share, so registering never waits.
 func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
-	if req.Name == "" {
-		return nil, errors.New("lease needs a name")
+	if err := checkName(req.Name); err != nil {
+		return nil, err
 	}
 	if req.Owner.PID <= 0 && req.Owner.Dir == "" {
 		return nil, errors.New("lease needs an owner: a process ID or a directory whose end ends the lease")
@@ -243,6 +249,9 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	}
 	if req.Cgroup != "" && (req.NewCgroup || !filepath.IsAbs(req.Cgroup)) {
 		return nil, fmt.Errorf("cgroup %q: want an absolute path, and not together with a new cgroup", req.Cgroup)
+	}
+	if err := checkOwner(req.UID, req); err != nil {
+		return nil, err
 	}
 	if req.Owner.PID > 0 {
 		start, err := processStart(req.Owner.PID)
@@ -274,7 +283,10 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 		}
 	}
 	b.mu.Lock()
-	err = b.track(l)
+	err = b.checkQuota(req.UID)
+	if err == nil {
+		err = b.track(l)
+	}
 	if err == nil {
 		// Saved before the caller hears of the lease, so a broker killed
 		// right after still knows the FIFO a build may be using.
@@ -297,12 +309,16 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 
 // End ends a lease: it gets no more tokens, its free tokens go back to the
 // budget at once, and the rest when its clients return them or are gone.
-func (b *Broker) End(id, reason string) error {
+// uid is who asks: only the lease's own user or root may end it.
+func (b *Broker) End(uid int, id, reason string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	l, ok := b.leases[id]
 	if !ok {
 		return fmt.Errorf("end lease %s: %w", id, ErrNotFound)
+	}
+	if err := checkEnd(uid, l); err != nil {
+		return err
 	}
 	b.end(l, reason)
 	b.pass()

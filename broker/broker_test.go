@@ -3,7 +3,6 @@ package broker
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,13 +20,14 @@ import (
 )
 
 // The test binary doubles as the child processes some tests need: a build
-// that holds tokens and is then killed, and a client run as another user.
+// that holds tokens and is then killed, and a client run as another user
+// (sendRequests).
 func TestMain(m *testing.M) {
 	switch os.Getenv("TOKEND_BROKER_TEST_CHILD") {
 	case "hold":
 		holdTokens()
-	case "api":
-		callAPI()
+	case "requests":
+		sendRequests()
 	default:
 		os.Exit(m.Run())
 	}
@@ -51,27 +51,6 @@ func holdTokens() {
 	}
 	fmt.Println("held")
 	time.Sleep(time.Hour)
-}
-
-// callAPI tries every kind of call on the socket in TOKEND_SOCKET and
-// prints what happened to each as JSON.
-func callAPI() {
-	c := NewClient(os.Getenv("TOKEND_SOCKET"))
-	ctx := context.Background()
-	out := map[string]string{}
-	result := func(err error) string {
-		if err != nil {
-			return err.Error()
-		}
-		return "ok"
-	}
-	_, err := c.Status(ctx)
-	out["status"] = result(err)
-	_, err = c.Register(ctx, RegisterRequest{Name: "intruder", OwnerPID: os.Getpid()})
-	out["register"] = result(err)
-	_, err = c.SetBudget(ctx, 1)
-	out["budget"] = result(err)
-	json.NewEncoder(os.Stdout).Encode(out)
 }
 
 // startBroker runs a broker with a fixed budget in a fresh runtime
@@ -321,7 +300,7 @@ func TestEndedLeaseGivesBackAllItsTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.End(l.ID, "test"); err != nil {
+	if err := b.End(0, l.ID, "test"); err != nil {
 		t.Fatal(err)
 	}
 	st := waitStatus(t, b, "free tokens back, the held one owed", func(st Status) bool {

@@ -175,6 +175,7 @@ func (c *Controller) tick() {
 	st := c.b.Status()
 	in := tickInput{Reading: r}
 	cgroups := map[string]string{}
+	uids := map[string]int{}
 	live := map[string]bool{}
 	forest := c.forests.at(time.Now())
 	for _, l := range st.Leases {
@@ -188,7 +189,7 @@ func (c *Controller) tick() {
 				c.log.Debug("cannot sample the lease's processes", "lease", l.ID, "error", err)
 			}
 		}
-		cgroups[l.ID] = l.Cgroup
+		cgroups[l.ID], uids[l.ID] = l.Cgroup, l.UID
 		in.Leases = append(in.Leases, leaseInput{
 			ID: l.ID, Name: l.Name, Created: l.Created, Admitted: l.Admitted, Ending: l.Ending,
 			Hungry: l.Hungry, Held: l.Held, Freezable: grouped, Procs: procs,
@@ -206,7 +207,13 @@ func (c *Controller) tick() {
 		}
 	}
 	for _, a := range d.Actions {
-		if err := setFrozen(cgroups[a.Lease], a.Freeze); err != nil {
+		var err error
+		if a.Freeze {
+			err = freeze(cgroups[a.Lease], uids[a.Lease])
+		} else {
+			err = setFrozen(cgroups[a.Lease], false)
+		}
+		if err != nil {
 			c.log.Error("memory brake failed", "lease", a.Lease, "error", err)
 		}
 	}
@@ -245,6 +252,10 @@ func (c *Controller) place(l broker.LeaseStatus, forest func() (memory.Forest, e
 	moved := 0
 	for _, p := range tree[1:] {
 		if in[p.PID] {
+			continue
+		}
+		if err := broker.Reachable(l.UID, p.PID); err != nil {
+			c.log.Debug("leaving a process of the build outside its lease cgroup", "lease", l.ID, "reason", err)
 			continue
 		}
 		if err := move(l.Cgroup, p.PID); err != nil {
