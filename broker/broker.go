@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -58,6 +57,7 @@ const moveStep = 2
 type Broker struct {
 	opts Options
 	log  hclog.Logger
+	run  *runDir
 
 	mu             sync.Mutex
 	budget         int
@@ -108,17 +108,20 @@ func New(opts Options) (*Broker, error) {
 	if opts.Budget < 0 {
 		return nil, fmt.Errorf("broker: budget %d is negative", opts.Budget)
 	}
-	if err := os.MkdirAll(filepath.Join(opts.RuntimeDir, "leases"), 0o755); err != nil {
-		return nil, fmt.Errorf("create runtime directory %s: %w", opts.RuntimeDir, err)
+	run, err := openRunDir(opts.RuntimeDir)
+	if err != nil {
+		return nil, err
 	}
 	watch, err := newFIFOWatch()
 	if err != nil {
+		run.close()
 		return nil, err
 	}
 	collectCtx, stopCollect := context.WithCancel(context.Background())
 	b := &Broker{
 		opts:        opts,
 		log:         opts.Logger,
+		run:         run,
 		leases:      map[string]*Lease{},
 		byWatch:     map[int]*Lease{},
 		watch:       watch,
@@ -129,6 +132,7 @@ func New(opts Options) (*Broker, error) {
 	}
 	if err := b.adopt(); err != nil {
 		watch.close()
+		run.close()
 		stopCollect()
 		return nil, err
 	}
@@ -137,16 +141,16 @@ func New(opts Options) (*Broker, error) {
 
 // adopt takes over the leases of the state file and cleans stale FIFOs.
 func (b *Broker) adopt() error {
-	st, err := loadState(b.opts.RuntimeDir)
+	st, err := loadState(b.run)
 	if err != nil {
 		return err
 	}
+	st.Leases = b.setAsideBad(st.Leases)
 	b.reclaimedTotal, b.inflatedTotal = st.ReclaimedTotal, st.InflatedTotal
 	b.operatorBudget = st.OperatorBudget
 	b.applyBudget()
 	for _, s := range st.Leases {
-		path := fifoPath(b.opts.RuntimeDir, s.ID)
-		f, err := jobserver.Open(path, s.Granted)
+		f, err := jobserver.Open(b.run.fifoPath(s.ID), s.Granted)
 		if err != nil {
 			// Its clients hold whatever they hold; the tokens are lost to
 			// the budget either way, so count them and go on.
@@ -169,22 +173,7 @@ func (b *Broker) adopt() error {
 		free, _ := f.Free()
 		b.log.Info("lease adopted", "lease", l.ID, "name", l.Name, "granted", s.Granted, "free", free)
 	}
-	entries, err := os.ReadDir(filepath.Join(b.opts.RuntimeDir, "leases"))
-	if err != nil {
-		return fmt.Errorf("list leases in %s: %w", b.opts.RuntimeDir, err)
-	}
-	for _, e := range entries {
-		id := strings.TrimSuffix(e.Name(), ".fifo")
-		if _, ok := b.leases[id]; ok {
-			continue
-		}
-		path := filepath.Join(b.opts.RuntimeDir, "leases", e.Name())
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("remove stale fifo %s: %w", path, err)
-		}
-		b.log.Info("removed stale fifo", "path", path)
-	}
-	return nil
+	return b.removeStale()
 }
 
 // track makes l known to the broker and watches its FIFO.
@@ -266,7 +255,7 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	var raw [6]byte
 	rand.Read(raw[:])
 	id := hex.EncodeToString(raw[:])
-	f, err := jobserver.Create(fifoPath(b.opts.RuntimeDir, id), jobserver.FIFOOptions{Mode: 0o660, GID: req.GID})
+	f, err := jobserver.Create(b.run.fifoPath(id), jobserver.FIFOOptions{Mode: 0o660, GID: req.GID})
 	if err != nil {
 		return nil, err
 	}
@@ -290,7 +279,7 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	if err == nil {
 		// Saved before the caller hears of the lease, so a broker killed
 		// right after still knows the FIFO a build may be using.
-		err = saveState(b.opts.RuntimeDir, b.snapshot(nil))
+		err = saveState(b.run, b.snapshot(nil))
 		if err != nil {
 			b.untrack(l)
 		} else {
@@ -299,7 +288,7 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	}
 	b.mu.Unlock()
 	if err != nil {
-		f.Remove()
+		b.removeFIFO(l)
 		b.removeCgroup(l)
 		return nil, err
 	}
@@ -462,7 +451,7 @@ func (b *Broker) tick() {
 	b.pass()
 	b.removeEnded()
 	if b.dirty {
-		if err := saveState(b.opts.RuntimeDir, b.snapshot(nil)); err != nil {
+		if err := saveState(b.run, b.snapshot(nil)); err != nil {
 			b.log.Error("cannot save state; a restart will lose track of leases", "error", err)
 		} else {
 			b.dirty = false
@@ -561,9 +550,7 @@ func (b *Broker) removeEnded() {
 			b.reclaimedTotal += n
 		}
 		b.untrack(l)
-		if err := l.fifo.Remove(); err != nil {
-			b.log.Warn("cannot remove fifo", "lease", id, "error", err)
-		}
+		b.removeFIFO(l)
 		b.removeCgroup(l)
 		b.dirty = true
 		b.announce()
@@ -716,7 +703,7 @@ func (b *Broker) persist(leases []*Lease, gives []int) bool {
 	if len(extra) == 0 && !b.dirty {
 		return true
 	}
-	if err := saveState(b.opts.RuntimeDir, b.snapshot(extra)); err != nil {
+	if err := saveState(b.run, b.snapshot(extra)); err != nil {
 		b.log.Error("cannot save state; handing out no tokens until it can", "error", err)
 		return false
 	}
@@ -835,11 +822,11 @@ func (b *Broker) shutdown() error {
 	b.collectors.Wait()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	err := saveState(b.opts.RuntimeDir, b.snapshot(nil))
+	err := saveState(b.run, b.snapshot(nil))
 	for _, l := range b.leases {
 		err = errors.Join(err, l.fifo.Close())
 	}
-	err = errors.Join(err, b.watch.close())
+	err = errors.Join(err, b.watch.close(), b.run.close())
 	b.log.Info("stopped; leases stay on disk for the next start", "leases", len(b.leases))
 	return err
 }

@@ -388,8 +388,12 @@ func TestRestartAdoptsLeasesAndCleansStaleFIFOs(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	stale := filepath.Join(dir, "leases", "deadbeef.fifo")
+	stale := filepath.Join(dir, "leases", "deadbeef0000.fifo")
 	if err := syscall.Mkfifo(stale, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	notOurs := filepath.Join(dir, "leases", "notes.txt")
+	if err := os.WriteFile(notOurs, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
@@ -401,6 +405,9 @@ func TestRestartAdoptsLeasesAndCleansStaleFIFOs(t *testing.T) {
 	}
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
 		t.Fatalf("stale fifo not removed: %v", err)
+	}
+	if _, err := os.Stat(notOurs); err != nil {
+		t.Fatalf("a file tokend did not make was removed: %v", err)
 	}
 }
 
