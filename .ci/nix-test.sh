@@ -189,11 +189,12 @@ fi
 # The broker's budget for three builds of 8 jobs each, which would run 24
 # jobs at once unbounded.
 budget=6
-# tokend_start RUNTIME_DIR: runs tokend in the background with that runtime
-# directory and waits until it answers; sock is its socket.
+# tokend_start RUNTIME_DIR [BUDGET]: runs tokend in the background with that
+# runtime directory (and budget, default $budget) and waits until it answers;
+# sock is its socket.
 tokend_start() {
   sock=$1/tokend.sock
-  "$bin/tokend" --tokens "$budget" --runtime-dir "$1" --log-level debug >>"$work/tokend.log" 2>&1 &
+  "$bin/tokend" --tokens "${2:-$budget}" --runtime-dir "$1" --log-level debug >>"$work/tokend.log" 2>&1 &
   tokend_pid=$!
   local _
   for _ in $(seq 100); do
@@ -380,6 +381,35 @@ if [ -n "$tools" ]; then
       fail "$name" "harness failed: $(tail -5 "$work/$v-real.err")"
     fi
 
+    # The invariant: builds that joined never run more jobs than the budget,
+    # however they are timed. Each builder starts after a random 0-300 ms.
+    name="Nix $ver, tokend: budget 5 is a bound for three builds started 0-300 ms apart, 20 times"
+    why=
+    tokend_stop TERM
+    if ! tokend_start "$rt" 5; then
+      fail "$name" "tokend did not start: $(tail -5 "$work/tokend.log")"
+      continue
+    fi
+    peaks='' bad=''
+    for run in $(seq 20); do
+      if real "$nb" "$v-bound-$run" 3 --jobs 4 --sleep 0.3 --delays 300; then
+        peaks="$peaks $(summary_val JOBS_MAX)"
+        all_eq make_jobs 4 && all_eq ninja_jobs 4 && all_eq make_auth "fifo:$fifo_path" && all_eq oom_score_adj 500 \
+          || bad="$bad run $run: $why;"
+      else
+        bad="$bad run $run: harness failed: $(tail -3 "$work/$v-bound-$run.err");"
+      fi
+    done
+    peak=$(echo "$peaks" | tr ' ' '\n' | sort -n | tail -1)
+    waited=$(grep -c 'lease admitted:.*waited=[1-9]' "$work/tokend.log")
+    if [ -z "$bad" ] && [ "${peak:-99}" -le 5 ] && { left=$(settled) || { bad="afterwards: $left"; false; }; }; then
+      pass "$name: most jobs at once per run:$peaks (max $peak); $waited admissions in this log waited for room; every job ran with oom_score_adj 500; afterwards $left"
+    else
+      fail "$name" "max $peak jobs at once (per run:$peaks);$bad"
+    fi
+    tokend_stop TERM
+    tokend_start "$rt" || { fail "$name" "tokend did not restart"; continue; }
+
     name="Nix $ver, tokend stopped: three builds"
     why=
     tokend_stop TERM
@@ -395,6 +425,43 @@ if [ -n "$tools" ]; then
       fi
     else
       fail "$name" "harness failed: $(tail -5 "$work/$v-stopped.err")"
+    fi
+
+    # Budget 1: the first build to ask runs alone, the others wait in their
+    # sandboxes; SIGKILL tokend then, and every build must go on by itself.
+    name="Nix $ver, tokend killed while builds wait in their sandboxes"
+    why=
+    if ! tokend_start "$rt" 1; then
+      fail "$name" "tokend did not start: $(tail -5 "$work/tokend.log")"
+      continue
+    fi
+    real "$nb" "$v-waitkill" 3 --jobs 4 --sleep 0.3 &
+    harness=$!
+    waiting=0
+    for _ in $(seq 300); do
+      waiting=$("$bin/tokenctl" --socket "$sock" status --json 2>/dev/null \
+        | python3 -c 'import json, sys; print(sum(1 for l in json.load(sys.stdin)["leases"] if l["state"] == "waiting"))' 2>/dev/null)
+      [ "${waiting:-0}" -ge 2 ] && break
+      sleep 0.05
+    done
+    tokend_stop KILL
+    killed_us=$(date +%s%6N)
+    rc=0
+    wait "$harness" || rc=$?
+    sum=$work/$v-waitkill.summary
+    if [ "$rc" = 0 ] && [ "${waiting:-0}" -ge 2 ]; then
+      starts=
+      for logs in $(field logs); do
+        first=$(sort -n -k2,2 "$logs/make.log" | awk '$1 == "S" { print $2; exit }')
+        starts="$starts $(((first - killed_us) / 1000))"
+      done
+      if all_eq make_jobs 4 && all_eq ninja_jobs 4 && grep -q 'running without its jobserver' "$work/$v-waitkill/nix-build.log"; then
+        pass "$name: $waiting builds were waiting; all complete (first jobs of each build started at ms after the kill:$starts)"
+      else
+        fail "$name" "$why; $(grep ^BUILD "$sum"); $(grep -c 'running without its jobserver' "$work/$v-waitkill/nix-build.log") builds said they went on without tokend"
+      fi
+    else
+      fail "$name" "harness exit $rc, $waiting builds seen waiting: $(tail -5 "$work/$v-waitkill.err")"
     fi
 
     name="Nix $ver, tokend killed mid-build: three builds"

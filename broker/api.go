@@ -45,6 +45,9 @@ type RegisterRequest struct {
 	// Cgroup names the existing cgroup v2 directory the build runs in (a
 	// nix build with use-cgroups); root only.
 	Cgroup string `json:"cgroup,omitempty"`
+	// Gate asks for a gate file: the build already runs (a nix build) and
+	// waits for admission on its own side by reading the gate.
+	Gate bool `json:"gate,omitempty"`
 }
 
 // Registered is the answer to POST /v1/leases.
@@ -56,6 +59,11 @@ type Registered struct {
 	// it when NewCgroup asked for one and tokend could make it (start the
 	// command inside), or the one the request named.
 	Cgroup string `json:"cgroup,omitempty"`
+	// Gate is the lease's gate file, when the request asked for one.
+	Gate string `json:"gate,omitempty"`
+	// OOMScoreAdj is the oom_score_adj the build's processes should take
+	// (0: leave them alone).
+	OOMScoreAdj int `json:"oom_score_adj,omitempty"`
 }
 
 // BudgetRequest is the body of PUT /v1/budget. Zero hands the budget back
@@ -274,13 +282,17 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 	l, err := s.broker.Register(LeaseRequest{
 		Name: req.Name, Owner: Owner{PID: req.OwnerPID, Dir: req.OwnerDir},
 		UID: p.uid, GID: gid, Features: req.Features, Wait: req.Wait,
-		NewCgroup: req.NewCgroup, Cgroup: req.Cgroup,
+		NewCgroup: req.NewCgroup, Cgroup: req.Cgroup, Gate: req.Gate,
 	})
 	if err != nil {
 		fail(w, errorStatus(err), err)
 		return
 	}
-	reply(w, http.StatusCreated, Registered{ID: l.ID, Name: l.Name, FIFO: l.fifo.Path(), Cgroup: l.Cgroup})
+	out := Registered{ID: l.ID, Name: l.Name, FIFO: l.fifo.Path(), Cgroup: l.Cgroup, OOMScoreAdj: s.broker.opts.OOMScoreAdj}
+	if l.gate != nil {
+		out.Gate = l.gate.path
+	}
+	reply(w, http.StatusCreated, out)
 }
 
 func (s *Server) end(w http.ResponseWriter, r *http.Request) {

@@ -39,7 +39,13 @@ type Options struct {
 	// LeasesPerUser is how many leases one user other than root may hold.
 	// Default DefaultLeasesPerUser.
 	LeasesPerUser int
-	Logger        hclog.Logger
+	// OOMScoreAdj is the oom_score_adj every lease's processes take, so
+	// that when the kernel's OOM killer fires anyway it takes a build job
+	// and not the desktop; 0 leaves them alone. Clients apply it (the
+	// setup hook, tokenctl run), learning it from the gate and the
+	// registration answer.
+	OOMScoreAdj int
+	Logger      hclog.Logger
 }
 
 // ownerCheckInterval is how often the broker looks for leases whose owner
@@ -68,7 +74,7 @@ type Broker struct {
 	memory         *MemoryStatus // the memory controller's view, once it has one
 	leaseMemory    map[string]LeaseMemory
 	leases         map[string]*Lease
-	byWatch        map[int]*Lease
+	byWatch        map[int]watched
 	reclaimedTotal int
 	inflatedTotal  int
 	violations     int
@@ -123,7 +129,7 @@ func New(opts Options) (*Broker, error) {
 		log:         opts.Logger,
 		run:         run,
 		leases:      map[string]*Lease{},
-		byWatch:     map[int]*Lease{},
+		byWatch:     map[int]watched{},
 		watch:       watch,
 		wake:        make(chan struct{}, 1),
 		admissions:  make(chan struct{}),
@@ -163,6 +169,15 @@ func (b *Broker) adopt() error {
 			ID: s.ID, Name: s.Name, Created: s.Created, Owner: s.Owner, UID: s.UID, GID: s.GID,
 			Features: s.Features, Cgroup: s.Cgroup, ownCgroup: s.OwnCgroup, fifo: f, reclaimed: s.Reclaimed,
 			inflated: s.Inflated, admitted: s.Admitted, ending: s.Ending, endReason: s.EndReason,
+			joined: s.Joined, asked: s.Asked,
+		}
+		if s.Gate {
+			if l.gate, err = openGate(gatePath(b.run.path, s.ID)); err != nil {
+				// The build reads a stamp that no longer moves and goes on
+				// without waiting; admit it so it is counted as it runs.
+				b.log.Warn("lease lost its gate; admitting it", "lease", s.ID, "name", s.Name, "error", err)
+				l.admitted = true
+			}
 		}
 		if err := b.track(l); err != nil {
 			f.Close()
@@ -176,7 +191,13 @@ func (b *Broker) adopt() error {
 	return b.removeStale()
 }
 
-// track makes l known to the broker and watches its FIFO.
+// watched is what an inotify watch is on: a lease's FIFO, or its gate.
+type watched struct {
+	lease *Lease
+	gate  bool
+}
+
+// track makes l known to the broker and watches its FIFO and gate.
 func (b *Broker) track(l *Lease) error {
 	id, err := statID(l.fifo.Path())
 	if err != nil {
@@ -186,16 +207,25 @@ func (b *Broker) track(l *Lease) error {
 	if err != nil {
 		return err
 	}
+	b.byWatch[wd] = watched{lease: l}
+	if l.gate != nil {
+		gwd, err := b.watch.add(l.gate.path)
+		if err != nil {
+			b.watch.remove(wd)
+			delete(b.byWatch, wd)
+			return err
+		}
+		b.byWatch[gwd] = watched{lease: l, gate: true}
+	}
 	l.inode = id
 	b.leases[l.ID] = l
-	b.byWatch[wd] = l
 	return nil
 }
 
-// untrack forgets l and stops watching its FIFO.
+// untrack forgets l and stops watching its files.
 func (b *Broker) untrack(l *Lease) {
-	for wd, wl := range b.byWatch {
-		if wl == l {
+	for wd, w := range b.byWatch {
+		if w.lease == l {
 			b.watch.remove(wd)
 			delete(b.byWatch, wd)
 		}
@@ -219,6 +249,11 @@ type LeaseRequest struct {
 	// Cgroup is the existing cgroup v2 directory the build runs in (a nix
 	// build with use-cgroups); it may appear only after registration.
 	Cgroup string
+	// Gate asks for a gate file (see gate): the build is already running
+	// and waits for admission on its own side, by reading the gate, before
+	// it starts parallel jobs. Until it first reads the gate it holds no
+	// slot. A nix build.
+	Gate bool
 }
 
 // ErrNotFound means no lease has the given ID.
@@ -261,7 +296,17 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	}
 	l := &Lease{
 		ID: id, Name: req.Name, Created: time.Now(), Owner: req.Owner,
-		UID: req.UID, GID: req.GID, Features: req.Features, Cgroup: req.Cgroup, fifo: f, admitted: !req.Wait,
+		UID: req.UID, GID: req.GID, Features: req.Features, Cgroup: req.Cgroup, fifo: f,
+		admitted: !req.Wait && !req.Gate,
+	}
+	if req.Gate {
+		if l.gate, err = createGate(gatePath(b.run.path, id), req.GID); err == nil {
+			err = l.gate.write(false, b.opts.OOMScoreAdj, l.Created)
+		}
+		if err != nil {
+			b.removeFiles(l)
+			return nil, err
+		}
 	}
 	if req.NewCgroup && b.opts.Cgroups != nil {
 		// A build without a cgroup still runs; it only cannot be frozen.
@@ -288,7 +333,7 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	}
 	b.mu.Unlock()
 	if err != nil {
-		b.removeFIFO(l)
+		b.removeFiles(l)
 		b.removeCgroup(l)
 		return nil, err
 	}
@@ -407,14 +452,28 @@ func (b *Broker) Run(ctx context.Context) error {
 func (b *Broker) onFIFOEvent(ev fifoEvent) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	l, ok := b.byWatch[ev.wd]
+	w, ok := b.byWatch[ev.wd]
 	if !ok {
 		return
 	}
-	if ev.close {
+	l := w.lease
+	switch {
+	case w.gate:
+		// The build read its gate: it asks for its slot from now on.
+		if !ev.close && l.asked.IsZero() && !l.ending {
+			l.asked = time.Now()
+			b.dirty = true
+			b.log.Info("lease asks for admission", "lease", l.ID, "name", l.Name)
+			b.poke()
+		}
+	case ev.close:
 		l.closeSeen = time.Now()
-	} else {
+	default:
 		l.opens++
+		if !l.joined {
+			l.joined = true
+			b.dirty = true
+		}
 	}
 }
 
@@ -449,6 +508,7 @@ func (b *Broker) tick() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.pass()
+	b.beat()
 	b.removeEnded()
 	if b.dirty {
 		if err := saveState(b.run, b.snapshot(nil)); err != nil {
@@ -550,7 +610,7 @@ func (b *Broker) removeEnded() {
 			b.reclaimedTotal += n
 		}
 		b.untrack(l)
-		b.removeFIFO(l)
+		b.removeFiles(l)
 		b.removeCgroup(l)
 		b.dirty = true
 		b.announce()
@@ -586,9 +646,10 @@ func (b *Broker) pass() {
 			idle:    min(l.prevFree, free),
 			hungry:  free == 0 && !l.ending,
 			ending:  l.ending,
+			out:     !l.ending && !l.counted(),
 		}
 		l.hungry = use[i].hungry
-		if !l.ending {
+		if l.counted() {
 			active++
 		}
 	}
@@ -677,14 +738,35 @@ func (b *Broker) admit(leases []*Lease, granted int) {
 		}
 	}
 	for _, l := range leases {
-		if l.admitted || l.ending || room < 1 {
+		if l.admitted || l.ending || !l.asking() || room < 1 {
 			continue
 		}
 		l.admitted = true
 		room--
 		b.dirty = true
 		b.announce()
-		b.log.Info("lease admitted", "lease", l.ID, "name", l.Name, "waited", time.Since(l.Created).Round(time.Millisecond))
+		since := l.Created
+		if l.gate != nil {
+			since = l.asked
+			if err := l.gate.write(true, b.opts.OOMScoreAdj, time.Now()); err != nil {
+				b.log.Error("cannot open the gate of an admitted lease; its build goes on once it sees the stamp stop", "lease", l.ID, "error", err)
+			}
+		}
+		b.log.Info("lease admitted", "lease", l.ID, "name", l.Name, "waited", time.Since(since).Round(time.Millisecond))
+	}
+}
+
+// beat rewrites the gate of every build that waits in its sandbox, so it
+// can tell a tokend that is alive and has no room from one that is gone.
+func (b *Broker) beat() {
+	now := time.Now()
+	for _, l := range b.leases {
+		if l.gate == nil || l.admitted || l.ending {
+			continue
+		}
+		if err := l.gate.write(false, b.opts.OOMScoreAdj, now); err != nil {
+			b.log.Error("cannot write a waiting build's gate; it will go on without tokend", "lease", l.ID, "error", err)
+		}
 	}
 }
 
@@ -812,6 +894,7 @@ func (b *Broker) snapshot(extra map[string]int) savedState {
 			ID: l.ID, Name: l.Name, Created: l.Created, Owner: l.Owner, UID: l.UID, GID: l.GID,
 			Features: l.Features, Cgroup: l.Cgroup, OwnCgroup: l.ownCgroup, Granted: l.fifo.Granted() + extra[l.ID], Reclaimed: l.reclaimed, Inflated: l.inflated,
 			Admitted: l.admitted, Ending: l.ending, EndReason: l.endReason,
+			Gate: l.gate != nil, Joined: l.joined, Asked: l.asked,
 		})
 	}
 	return s
@@ -825,6 +908,9 @@ func (b *Broker) shutdown() error {
 	err := saveState(b.run, b.snapshot(nil))
 	for _, l := range b.leases {
 		err = errors.Join(err, l.fifo.Close())
+		if l.gate != nil {
+			err = errors.Join(err, l.gate.close())
+		}
 	}
 	err = errors.Join(err, b.watch.close(), b.run.close())
 	b.log.Info("stopped; leases stay on disk for the next start", "leases", len(b.leases))
@@ -835,7 +921,9 @@ func (b *Broker) shutdown() error {
 type Status struct {
 	Budget       int    `json:"budget"`
 	BudgetReason string `json:"budget_reason"`
-	ActiveLeases int    `json:"active_leases"`
+	// ActiveLeases counts the leases whose implicit slot is counted:
+	// running, or waiting for admission.
+	ActiveLeases int `json:"active_leases"`
 	// Allowance is the budget less one implicit slot per active lease:
 	// the most tokens that may be handed out.
 	Allowance int `json:"allowance"`
@@ -868,6 +956,12 @@ type LeaseStatus struct {
 	Reclaimed int       `json:"reclaimed"`
 	Inflated  int       `json:"inflated"`
 	Admitted  bool      `json:"admitted"`
+	// State is what the build does, as far as tokend can tell: see the
+	// State* constants.
+	State string `json:"state"`
+	// Asked is when a nix build first read its gate, asking for its
+	// implicit slot; a waiting build has waited since then.
+	Asked     time.Time `json:"asked,omitzero"`
 	Ending    bool      `json:"ending,omitempty"`
 	EndReason string    `json:"end_reason,omitempty"`
 	// Hungry: every token granted was held at the last pass, so the build
@@ -902,14 +996,14 @@ func (b *Broker) Status() Status {
 			ID: l.ID, Name: l.Name, Created: l.Created, Owner: l.Owner, UID: l.UID, Features: l.Features,
 			FIFO: l.fifo.Path(), Cgroup: l.Cgroup, Granted: g, Free: min(free, g), Held: max(g-free, 0), Owed: l.owed,
 			Reclaimed: l.reclaimed, Inflated: l.inflated, Admitted: l.admitted, Hungry: l.hungry,
-			Ending: l.ending, EndReason: l.endReason,
+			Ending: l.ending, EndReason: l.endReason, State: l.state(), Asked: l.asked,
 		}
 		if m, ok := b.leaseMemory[l.ID]; ok {
 			ls.Memory = &m
 		}
 		s.Leases = append(s.Leases, ls)
 		s.Granted += g
-		if !l.ending {
+		if l.counted() {
 			s.ActiveLeases++
 		}
 	}

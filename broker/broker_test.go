@@ -57,7 +57,14 @@ func holdTokens() {
 // directory until the test ends.
 func startBroker(t *testing.T, dir string, budget int) *Broker {
 	t.Helper()
-	b, err := New(Options{RuntimeDir: dir, Budget: budget, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{t}})})
+	return startBrokerWith(t, Options{RuntimeDir: dir, Budget: budget})
+}
+
+// startBrokerWith is startBroker with more options; it logs to the test.
+func startBrokerWith(t *testing.T, opts Options) *Broker {
+	t.Helper()
+	opts.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{t}})
+	b, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -78,6 +78,10 @@ type Lease struct {
 	ending    bool
 	endReason string
 
+	gate   *gate     // nil unless the build waits on its own side (a nix build)
+	joined bool      // a client opened the FIFO: the build uses the jobserver
+	asked  time.Time // when the build first read its gate; zero until it does
+
 	prevFree  int // free tokens seen by the pass before, to tell idle from between jobs
 	lastFree  int
 	hungry    bool               // every token granted was held at the last pass
@@ -94,3 +98,44 @@ type fileID struct{ dev, ino uint64 }
 
 // fifoPath is where lease id's FIFO lives in the runtime directory.
 func fifoPath(dir, id string) string { return filepath.Join(dir, "leases", id+".fifo") }
+
+// asking reports whether l wants its implicit slot: a nix build from the
+// moment it reads its gate, any other lease from the start.
+func (l *Lease) asking() bool { return l.gate == nil || !l.asked.IsZero() }
+
+// counted reports whether l's implicit slot counts against the budget: it
+// runs, or it waits for admission and room is kept for it. A nix build
+// that has not asked yet (still configuring, or built without the setup
+// hook) runs no job of the jobserver's and holds nothing.
+func (l *Lease) counted() bool { return !l.ending && (l.admitted || l.asking()) }
+
+// Lease states, as status shows them.
+const (
+	// StateRunning: admitted; its jobs run on its slot and tokens.
+	StateRunning = "running"
+	// StateWaiting: it waits for admission (tokenctl run, or a nix build
+	// whose setup hook reads its gate).
+	StateWaiting = "waiting"
+	// StateStarting: a nix build that joined its FIFO and has not asked
+	// for a slot yet (it is before its build phase).
+	StateStarting = "starting"
+	// StateNotJoined: a nix build that never opened its FIFO: built
+	// without the setup hook, it runs its own -j outside the budget.
+	StateNotJoined = "not joined"
+	// StateEnding: ended; its tokens come back as its clients let go.
+	StateEnding = "ending"
+)
+
+func (l *Lease) state() string {
+	switch {
+	case l.ending:
+		return StateEnding
+	case l.admitted:
+		return StateRunning
+	case l.asking():
+		return StateWaiting
+	case l.joined:
+		return StateStarting
+	}
+	return StateNotJoined
+}

@@ -162,10 +162,15 @@ func (r *runDir) setAside(name string) (string, error) {
 	return "", fmt.Errorf("set %s aside: 999 rejected copies already; remove them", filepath.Join(r.path, name))
 }
 
-// staleFIFOs lists the entries of the leases directory that are FIFOs of
-// this process's user named after a lease ID not in keep, and the other
-// entries, which tokend never removes.
-func (r *runDir) staleFIFOs(keep map[string]*Lease) (stale []string, foreign []string, err error) {
+// leaseFileKinds are the files tokend keeps per lease in the leases
+// directory, by suffix, and the file type each must have.
+var leaseFileKinds = map[string]uint32{".fifo": unix.S_IFIFO, ".gate": unix.S_IFREG}
+
+// staleFiles lists the entries of the leases directory that are files of
+// this process's user named after a lease ID not in keep, with the type
+// tokend gives such a file, and the other entries, which tokend never
+// removes.
+func (r *runDir) staleFiles(keep map[string]*Lease) (stale []string, foreign []string, err error) {
 	dup, err := unix.Openat(int(r.leases.Fd()), ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list %s: %w", r.leases.Name(), err)
@@ -178,8 +183,10 @@ func (r *runDir) staleFIFOs(keep map[string]*Lease) (stale []string, foreign []s
 	}
 	uid := uint32(os.Geteuid())
 	for _, name := range names {
-		id, ok := strings.CutSuffix(name, ".fifo")
-		if !ok || !leaseIDPattern.MatchString(id) {
+		ext := filepath.Ext(name)
+		kind, known := leaseFileKinds[ext]
+		id := strings.TrimSuffix(name, ext)
+		if !known || !leaseIDPattern.MatchString(id) {
 			foreign = append(foreign, name)
 			continue
 		}
@@ -187,7 +194,7 @@ func (r *runDir) staleFIFOs(keep map[string]*Lease) (stale []string, foreign []s
 			continue
 		}
 		var st unix.Stat_t
-		if err := unix.Fstatat(int(r.leases.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO || st.Uid != uid {
+		if err := unix.Fstatat(int(r.leases.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != kind || st.Uid != uid {
 			foreign = append(foreign, name)
 			continue
 		}
@@ -196,8 +203,8 @@ func (r *runDir) staleFIFOs(keep map[string]*Lease) (stale []string, foreign []s
 	return stale, foreign, nil
 }
 
-// removeFIFO unlinks a FIFO of the leases directory by its name.
-func (r *runDir) removeFIFO(name string) error {
+// removeLeaseFile unlinks a file of the leases directory by its name.
+func (r *runDir) removeLeaseFile(name string) error {
 	if err := unix.Unlinkat(int(r.leases.Fd()), name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("remove %s: %w", filepath.Join(r.leases.Name(), name), err)
 	}
@@ -235,19 +242,20 @@ func (b *Broker) setAsideBad(saved []savedLease) []savedLease {
 	return good
 }
 
-// removeStale removes the FIFOs of the leases directory that no adopted
-// lease owns. Only FIFOs of tokend's user named like a lease are removed:
+// removeStale removes the files of the leases directory that no adopted
+// lease owns. Only FIFOs and gates of tokend's user named like a lease are
+// removed:
 // anything else there is not tokend's, and is left alone and logged.
 func (b *Broker) removeStale() error {
-	stale, foreign, err := b.run.staleFIFOs(b.leases)
+	stale, foreign, err := b.run.staleFiles(b.leases)
 	if err != nil {
 		return err
 	}
 	for _, name := range stale {
-		if err := b.run.removeFIFO(name); err != nil {
+		if err := b.run.removeLeaseFile(name); err != nil {
 			return err
 		}
-		b.log.Info("removed stale fifo", "path", filepath.Join(b.run.leases.Name(), name))
+		b.log.Info("removed stale lease file", "path", filepath.Join(b.run.leases.Name(), name))
 	}
 	for _, name := range foreign {
 		b.log.Warn("leaving a file tokend did not make in its leases directory", "path", filepath.Join(b.run.leases.Name(), strconv.Quote(name)))
@@ -255,11 +263,14 @@ func (b *Broker) removeStale() error {
 	return nil
 }
 
-// removeFIFO closes the lease's FIFO and unlinks it by name, relative to
-// the leases directory.
-func (b *Broker) removeFIFO(l *Lease) {
-	err := errors.Join(l.fifo.Close(), b.run.removeFIFO(l.ID+".fifo"))
+// removeFiles closes the lease's FIFO and gate and unlinks them by name,
+// relative to the leases directory.
+func (b *Broker) removeFiles(l *Lease) {
+	err := errors.Join(l.fifo.Close(), b.run.removeLeaseFile(l.ID+".fifo"))
+	if l.gate != nil {
+		err = errors.Join(err, l.gate.close(), b.run.removeLeaseFile(l.ID+".gate"))
+	}
 	if err != nil {
-		b.log.Warn("cannot remove fifo", "lease", l.ID, "error", err)
+		b.log.Warn("cannot remove the lease's files", "lease", l.ID, "error", err)
 	}
 }

@@ -12,6 +12,7 @@ type usage struct {
 	idle    int  // tokens free in this pass and the one before: unused, not between jobs
 	hungry  bool // every token granted is held: the build may want more
 	ending  bool
+	out     bool // holds no slot (a nix build that has not asked yet): no share
 }
 
 // shares decides how many tokens each lease should have. allowance is what
@@ -21,12 +22,16 @@ type usage struct {
 // covers what is granted, nothing moves; otherwise the allowance is
 // water-filled, a lease that is not hungry asking only for the tokens it
 // holds (at least one), so a lone build can use everything and hungry builds converge to
-// equal shares. Ending leases get nothing.
+// equal shares. Ending leases, and leases that hold no slot yet, get
+// nothing.
 func shares(allowance int, leases []usage) []int {
 	target := make([]int, len(leases))
 	granted, anyHungry, anyEnding := 0, false, false
 	for i, u := range leases {
 		granted += u.granted
+		if u.out {
+			continue
+		}
 		anyHungry = anyHungry || (u.hungry && !u.ending)
 		anyEnding = anyEnding || u.ending
 		if !u.ending {
@@ -41,7 +46,7 @@ func shares(allowance int, leases []usage) []int {
 	var active []int
 	for i, u := range leases {
 		switch {
-		case u.ending:
+		case u.ending, u.out:
 			continue
 		case u.hungry:
 			demand[i] = math.MaxInt

@@ -42,6 +42,9 @@ type savedLease struct {
 	Admitted  bool      `json:"admitted"`
 	Ending    bool      `json:"ending,omitempty"`
 	EndReason string    `json:"end_reason,omitempty"`
+	Gate      bool      `json:"gate,omitempty"`
+	Joined    bool      `json:"joined,omitempty"`
+	Asked     time.Time `json:"asked,omitzero"`
 }
 
 // stateFile is the state's name in the runtime directory.

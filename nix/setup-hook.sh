@@ -21,6 +21,16 @@
 #    MAKEFLAGS and CARGO_MAKEFLAGS the build had before this hook, as stock
 #    stdenv would. Any other -j (a package's -j1, say) is left alone.
 #
+#  * Before the first parallel tool runs, the build waits until tokend admits
+#    it. A nix build is already running when tokend hears of it, so only the
+#    build can wait for its first job's slot; the pre-build-hook maps a gate
+#    file at /run/tokend/admission next to the FIFO. Reading it asks tokend
+#    for the slot; tokend rewrites it every tick ("wait <ms> <adj>") until
+#    the build may start ("go <ms> <adj>"). A stamp that stops moving for
+#    1.5 s means tokend is gone: the build goes on without the jobserver, as
+#    it would without tokend. Once admitted, the build raises its
+#    oom_score_adj to <adj>, so a kernel OOM kill takes a build job first.
+#    No gate (an older tokend, or tests): no waiting.
 #  * Once it joins, the build holds the FIFO open read-write until it ends.
 #    make 4.4 opens the FIFO read-only with a blocking open(), which waits
 #    for a writer. tokend is one, but if tokend dies, a make started after
@@ -31,9 +41,11 @@
 # When NIX_BUILD_CORES is 1 the -j1 of a parallel phase cannot be told from a
 # serial one, so it is left alone too.
 #
-# tokendJobserverFifo may be preset to another path (tests do).
+# tokendJobserverFifo and tokendJobserverGate may be preset to other paths
+# (tests do).
 
 tokendJobserverFifo=${tokendJobserverFifo:-/run/tokend/jobserver.fifo}
+tokendJobserverGate=${tokendJobserverGate:-/run/tokend/admission}
 
 tokendJobserverUsable() {
     [ -p "$tokendJobserverFifo" ] && [ -r "$tokendJobserverFifo" ] && [ -w "$tokendJobserverFifo" ]
@@ -47,6 +59,76 @@ tokendJobserverHold() {
     fi
     # The braces keep the 2>/dev/null from being applied by exec for good.
     { exec {tokendJobserverFd}<>"$tokendJobserverFifo"; } 2>/dev/null
+}
+
+# Waits until tokend admits the build (see above). Fails if tokend is gone:
+# the caller then runs its tool as it would without tokend. Without
+# EPOCHREALTIME (bash < 5) it cannot tell a live tokend from a dead one, so
+# it does not wait.
+tokendJobserverAwait() {
+    if [ -n "${_tokendJobserverAdmitted-}" ] || [ ! -f "$tokendJobserverGate" ] || [ -z "${EPOCHREALTIME-}" ]; then
+        return 0
+    fi
+    local state stamp adj now start lastStamp="" moved="" said="" polls=0
+    start=${EPOCHREALTIME/[.,]/}
+    start=$((start / 1000))
+    moved=$start
+    while :; do
+        state="" stamp="" adj=""
+        { read -r state stamp adj <"$tokendJobserverGate"; } 2>/dev/null || true
+        now=${EPOCHREALTIME/[.,]/}
+        now=$((now / 1000))
+        case "$stamp" in
+            "" | *[!0-9]*) stamp="" ;;
+        esac
+        if [ "$state" = go ]; then
+            _tokendJobserverAdmitted=1
+            case "$adj" in
+                "" | *[!0-9-]* | ?*-*) ;;
+                *) tokendJobserverOomScoreAdj "$adj" ;;
+            esac
+            if [ -n "$said" ]; then
+                echo "tokend: admitted after $((now - start)) ms" >&2
+            fi
+            return 0
+        fi
+        if [ -n "$stamp" ] && [ "$stamp" != "$lastStamp" ]; then
+            if [ -z "$lastStamp" ] && [ $((now - stamp)) -gt 1500 ]; then
+                # Already old at the first look: tokend died before the
+                # build asked.
+                moved=0
+            else
+                moved=$now
+            fi
+            lastStamp=$stamp
+        fi
+        if [ $((now - moved)) -gt 1500 ]; then
+            echo "tokend: its gate has not moved for 1.5 s (tokend stopped?); running without its jobserver" >&2
+            return 1
+        fi
+        # The first read asks, and with room tokend answers within a
+        # millisecond: look again soon, then every 100 ms.
+        polls=$((polls + 1))
+        if [ "$polls" = 1 ]; then
+            sleep 0.02
+            continue
+        fi
+        if [ -z "$said" ]; then
+            echo "tokend: waiting for a job slot (tokenctl status shows the budget)" >&2
+            said=1
+        fi
+        sleep 0.1
+    done
+}
+
+# Raises this shell's oom_score_adj to $1, never lowers it; what the build
+# starts from now on inherits it.
+tokendJobserverOomScoreAdj() {
+    local cur=""
+    { read -r cur </proc/self/oom_score_adj; } 2>/dev/null || return 0
+    if [ -n "$cur" ] && [ "$1" -gt "$cur" ]; then
+        { echo "$1" >/proc/self/oom_score_adj; } 2>/dev/null || true
+    fi
 }
 
 # Prints MAKEFLAGS value $1 with any -j and jobserver auth removed and, if $2
@@ -88,7 +170,7 @@ tokendJobserverFlags() {
 
 # preBuildHooks: export the jobserver for everything the build runs.
 tokendJobserverExport() {
-    if [ -z "${enableParallelBuilding-}" ] || ! tokendJobserverUsable || ! tokendJobserverHold; then
+    if [ -z "${enableParallelBuilding-}" ] || ! tokendJobserverUsable || ! tokendJobserverHold || ! tokendJobserverAwait; then
         return 0
     fi
     if [ -z "${_tokendJobserverSaved-}" ]; then
@@ -151,7 +233,7 @@ tokendJobserverRun() {
         )
         return
     fi
-    if ! tokendJobserverUsable || ! tokendJobserverHold; then
+    if ! tokendJobserverUsable || ! tokendJobserverHold || ! tokendJobserverAwait; then
         command "$tool" "$@"
         return
     fi

@@ -10,9 +10,10 @@
 // but a well-formed command, and on a mapped path that does not exist. So
 // Run never fails: whenever tokend is down, slow, refusing or confused, or
 // the derivation cannot be read, the answer is no output at all and the
-// build runs as it would without tokend. It never waits for tokens: a nix
-// build already runs when the hook fires, and tokend admits its lease at
-// once.
+// build runs as it would without tokend. It never waits for tokens: the
+// hook stalls the nix worker that runs it, so the waiting happens on the
+// build side instead. The lease comes with a gate, mapped at SandboxGate,
+// that the setup hook reads until tokend admits the build.
 //
 // cmd/tokend-nix-hook is its command; it depends on broker, not the
 // reverse.
@@ -34,6 +35,10 @@ import (
 // SandboxFIFO is where every build finds its lease's FIFO. Fixed, because
 // the hook cannot set environment variables in the build.
 const SandboxFIFO = "/run/tokend/jobserver.fifo"
+
+// SandboxGate is where every build finds its lease's gate: the file the
+// setup hook reads to wait for admission (see broker's gate).
+const SandboxGate = "/run/tokend/admission"
 
 // DefaultTimeout bounds a run of the hook. tokend answers in about a
 // millisecond; the bound is for a wedged tokend, which would otherwise
@@ -62,10 +67,15 @@ type Result struct {
 	Lease broker.Registered
 }
 
-// Command is the hook output that maps the host FIFO hostFIFO into the
-// sandbox at SandboxFIFO. The blank line ends the command.
-func Command(hostFIFO string) string {
-	return "extra-sandbox-paths\n" + SandboxFIFO + "=" + hostFIFO + "\n\n"
+// Command is the hook output that maps the lease's FIFO into the sandbox
+// at SandboxFIFO and its gate, if it has one, at SandboxGate. The blank
+// line ends the command.
+func Command(reg broker.Registered) string {
+	out := "extra-sandbox-paths\n" + SandboxFIFO + "=" + reg.FIFO + "\n"
+	if reg.Gate != "" {
+		out += SandboxGate + "=" + reg.Gate + "\n"
+	}
+	return out + "\n"
 }
 
 // Run registers a lease for the build of drvPath in sandboxDir (the hook's
@@ -96,18 +106,24 @@ func Run(ctx context.Context, opts Options, drvPath, sandboxDir string) Result {
 
 	c := broker.NewClient(opts.Socket)
 	reg, err := c.Register(ctx, broker.RegisterRequest{
-		Name: drv.Name, OwnerDir: sandboxDir, GID: &gid, Features: drv.Features,
+		Name: drv.Name, OwnerDir: sandboxDir, GID: &gid, Features: drv.Features, Gate: true,
 	})
 	if err != nil {
 		return unreachable(opts, err)
 	}
-	if err := checkFIFO(reg.FIFO); err != nil {
+	if err := checkMapped(reg.FIFO, os.ModeNamedPipe); err != nil {
 		// tokend ends the lease when the sandbox goes; ending it now
 		// gives its slot back for the build's whole run.
 		c.End(ctx, reg.ID)
-		return problem("lease %s from tokend: %v", reg.ID, err)
+		return problem("lease %s from tokend: fifo: %v", reg.ID, err)
 	}
-	return Result{Stdout: Command(reg.FIFO), Lease: reg}
+	if reg.Gate != "" {
+		if err := checkMapped(reg.Gate, 0); err != nil {
+			c.End(ctx, reg.ID)
+			return problem("lease %s from tokend: gate: %v", reg.ID, err)
+		}
+	}
+	return Result{Stdout: Command(reg), Lease: reg}
 }
 
 // unreachable turns a failure to talk to tokend into a Result: silence
@@ -126,19 +142,24 @@ func unreachable(opts Options, err error) Result {
 	return problem("%v", err)
 }
 
-// checkFIFO refuses a FIFO path Nix could not map: Nix fails the build on
-// a source that does not exist here (tokend in another mount namespace,
-// say), and a line break would break the command.
-func checkFIFO(path string) error {
-	if !filepath.IsAbs(path) || strings.ContainsAny(path, "\n\r\x00") {
-		return fmt.Errorf("unusable fifo path %q", path)
+// checkMapped refuses a path Nix could not map, or that is not of the
+// file type want: Nix fails the build on a source that does not exist
+// here (tokend in another mount namespace, say), and a line break or '='
+// would break the command.
+func checkMapped(path string, want os.FileMode) error {
+	if !filepath.IsAbs(path) || strings.ContainsAny(path, "\n\r\x00=") {
+		return fmt.Errorf("unusable path %q", path)
 	}
 	st, err := os.Lstat(path)
 	if err != nil {
-		return fmt.Errorf("fifo: %w", err)
+		return err
 	}
-	if st.Mode().Type() != os.ModeNamedPipe {
-		return fmt.Errorf("%s is not a fifo (%v)", path, st.Mode().Type())
+	if st.Mode().Type() != want {
+		kind := "regular file"
+		if want == os.ModeNamedPipe {
+			kind = "fifo"
+		}
+		return fmt.Errorf("%s is not a %s", path, kind)
 	}
 	return nil
 }

@@ -72,8 +72,14 @@ func status(t *testing.T, c *broker.Client) broker.Status {
 }
 
 func TestCommandFormat(t *testing.T) {
-	got := Command("/run/tokend/leases/0123456789ab.fifo")
-	want := "extra-sandbox-paths\n/run/tokend/jobserver.fifo=/run/tokend/leases/0123456789ab.fifo\n\n"
+	got := Command(broker.Registered{FIFO: "/run/tokend/leases/0123456789ab.fifo", Gate: "/run/tokend/leases/0123456789ab.gate"})
+	want := "extra-sandbox-paths\n/run/tokend/jobserver.fifo=/run/tokend/leases/0123456789ab.fifo\n/run/tokend/admission=/run/tokend/leases/0123456789ab.gate\n\n"
+	if got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	// A tokend that gives no gate admits the build at once: only the FIFO.
+	got = Command(broker.Registered{FIFO: "/run/tokend/leases/0123456789ab.fifo"})
+	want = "extra-sandbox-paths\n/run/tokend/jobserver.fifo=/run/tokend/leases/0123456789ab.fifo\n\n"
 	if got != want {
 		t.Fatalf("got %q, want %q", got, want)
 	}
@@ -88,9 +94,16 @@ func TestRunMapsTheLeaseFIFO(t *testing.T) {
 	if r.Problem != "" {
 		t.Fatalf("problem: %s", r.Problem)
 	}
-	want := "extra-sandbox-paths\n/run/tokend/jobserver.fifo=" + r.Lease.FIFO + "\n\n"
-	if r.Stdout != want || r.Lease.FIFO == "" {
+	want := "extra-sandbox-paths\n/run/tokend/jobserver.fifo=" + r.Lease.FIFO + "\n/run/tokend/admission=" + r.Lease.Gate + "\n\n"
+	if r.Stdout != want || r.Lease.FIFO == "" || r.Lease.Gate == "" {
 		t.Fatalf("stdout %q, want %q", r.Stdout, want)
+	}
+	gst, err := os.Stat(r.Lease.Gate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gst.Mode() != 0o640 || gst.Sys().(*syscall.Stat_t).Gid != gid {
+		t.Fatalf("gate is %v of group %d, want a 0640 file of group %d", gst.Mode(), gst.Sys().(*syscall.Stat_t).Gid, gid)
 	}
 	st, err := os.Stat(r.Lease.FIFO)
 	if err != nil {
@@ -104,16 +117,39 @@ func TestRunMapsTheLeaseFIFO(t *testing.T) {
 		t.Fatalf("leases %+v, want one", leases)
 	}
 	l := leases[0]
+	// Nothing in the sandbox opened the FIFO or asked yet: no slot held.
 	if l.ID != r.Lease.ID || l.Name != "tokend-e2e" || strings.Join(l.Features, ",") != "big-parallel" ||
-		l.Owner.Dir != sandbox || !l.Admitted {
-		t.Fatalf("lease %+v, want tokend-e2e [big-parallel] owned by %s, admitted", l, sandbox)
+		l.Owner.Dir != sandbox || l.Admitted || l.State != broker.StateNotJoined {
+		t.Fatalf("lease %+v, want tokend-e2e [big-parallel] owned by %s, not joined yet", l, sandbox)
+	}
+	// Reading the gate, as the setup hook does, asks for a slot; with room
+	// in the budget tokend admits the build and opens the gate.
+	if line, err := os.ReadFile(r.Lease.Gate); err != nil || !strings.HasPrefix(string(line), "wait ") {
+		t.Fatalf("gate says %q (%v), want a wait line", line, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		line, err := os.ReadFile(r.Lease.Gate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(string(line), "go ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gate still says %q; lease %+v", line, status(t, c).Leases)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if l := status(t, c).Leases[0]; !l.Admitted || l.State != broker.StateRunning || l.Asked.IsZero() {
+		t.Fatalf("lease %+v, want admitted and running, with the time it asked", l)
 	}
 
 	// Nix removes the sandbox when the build ends; so ends the lease.
 	if err := os.Remove(sandbox); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for len(status(t, c).Leases) > 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("lease still there after its sandbox went: %+v", status(t, c).Leases)
@@ -126,7 +162,7 @@ func TestRunAbsentDerivationNamesTheLeaseFromItsPath(t *testing.T) {
 	socket, c := startTokend(t, 4)
 	sandbox := t.TempDir()
 	r := Run(context.Background(), Options{Socket: socket}, "/nix/store/cv0yyj3disvcmhc3f2jddvlhi7wwn6ln-remote-3.1.drv", sandbox)
-	if r.Problem != "" || r.Stdout != Command(r.Lease.FIFO) {
+	if r.Problem != "" || r.Stdout != Command(r.Lease) {
 		t.Fatalf("got %+v", r)
 	}
 	if l := status(t, c).Leases; len(l) != 1 || l[0].Name != "remote-3.1" || l[0].Features != nil {

@@ -183,15 +183,19 @@ func (c *Controller) tick() {
 		c.place(l, forest)
 		var procs []proc
 		var grouped bool
-		if l.Admitted {
-			// A lease waiting for admission has started nothing yet.
+		// A nix build that has not asked for its slot yet runs all the
+		// same (configuring, or built without the setup hook and so
+		// outside the budget): for memory it counts as running. Only a
+		// waiting lease has started nothing that matters yet.
+		running := l.State != broker.StateWaiting
+		if running {
 			if procs, grouped, err = c.sampler.lease(l, forest); err != nil {
 				c.log.Debug("cannot sample the lease's processes", "lease", l.ID, "error", err)
 			}
 		}
 		cgroups[l.ID], uids[l.ID] = l.Cgroup, l.UID
 		in.Leases = append(in.Leases, leaseInput{
-			ID: l.ID, Name: l.Name, Created: l.Created, Admitted: l.Admitted, Ending: l.Ending,
+			ID: l.ID, Name: l.Name, Created: l.Created, Admitted: running, Ending: l.Ending,
 			Hungry: l.Hungry, Held: l.Held, Freezable: grouped, Procs: procs,
 		})
 	}

@@ -41,11 +41,13 @@ func printStatus(w io.Writer, st broker.Status, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tGRANTED\tFREE\tHELD\tOWED\tRECLAIMED\tAGE\tSTATE")
 	for _, l := range st.Leases {
-		state := "active"
+		state := l.State
 		switch {
 		case l.Ending:
 			state = "ending: " + l.EndReason
-		case !l.Admitted:
+		case l.State == broker.StateWaiting && !l.Asked.IsZero():
+			state = fmt.Sprintf("waiting for admission for %s", now.Sub(l.Asked).Round(100*time.Millisecond))
+		case l.State == broker.StateWaiting:
 			state = "waiting for admission"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n",

@@ -62,6 +62,7 @@ func runCommand(c *broker.Client, args []string) int {
 			fmt.Fprintf(os.Stderr, "tokenctl: ending lease %s: %v (tokend ends it when it sees this process gone)\n", lease.ID, err)
 		}
 	}()
+	raiseOOMScoreAdj(lease.OOMScoreAdj)
 	auth := jobserver.FIFOAuth(lease.FIFO)
 	if style == jobserver.StylePipe {
 		// make 4.3 and gcc 12 know only inherited descriptors. A fresh

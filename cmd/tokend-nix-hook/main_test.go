@@ -170,7 +170,8 @@ func TestMapsTheLeaseFIFO(t *testing.T) {
 	if len(st.Leases) != 1 || st.Leases[0].Name != "hello-2.12" {
 		t.Fatalf("leases %+v, want one named hello-2.12", st.Leases)
 	}
-	want := ran{stdout: nixhook.Command(st.Leases[0].FIFO)}
+	l := st.Leases[0]
+	want := ran{stdout: nixhook.Command(broker.Registered{FIFO: l.FIFO, Gate: strings.TrimSuffix(l.FIFO, ".fifo") + ".gate"})}
 	if r != want {
 		t.Fatalf("%+v, want %+v", r, want)
 	}

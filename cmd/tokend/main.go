@@ -54,6 +54,7 @@ func parseFlags(args []string) (*settings, error) {
 	fs.IntVar(&s.override.Tokens, "tokens", 0, "fix the budget at N jobs (config: tokens)")
 	fs.StringVar(&s.override.LeaseGroup, "lease-group", "", "group whose members may register leases (config: lease_group)")
 	fs.StringVar(&s.override.LogLevel, "log-level", "", "trace, debug, info, warn or error (config: log_level)")
+	fs.IntVar(&s.override.OOMScoreAdj, "oom-score-adj", 0, "oom_score_adj of build jobs, 0 to 1000; 0 leaves them alone (config: oom_score_adj)")
 	fs.StringVar(&s.override.MemoryCgroup, "memory-cgroup", "", "memory domain: a v1 or v2 memory cgroup directory; default the host (config: memory_cgroup)")
 	fs.StringVar(&s.override.MemoryPressure, "memory-pressure", "", "PSI memory file to read (config: memory_pressure)")
 	fs.StringVar(&s.override.LeaseCgroups, "lease-cgroups", "", "cgroup v2 directory for the tokenctl leases' groups, or off (config: lease_cgroups)")
@@ -90,6 +91,8 @@ func (s *settings) load() (broker.Config, error) {
 			c.LeaseGroup = s.override.LeaseGroup
 		case "log-level":
 			c.LogLevel = s.override.LogLevel
+		case "oom-score-adj":
+			c.OOMScoreAdj = s.override.OOMScoreAdj
 		case "memory-cgroup":
 			c.MemoryCgroup = s.override.MemoryCgroup
 		case "memory-pressure":
@@ -132,7 +135,8 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	opts := broker.Options{RuntimeDir: cfg.RuntimeDir, Budget: cfg.Tokens, Logger: log}
+	protectSelf(log)
+	opts := broker.Options{RuntimeDir: cfg.RuntimeDir, Budget: cfg.Tokens, OOMScoreAdj: cfg.OOMScoreAdj, Logger: log}
 	if cgroups != nil {
 		opts.Cgroups = cgroups
 	}

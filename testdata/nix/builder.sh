@@ -1,5 +1,5 @@
 # shellcheck shell=bash disable=SC2154
-# (out, name, jobs, sleep, setupHook come from the derivation.)
+# (out, name, jobs, sleep, delay, setupHook come from the derivation.)
 # Builder of testdata/nix/jobs.nix, run by /bin/bash inside the Nix sandbox.
 # It emulates the few pieces of nixpkgs' stdenv that the jobserver setup hook
 # interacts with: sourcing the hook, runHook, stdenv's make buildPhase and the
@@ -11,6 +11,7 @@ set -o pipefail
 /bin/busybox --install -s "$TMPDIR/bin"
 export PATH="$TMPDIR/bin:/tools"
 export SHELL=/bin/bash
+sleep "$delay"
 
 # stdenv's runHook, reduced to what setup hooks use: the <name>Hooks array,
 # then the variable or function <name>.
@@ -41,7 +42,7 @@ cat >"$TMPDIR/job.sh" <<'EOF'
 log=$1 id=$2
 printf 'S %s %s\n' "${EPOCHREALTIME/./}" "$id" >>"$log"
 if [ "$id" = t1 ]; then
-    printf 'MAKEFLAGS=%s\nCARGO_MAKEFLAGS=%s\n' "${MAKEFLAGS-<unset>}" "${CARGO_MAKEFLAGS-<unset>}" >"$log.env"
+    printf 'MAKEFLAGS=%s\nCARGO_MAKEFLAGS=%s\nOOM_SCORE_ADJ=%s\n' "${MAKEFLAGS-<unset>}" "${CARGO_MAKEFLAGS-<unset>}" "$(cat /proc/self/oom_score_adj)" >"$log.env"
 fi
 sleep "$JOB_SLEEP"
 printf 'E %s %s\n' "${EPOCHREALTIME/./}" "$id" >>"$log"

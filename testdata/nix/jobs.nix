@@ -22,6 +22,9 @@
   # requiredSystemFeatures, space-separated ("" for none); the hook hands
   # them to tokend.
   features ? "",
+  # Seconds each build's builder sleeps before it starts (strings, one per
+  # build; [ ] for none), so builds reach the setup hook at staggered times.
+  delays ? [ ],
   system ? builtins.currentSystem,
 }:
 
@@ -40,6 +43,7 @@ let
           sleep
           setupHook
           ;
+        delay = if delays == [ ] then "0" else builtins.elemAt delays (i - 1);
         builder = "/bin/bash";
         args = [ ./builder.sh ];
         enableParallelBuilding = parallel;

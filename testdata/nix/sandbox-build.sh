@@ -18,6 +18,7 @@
 #   --name NAME        derivation name prefix (default tokend-jobserver-test)
 #   --no-parallel      build with enableParallelBuilding = false
 #   --features F       requiredSystemFeatures, space-separated (default none)
+#   --delays MS        each builder first sleeps a random 0..MS ms, MS < 1000 (default 0)
 #   --setup-hook FILE  setup hook to source (default nix/setup-hook.sh)
 #   --timeout SEC      limit for nix-build (default 300)
 #
@@ -45,7 +46,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
 nix_bin='' hook='' tools=${TOKEND_TOOLS_BIN:-} work='' store='' builds=1 jobs=6 cores=8 sleep=0.5
-name=tokend-jobserver-test parallel=true setup_hook=$repo/nix/setup-hook.sh timeout_s=300 features=
+name=tokend-jobserver-test parallel=true setup_hook=$repo/nix/setup-hook.sh timeout_s=300 features= delays_ms=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --nix-bin) nix_bin=$2; shift 2 ;;
@@ -60,6 +61,7 @@ while [ $# -gt 0 ]; do
     --name) name=$2; shift 2 ;;
     --no-parallel) parallel=false; shift ;;
     --features) features=$2; shift 2 ;;
+    --delays) delays_ms=$2; shift 2 ;;
     --setup-hook) setup_hook=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     *) echo "sandbox-build.sh: unknown argument $1" >&2; exit 2 ;;
@@ -100,12 +102,18 @@ work=$(cd "$work" && pwd)
   if [ -n "$hook" ]; then echo "pre-build-hook = $hook"; fi
 } >"$work/conf/nix.conf"
 
+delays="[ ]"
+if [ "$delays_ms" -gt 0 ]; then
+  delays="["
+  for _ in $(seq "$builds"); do delays="$delays \"$(printf '0.%03d' $((RANDOM % (delays_ms + 1))))\""; done
+  delays="$delays ]"
+fi
 nonce="$(date +%s%N)-$$-$RANDOM"
 start_ns=$(date +%s%N)
 rc=0
 NIX_CONF_DIR=$work/conf timeout "$timeout_s" "$nix_bin/nix-build" "$here/jobs.nix" --no-out-link \
   --argstr nonce "$nonce" --argstr name "$name" --arg builds "$builds" --arg jobs "$jobs" \
-  --argstr sleep "$sleep" --arg parallel "$parallel" --arg setupHook "$setup_hook" --argstr features "$features" \
+  --argstr sleep "$sleep" --arg parallel "$parallel" --arg setupHook "$setup_hook" --argstr features "$features" --arg delays "$delays" \
   >"$work/outs" 2>"$work/nix-build.log" || rc=$?
 end_ns=$(date +%s%N)
 elapsed_ms=$(((end_ns - start_ns) / 1000000))
@@ -158,7 +166,8 @@ while read -r out; do
   grep -q 'Jobserver mode detected' "$logs/ninja.out" 2>/dev/null && njs=yes
   cat "$logs/make.log" "$logs/ninja.log" >>"$work/all-jobs.log"
   cat "$logs/make.log" "$logs/ninja.log" | awk 'NR == 1 || $2 < lo { lo = $2 } $2 > hi { hi = $2 } END { print "S", lo; print "E", hi }' >>"$work/spans"
-  echo "BUILD i=$i name=$bname out=$out logs=$logs make_max=$mk_max make_jobs=$mk_jobs ninja_max=$nj_max ninja_jobs=$nj_jobs make_auth=$mk_auth ninja_auth=$nj_auth fifo_present=$(cat "$logs/fifo-present") ninja_jobserver=$njs" >>"$summary"
+  adj=$(sed -n 's/^OOM_SCORE_ADJ=//p' "$logs/make.log.env" 2>/dev/null) || true
+  echo "BUILD i=$i name=$bname out=$out logs=$logs make_max=$mk_max make_jobs=$mk_jobs ninja_max=$nj_max ninja_jobs=$nj_jobs make_auth=$mk_auth ninja_auth=$nj_auth fifo_present=$(cat "$logs/fifo-present") ninja_jobserver=$njs oom_score_adj=${adj:-none}" >>"$summary"
 done <"$work/outs"
 [ "$i" = "$builds" ] || die "expected $builds outputs, got $i"
 overlap=$(max_concurrency "$work/spans")

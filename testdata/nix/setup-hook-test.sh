@@ -223,5 +223,66 @@ printf "#!/bin/sh\nexit 3\n" >"$TMP/bin/failing"; chmod +x "$TMP/bin/failing"
 rc=0; tokendJobserverRun failing -j8 || rc=$?
 echo "rc=$rc"'
 
+# The gate: tokend's line is "<state> <ms stamp> <oom_score_adj>", padded.
+gate_line() { printf '%-4s %13d %5d\n' "$1" "$2" "$3"; }
+now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
+
+gate_line go "$(now_ms)" 500 >"$tmp/gate-go"
+check "gate open: joins at once and raises oom_score_adj, never lowers it" \
+  "make args=[all] MAKEFLAGS=[$auth] CARGO_MAKEFLAGS=[$auth] adj=500
+adj after a lower value: 500" '
+export NIX_BUILD_CORES=8
+tokendJobserverFifo=$FIFO tokendJobserverGate=$TMP/gate-go
+source "$HOOK"
+make -j8 all >"$TMP/out"
+echo "$(cat "$TMP/out") adj=$(cat /proc/self/oom_score_adj)"
+tokendJobserverOomScoreAdj 100
+echo "adj after a lower value: $(cat /proc/self/oom_score_adj)"'
+
+# A waiting build: a stand-in tokend beats every 100 ms, opens after ~0.6 s.
+check "gate waiting: the tool starts only once the gate opens" "waited make args=[all] MAKEFLAGS=[$auth] CARGO_MAKEFLAGS=[$auth]" '
+export NIX_BUILD_CORES=8
+tokendJobserverFifo=$FIFO tokendJobserverGate=$TMP/gate-wait
+'"$(declare -f gate_line now_ms)"'
+gate_line wait "$(now_ms)" 0 >"$tokendJobserverGate"
+( for _ in 1 2 3 4 5 6; do sleep 0.1; gate_line wait "$(now_ms)" 0 >"$tokendJobserverGate"; done
+  gate_line go "$(now_ms)" 0 >"$tokendJobserverGate" ) &
+t0=$(now_ms)
+source "$HOOK"
+out=$(make -j8 all)
+wait
+[ $(( $(now_ms) - t0 )) -ge 500 ] && echo "waited $out"
+grep -q "waiting for a job slot" "$TMP/stderr" || echo "no waiting message"'
+
+gate_line wait $(($(now_ms) - 60000)) 0 >"$tmp/gate-stale"
+check "gate of a dead tokend: runs as without tokend, at once" "make args=[-j8 all] MAKEFLAGS=[<unset>] CARGO_MAKEFLAGS=[<unset>] quick" '
+export NIX_BUILD_CORES=8 enableParallelBuilding=1
+tokendJobserverFifo=$FIFO tokendJobserverGate=$TMP/gate-stale
+'"$(declare -f now_ms)"'
+t0=$(now_ms)
+source "$HOOK"
+runHook preBuild >/dev/null
+out=$(make -j8 all)
+[ $(( $(now_ms) - t0 )) -lt 1000 ] && echo "$out quick"
+grep -q "running without its jobserver" "$TMP/stderr" || echo "no fail-open message"'
+
+gate_line wait "$(now_ms)" 0 >"$tmp/gate-frozen"
+check "gate whose stamp stops moving: goes on without tokend after 1.5 s" "make args=[-j8 all] MAKEFLAGS=[<unset>] CARGO_MAKEFLAGS=[<unset>] after 1.5 s" '
+export NIX_BUILD_CORES=8
+tokendJobserverFifo=$FIFO tokendJobserverGate=$TMP/gate-frozen
+'"$(declare -f now_ms)"'
+t0=$(now_ms)
+source "$HOOK"
+out=$(make -j8 all)
+took=$(( $(now_ms) - t0 ))
+[ "$took" -ge 1500 ] && [ "$took" -lt 5000 ] && echo "$out after 1.5 s"'
+
+printf 'garbage\n' >"$tmp/gate-garbage"
+check "unreadable gate: goes on without tokend" "make args=[-j8] MAKEFLAGS=[<unset>] CARGO_MAKEFLAGS=[<unset>]" '
+export NIX_BUILD_CORES=8
+tokendJobserverFifo=$FIFO tokendJobserverGate=$TMP/gate-garbage
+source "$HOOK"
+make -j8'
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
