@@ -16,65 +16,13 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
+
+	"github.com/tokend/tokend/api"
 )
 
 // maxRequestBody bounds what a client may send; every request fits in a
 // few hundred bytes.
 const maxRequestBody = 64 << 10
-
-// API paths. Versioned, so a newer tokenctl can tell an older tokend.
-const (
-	pathStatus = "/v1/status"
-	pathLeases = "/v1/leases"
-	pathBudget = "/v1/budget"
-)
-
-// RegisterRequest is the body of POST /v1/leases.
-type RegisterRequest struct {
-	Name     string   `json:"name"`
-	OwnerPID int      `json:"owner_pid,omitempty"`
-	OwnerDir string   `json:"owner_dir,omitempty"`
-	GID      *int     `json:"gid,omitempty"` // root only; others get their own group
-	Features []string `json:"features,omitempty"`
-	// Wait asks for admission before the build starts (tokenctl run);
-	// GET the lease until it is admitted.
-	Wait bool `json:"wait,omitempty"`
-	// NewCgroup asks tokend for a cgroup v2 group of the lease's own to
-	// start the command in (tokenctl run), so it can be frozen alone.
-	NewCgroup bool `json:"new_cgroup,omitempty"`
-	// Cgroup names the existing cgroup v2 directory the build runs in (a
-	// nix build with use-cgroups); root only.
-	Cgroup string `json:"cgroup,omitempty"`
-	// Gate asks for a gate file: the build already runs (a nix build) and
-	// waits for admission on its own side by reading the gate.
-	Gate bool `json:"gate,omitempty"`
-}
-
-// Registered is the answer to POST /v1/leases.
-type Registered struct {
-	ID   string `json:"id"`
-	Name string `json:"name"`
-	FIFO string `json:"fifo"`
-	// Cgroup is the cgroup the lease's build runs in: the group made for
-	// it when NewCgroup asked for one and tokend could make it (start the
-	// command inside), or the one the request named.
-	Cgroup string `json:"cgroup,omitempty"`
-	// Gate is the lease's gate file, when the request asked for one.
-	Gate string `json:"gate,omitempty"`
-	// OOMScoreAdj is the oom_score_adj the build's processes should take
-	// (0: leave them alone).
-	OOMScoreAdj int `json:"oom_score_adj,omitempty"`
-}
-
-// BudgetRequest is the body of PUT /v1/budget. Zero hands the budget back
-// to tokend.
-type BudgetRequest struct {
-	Tokens *int `json:"tokens"`
-}
-
-type apiError struct {
-	Error string `json:"error"`
-}
 
 // Server serves the broker's control API on a unix socket. Who may do what
 // is decided from the peer's credentials (SO_PEERCRED), never from
@@ -108,11 +56,11 @@ func NewServer(b *Broker, leaseGroup string, log hclog.Logger) (*Server, error) 
 		s.leaseGID, _ = strconv.Atoi(g.Gid)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+pathStatus, s.status)
-	mux.HandleFunc("POST "+pathLeases, s.register)
-	mux.HandleFunc("GET "+pathLeases+"/{id}", s.lease)
-	mux.HandleFunc("DELETE "+pathLeases+"/{id}", s.end)
-	mux.HandleFunc("PUT "+pathBudget, s.setBudget)
+	mux.HandleFunc("GET "+api.PathStatus, s.status)
+	mux.HandleFunc("POST "+api.PathLeases, s.register)
+	mux.HandleFunc("GET "+api.PathLeases+"/{id}", s.lease)
+	mux.HandleFunc("DELETE "+api.PathLeases+"/{id}", s.end)
+	mux.HandleFunc("PUT "+api.PathBudget, s.setBudget)
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 2 * time.Second,
@@ -241,7 +189,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 const admissionWait = 2 * time.Second
 
 func (s *Server) lease(w http.ResponseWriter, r *http.Request) {
-	var l LeaseStatus
+	var l api.LeaseStatus
 	var err error
 	switch wait := r.URL.Query().Get("wait"); wait {
 	case "":
@@ -267,7 +215,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusForbidden, fmt.Errorf("uid %d may not register leases: run as root or as a member of tokend's lease_group", p.uid))
 		return
 	}
-	var req RegisterRequest
+	var req api.RegisterRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -280,7 +228,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 		gid = *req.GID
 	}
 	l, err := s.broker.Register(LeaseRequest{
-		Name: req.Name, Owner: Owner{PID: req.OwnerPID, Dir: req.OwnerDir},
+		Name: req.Name, Owner: api.Owner{PID: req.OwnerPID, Dir: req.OwnerDir},
 		UID: p.uid, GID: gid, Features: req.Features, Wait: req.Wait,
 		NewCgroup: req.NewCgroup, Cgroup: req.Cgroup, Gate: req.Gate,
 	})
@@ -288,7 +236,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 		fail(w, errorStatus(err), err)
 		return
 	}
-	out := Registered{ID: l.ID, Name: l.Name, FIFO: l.fifo.Path(), Cgroup: l.Cgroup, OOMScoreAdj: s.broker.opts.OOMScoreAdj}
+	out := api.Registered{ID: l.ID, Name: l.Name, FIFO: l.fifo.Path(), Cgroup: l.Cgroup, OOMScoreAdj: s.broker.opts.OOMScoreAdj}
 	if l.gate != nil {
 		out.Gate = l.gate.path
 	}
@@ -314,7 +262,7 @@ func (s *Server) setBudget(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusForbidden, fmt.Errorf("uid %d may not set the budget: only root may", p.uid))
 		return
 	}
-	var req BudgetRequest
+	var req api.BudgetRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -366,5 +314,5 @@ func reply(w http.ResponseWriter, code int, v any) {
 }
 
 func fail(w http.ResponseWriter, code int, err error) {
-	reply(w, code, apiError{Error: err.Error()})
+	reply(w, code, api.Error{Error: err.Error()})
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/tokend/tokend/api"
 )
 
 // serve runs the API of b on a socket in a directory every user can reach.
@@ -34,10 +36,10 @@ func serve(t *testing.T, b *Broker, leaseGroup string) string {
 
 func TestAPIRegisterStatusEnd(t *testing.T) {
 	b := startBroker(t, t.TempDir(), 4)
-	c := NewClient(serve(t, b, ""))
+	c := api.NewClient(serve(t, b, ""))
 	ctx := context.Background()
 
-	reg, err := c.Register(ctx, RegisterRequest{Name: "api", OwnerPID: os.Getpid()})
+	reg, err := c.Register(ctx, api.RegisterRequest{Name: "api", OwnerPID: os.Getpid()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,21 +75,21 @@ func TestAPIRejectsMalformedRequestsAndChangesNothing(t *testing.T) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
 	}}}
 	cases := []struct{ method, path, body, want string }{
-		{"POST", pathLeases, `{"name": "x", "owner_pid": 1, "surprise": 1}`, "unknown field"},
-		{"POST", pathLeases, `{"name": "x"`, "malformed"},
-		{"POST", pathLeases, `{"name": "x", "owner_pid": 1} {}`, "more than one"},
-		{"POST", pathLeases, `{"name": ""}`, "needs a name"},
-		{"POST", pathLeases, `{"name": "` + strings.Repeat("x", MaxNameBytes+1) + `", "owner_pid": 1}`, "more than the limit of 128"},
-		{"POST", pathLeases, `{"name": "ok\u001b[2K\rforged 0 0", "owner_pid": 1}`, "unprintable character U+001B"},
-		{"POST", pathLeases, `{"name": "line\nbreak", "owner_pid": 1}`, "unprintable character U+000A"},
-		{"POST", pathLeases, `{"name": "x"}`, "needs an owner"},
-		{"POST", pathLeases, `{"name": "x", "owner_dir": "relative"}`, "absolute"},
-		{"POST", pathLeases, `{"name": "x", "owner_pid": 999999999}`, "owner process"},
-		{"POST", pathLeases, `{"name": "` + strings.Repeat("x", maxRequestBody) + `"}`, "too large"},
-		{"GET", pathLeases + "/x?wait=forever", ``, "only thing to wait for"},
-		{"PUT", pathBudget, `{}`, "needs \"tokens\""},
-		{"PUT", pathBudget, `{"tokens": -1}`, "outside"},
-		{"PUT", pathBudget, `{"tokens": "many"}`, "malformed"},
+		{"POST", api.PathLeases, `{"name": "x", "owner_pid": 1, "surprise": 1}`, "unknown field"},
+		{"POST", api.PathLeases, `{"name": "x"`, "malformed"},
+		{"POST", api.PathLeases, `{"name": "x", "owner_pid": 1} {}`, "more than one"},
+		{"POST", api.PathLeases, `{"name": ""}`, "needs a name"},
+		{"POST", api.PathLeases, `{"name": "` + strings.Repeat("x", MaxNameBytes+1) + `", "owner_pid": 1}`, "more than the limit of 128"},
+		{"POST", api.PathLeases, `{"name": "ok\u001b[2K\rforged 0 0", "owner_pid": 1}`, "unprintable character U+001B"},
+		{"POST", api.PathLeases, `{"name": "line\nbreak", "owner_pid": 1}`, "unprintable character U+000A"},
+		{"POST", api.PathLeases, `{"name": "x"}`, "needs an owner"},
+		{"POST", api.PathLeases, `{"name": "x", "owner_dir": "relative"}`, "absolute"},
+		{"POST", api.PathLeases, `{"name": "x", "owner_pid": 999999999}`, "owner process"},
+		{"POST", api.PathLeases, `{"name": "` + strings.Repeat("x", maxRequestBody) + `"}`, "too large"},
+		{"GET", api.PathLeases + "/x?wait=forever", ``, "only thing to wait for"},
+		{"PUT", api.PathBudget, `{}`, "needs \"tokens\""},
+		{"PUT", api.PathBudget, `{"tokens": -1}`, "outside"},
+		{"PUT", api.PathBudget, `{"tokens": "many"}`, "malformed"},
 	}
 	for _, tc := range cases {
 		req, _ := http.NewRequest(tc.method, "http://tokend"+tc.path, strings.NewReader(tc.body))
@@ -95,7 +97,7 @@ func TestAPIRejectsMalformedRequestsAndChangesNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var e apiError
+		var e api.Error
 		json.NewDecoder(resp.Body).Decode(&e)
 		resp.Body.Close()
 		if resp.StatusCode < 400 || resp.StatusCode >= 500 || !strings.Contains(e.Error, tc.want) {
@@ -112,9 +114,9 @@ func TestAPIRejectsMalformedRequestsAndChangesNothing(t *testing.T) {
 func TestAPIPermissionsFollowPeerCredentials(t *testing.T) {
 	b := startBroker(t, t.TempDir(), 4)
 	answers := asNobody(t, serve(t, b, ""),
-		apiCall{"GET", pathStatus, ""},
+		apiCall{"GET", api.PathStatus, ""},
 		register(`{"name": "intruder", "owner_pid": $SELF}`),
-		apiCall{"PUT", pathBudget, `{"tokens": 1}`},
+		apiCall{"PUT", api.PathBudget, `{"tokens": 1}`},
 	)
 	expect(t, "status as uid 65534", answers[0], 200, `"budget":4`)
 	expect(t, "register as uid 65534", answers[1], 403, "uid 65534 may not register")
@@ -126,16 +128,16 @@ func TestAPIPermissionsFollowPeerCredentials(t *testing.T) {
 
 func TestAPIAdmissionWaitWakesWhenRoomAppears(t *testing.T) {
 	b := startBroker(t, t.TempDir(), 1)
-	c := NewClient(serve(t, b, ""))
+	c := api.NewClient(serve(t, b, ""))
 	ctx := context.Background()
-	first, err := c.Register(ctx, RegisterRequest{Name: "first", OwnerPID: os.Getpid(), Wait: true})
+	first, err := c.Register(ctx, api.RegisterRequest{Name: "first", OwnerPID: os.Getpid(), Wait: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if l, err := c.AwaitAdmission(ctx, first.ID); err != nil || !l.Admitted {
 		t.Fatalf("first lease: %+v, %v; want admitted", l, err)
 	}
-	second, err := c.Register(ctx, RegisterRequest{Name: "second", OwnerPID: os.Getpid(), Wait: true})
+	second, err := c.Register(ctx, api.RegisterRequest{Name: "second", OwnerPID: os.Getpid(), Wait: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +146,7 @@ func TestAPIAdmissionWaitWakesWhenRoomAppears(t *testing.T) {
 	if l, err := c.AwaitAdmission(ctx, second.ID); err != nil || l.Admitted {
 		t.Fatalf("second lease under a full budget: %+v, %v; want waiting", l, err)
 	}
-	got := make(chan LeaseStatus, 1)
+	got := make(chan api.LeaseStatus, 1)
 	go func() {
 		for {
 			l, err := c.AwaitAdmission(ctx, second.ID)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -71,8 +72,8 @@ type Broker struct {
 	operatorBudget int // non-zero while an operator has pinned the budget
 	steered        int // the budget tokend decides (Steer); 0 until it does
 	steerReason    string
-	memory         *MemoryStatus // the memory controller's view, once it has one
-	leaseMemory    map[string]LeaseMemory
+	memory         *api.MemoryStatus // the memory controller's view, once it has one
+	leaseMemory    map[string]api.LeaseMemory
 	leases         map[string]*Lease
 	byWatch        map[int]watched
 	reclaimedTotal int
@@ -236,7 +237,7 @@ func (b *Broker) untrack(l *Lease) {
 // LeaseRequest asks for a new lease.
 type LeaseRequest struct {
 	Name     string
-	Owner    Owner
+	Owner    api.Owner
 	UID, GID int
 	Features []string
 	// Wait asks for admission before the build starts, so its implicit
@@ -284,7 +285,7 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 		}
 		req.Owner.Start = start
 	}
-	if why := req.Owner.gone(); why != "" {
+	if why := ownerGone(req.Owner); why != "" {
 		return nil, errors.New(why)
 	}
 	var raw [6]byte
@@ -493,7 +494,7 @@ func (b *Broker) tick() {
 			if l.ending {
 				continue
 			}
-			if why := l.Owner.gone(); why != "" {
+			if why := ownerGone(l.Owner); why != "" {
 				b.end(l, why)
 			}
 		}
@@ -917,70 +918,14 @@ func (b *Broker) shutdown() error {
 	return err
 }
 
-// Status is the broker's state for people and tools.
-type Status struct {
-	Budget       int    `json:"budget"`
-	BudgetReason string `json:"budget_reason"`
-	// ActiveLeases counts the leases whose implicit slot is counted:
-	// running, or waiting for admission.
-	ActiveLeases int `json:"active_leases"`
-	// Allowance is the budget less one implicit slot per active lease:
-	// the most tokens that may be handed out.
-	Allowance int `json:"allowance"`
-	Granted   int `json:"granted"`
-	// Debt is how many granted tokens are over the allowance after the
-	// budget shrank, to be kept as clients return them.
-	Debt                int           `json:"debt"`
-	ReclaimedTotal      int           `json:"reclaimed_total"`
-	InflatedTotal       int           `json:"inflated_total"`
-	InvariantViolations int           `json:"invariant_violations"`
-	LastViolation       string        `json:"last_violation,omitempty"`
-	Leases              []LeaseStatus `json:"leases"`
-	// Memory is the memory controller's view; nil when none runs.
-	Memory *MemoryStatus `json:"memory,omitempty"`
-}
-
-// LeaseStatus is one lease in Status.
-type LeaseStatus struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Created   time.Time `json:"created"`
-	Owner     Owner     `json:"owner"`
-	UID       int       `json:"uid"`
-	Features  []string  `json:"features,omitempty"`
-	FIFO      string    `json:"fifo"`
-	Granted   int       `json:"granted"`
-	Free      int       `json:"free"`
-	Held      int       `json:"held"`
-	Owed      int       `json:"owed"`
-	Reclaimed int       `json:"reclaimed"`
-	Inflated  int       `json:"inflated"`
-	Admitted  bool      `json:"admitted"`
-	// State is what the build does, as far as tokend can tell: see the
-	// State* constants.
-	State string `json:"state"`
-	// Asked is when a nix build first read its gate, asking for its
-	// implicit slot; a waiting build has waited since then.
-	Asked     time.Time `json:"asked,omitzero"`
-	Ending    bool      `json:"ending,omitempty"`
-	EndReason string    `json:"end_reason,omitempty"`
-	// Hungry: every token granted was held at the last pass, so the build
-	// may want more.
-	Hungry bool `json:"hungry,omitempty"`
-	// Cgroup is the cgroup v2 directory the build runs in, if known.
-	Cgroup string `json:"cgroup,omitempty"`
-	// Memory is the memory controller's view of the lease.
-	Memory *LeaseMemory `json:"memory,omitempty"`
-}
-
 // Status reports the budget and every lease.
-func (b *Broker) Status() Status {
+func (b *Broker) Status() api.Status {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := Status{
+	s := api.Status{
 		Budget: b.budget, BudgetReason: b.budgetReason, ReclaimedTotal: b.reclaimedTotal,
 		InflatedTotal: b.inflatedTotal, InvariantViolations: b.violations, LastViolation: b.lastViolation,
-		Leases: []LeaseStatus{},
+		Leases: []api.LeaseStatus{},
 	}
 	if b.memory != nil {
 		m := *b.memory
@@ -992,7 +937,7 @@ func (b *Broker) Status() Status {
 			free = l.lastFree
 		}
 		g := l.fifo.Granted()
-		ls := LeaseStatus{
+		ls := api.LeaseStatus{
 			ID: l.ID, Name: l.Name, Created: l.Created, Owner: l.Owner, UID: l.UID, Features: l.Features,
 			FIFO: l.fifo.Path(), Cgroup: l.Cgroup, Granted: g, Free: min(free, g), Held: max(g-free, 0), Owed: l.owed,
 			Reclaimed: l.reclaimed, Inflated: l.inflated, Admitted: l.admitted, Hungry: l.hungry,
@@ -1020,7 +965,7 @@ func (b *Broker) announce() {
 
 // AwaitAdmission waits until the lease with the given ID is admitted, or
 // ctx ends, and returns the lease as it then is.
-func (b *Broker) AwaitAdmission(ctx context.Context, id string) (LeaseStatus, error) {
+func (b *Broker) AwaitAdmission(ctx context.Context, id string) (api.LeaseStatus, error) {
 	for {
 		b.mu.Lock()
 		l, ok := b.leases[id]
@@ -1038,11 +983,11 @@ func (b *Broker) AwaitAdmission(ctx context.Context, id string) (LeaseStatus, er
 }
 
 // Lease returns the lease with the given ID.
-func (b *Broker) Lease(id string) (LeaseStatus, error) {
+func (b *Broker) Lease(id string) (api.LeaseStatus, error) {
 	for _, l := range b.Status().Leases {
 		if l.ID == id {
 			return l, nil
 		}
 	}
-	return LeaseStatus{}, fmt.Errorf("lease %s: %w", id, ErrNotFound)
+	return api.LeaseStatus{}, fmt.Errorf("lease %s: %w", id, ErrNotFound)
 }

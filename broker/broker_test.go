@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -91,7 +92,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // waitStatus polls the broker until cond holds.
-func waitStatus(t *testing.T, b *Broker, what string, cond func(Status) bool) Status {
+func waitStatus(t *testing.T, b *Broker, what string, cond func(api.Status) bool) api.Status {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -106,13 +107,13 @@ func waitStatus(t *testing.T, b *Broker, what string, cond func(Status) bool) St
 	}
 }
 
-func leaseByID(st Status, id string) LeaseStatus {
+func leaseByID(st api.Status, id string) api.LeaseStatus {
 	for _, l := range st.Leases {
 		if l.ID == id {
 			return l
 		}
 	}
-	return LeaseStatus{ID: id, Name: "<gone>"}
+	return api.LeaseStatus{ID: id, Name: "<gone>"}
 }
 
 // jobs runs workers that take a slot, hold it briefly and give it back,
@@ -174,7 +175,7 @@ func dial(t *testing.T, fifo string) *jobserver.Client {
 	return c
 }
 
-func self() Owner { return Owner{PID: os.Getpid()} }
+func self() api.Owner { return api.Owner{PID: os.Getpid()} }
 
 func TestLeasesShareTheBudgetWithoutExceedingIt(t *testing.T) {
 	b := startBroker(t, t.TempDir(), 6)
@@ -186,7 +187,7 @@ func TestLeasesShareTheBudgetWithoutExceedingIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	j.run(t, dial(t, a.fifo.Path()), 8, 5*time.Millisecond)
-	waitStatus(t, b, "a lone lease to get the whole allowance", func(st Status) bool { return leaseByID(st, a.ID).Granted == 5 })
+	waitStatus(t, b, "a lone lease to get the whole allowance", func(st api.Status) bool { return leaseByID(st, a.ID).Granted == 5 })
 
 	// Later builds wait for admission, as tokenctl run does, so their
 	// implicit slots never push the host over the budget.
@@ -197,10 +198,10 @@ func TestLeasesShareTheBudgetWithoutExceedingIt(t *testing.T) {
 			t.Fatal(err)
 		}
 		ids = append(ids, l.ID)
-		waitStatus(t, b, name+" to be admitted", func(st Status) bool { return leaseByID(st, l.ID).Admitted })
+		waitStatus(t, b, name+" to be admitted", func(st api.Status) bool { return leaseByID(st, l.ID).Admitted })
 		j.run(t, dial(t, l.fifo.Path()), 8, 5*time.Millisecond)
 	}
-	st := waitStatus(t, b, "equal shares", func(st Status) bool {
+	st := waitStatus(t, b, "equal shares", func(st api.Status) bool {
 		for _, l := range st.Leases {
 			if l.Granted != 1 {
 				return false
@@ -227,14 +228,14 @@ func TestShrinkingBudgetIsCollectedAndGrowsBack(t *testing.T) {
 	j := newJobs()
 	defer j.close()
 	j.run(t, dial(t, l.fifo.Path()), 12, 2*time.Millisecond)
-	waitStatus(t, b, "all 7 tokens granted", func(st Status) bool { return st.Granted == 7 })
+	waitStatus(t, b, "all 7 tokens granted", func(st api.Status) bool { return st.Granted == 7 })
 
 	// The build keeps every token busy, so the broker must win returned
 	// tokens from clients that read again at once.
 	if err := b.SetBudget(2); err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, b, "the debt to be paid", func(st Status) bool { return st.Granted == 1 && st.Debt == 0 })
+	waitStatus(t, b, "the debt to be paid", func(st api.Status) bool { return st.Granted == 1 && st.Debt == 0 })
 	j.peak.Store(j.running.Load())
 	time.Sleep(300 * time.Millisecond)
 	if p := j.peak.Load(); p > 2 {
@@ -243,7 +244,7 @@ func TestShrinkingBudgetIsCollectedAndGrowsBack(t *testing.T) {
 	if err := b.SetBudget(8); err != nil {
 		t.Fatal(err)
 	}
-	st := waitStatus(t, b, "growth back to 7 tokens", func(st Status) bool { return st.Granted == 7 })
+	st := waitStatus(t, b, "growth back to 7 tokens", func(st api.Status) bool { return st.Granted == 7 })
 	if st.Budget != 8 || st.BudgetReason != "operator" {
 		t.Fatalf("budget %d (%s), want 8 (operator)", st.Budget, st.BudgetReason)
 	}
@@ -255,7 +256,7 @@ func TestTokensOfAKilledBuildAreReclaimed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, b, "4 tokens granted", func(st Status) bool { return st.Granted == 4 })
+	waitStatus(t, b, "4 tokens granted", func(st api.Status) bool { return st.Granted == 4 })
 
 	child := exec.Command(os.Args[0], "-test.run=^$")
 	child.Env = append(os.Environ(), "TOKEND_BROKER_TEST_CHILD=hold", "TOKEND_HOLD=3",
@@ -281,7 +282,7 @@ func TestTokensOfAKilledBuildAreReclaimed(t *testing.T) {
 	child.Wait()
 	killed := time.Now()
 
-	st = waitStatus(t, b, "3 leaked tokens reclaimed", func(st Status) bool { return st.ReclaimedTotal == 3 })
+	st = waitStatus(t, b, "3 leaked tokens reclaimed", func(st api.Status) bool { return st.ReclaimedTotal == 3 })
 	t.Logf("reclaimed %v after the last holder died", time.Since(killed))
 	if got := leaseByID(st, l.ID); got.Reclaimed != 3 {
 		t.Fatalf("lease reclaimed %d, want 3", got.Reclaimed)
@@ -301,7 +302,7 @@ func TestEndedLeaseGivesBackAllItsTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := dial(t, l.fifo.Path())
-	waitStatus(t, b, "3 tokens granted", func(st Status) bool { return st.Granted == 3 })
+	waitStatus(t, b, "3 tokens granted", func(st api.Status) bool { return st.Granted == 3 })
 	implicit, _ := c.Acquire(context.Background())
 	held, err := c.Acquire(context.Background())
 	if err != nil {
@@ -310,7 +311,7 @@ func TestEndedLeaseGivesBackAllItsTokens(t *testing.T) {
 	if err := b.End(0, l.ID, "test"); err != nil {
 		t.Fatal(err)
 	}
-	st := waitStatus(t, b, "free tokens back, the held one owed", func(st Status) bool {
+	st := waitStatus(t, b, "free tokens back, the held one owed", func(st api.Status) bool {
 		return st.Granted == 1 && leaseByID(st, l.ID).Owed == 1
 	})
 	if !leaseByID(st, l.ID).Ending {
@@ -319,7 +320,7 @@ func TestEndedLeaseGivesBackAllItsTokens(t *testing.T) {
 	c.Release(held)
 	c.Release(implicit)
 	c.Close()
-	st = waitStatus(t, b, "the lease to be gone", func(st Status) bool { return len(st.Leases) == 0 })
+	st = waitStatus(t, b, "the lease to be gone", func(st api.Status) bool { return len(st.Leases) == 0 })
 	if st.Granted != 0 || st.ReclaimedTotal != 0 {
 		t.Fatalf("granted %d reclaimed %d after a clean end, want 0 and 0", st.Granted, st.ReclaimedTotal)
 	}
@@ -335,18 +336,18 @@ func TestOwnerExitEndsLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	dirOwner := t.TempDir()
-	byPID, err := b.Register(LeaseRequest{Name: "pid", Owner: Owner{PID: owner.Process.Pid}, GID: -1})
+	byPID, err := b.Register(LeaseRequest{Name: "pid", Owner: api.Owner{PID: owner.Process.Pid}, GID: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	byDir, err := b.Register(LeaseRequest{Name: "dir", Owner: Owner{Dir: dirOwner}, GID: -1})
+	byDir, err := b.Register(LeaseRequest{Name: "dir", Owner: api.Owner{Dir: dirOwner}, GID: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	owner.Process.Kill()
 	owner.Wait()
 	os.Remove(dirOwner)
-	waitStatus(t, b, "both leases gone", func(st Status) bool {
+	waitStatus(t, b, "both leases gone", func(st api.Status) bool {
 		return leaseByID(st, byPID.ID).Name == "<gone>" && leaseByID(st, byDir.ID).Name == "<gone>"
 	})
 }
@@ -357,14 +358,14 @@ func TestInflatedFIFOIsTrimmed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, b, "2 tokens granted", func(st Status) bool { return st.Granted == 2 })
+	waitStatus(t, b, "2 tokens granted", func(st api.Status) bool { return st.Granted == 2 })
 	f, err := os.OpenFile(l.fifo.Path(), os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.Write([]byte("+++++"))
 	f.Close()
-	st := waitStatus(t, b, "the excess removed", func(st Status) bool { return st.InflatedTotal == 5 })
+	st := waitStatus(t, b, "the excess removed", func(st api.Status) bool { return st.InflatedTotal == 5 })
 	if got := leaseByID(st, l.ID); got.Free != 2 || got.Granted != 2 {
 		t.Fatalf("after trimming: %+v, want 2 free of 2", got)
 	}
@@ -384,7 +385,7 @@ func TestRestartAdoptsLeasesAndCleansStaleFIFOs(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := dial(t, l.fifo.Path())
-	waitStatus(t, first, "4 tokens granted", func(st Status) bool { return st.Granted == 4 })
+	waitStatus(t, first, "4 tokens granted", func(st api.Status) bool { return st.Granted == 4 })
 	c.Acquire(context.Background()) // implicit
 	for range 2 {
 		if _, err := c.Acquire(context.Background()); err != nil {

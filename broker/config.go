@@ -9,6 +9,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/tokend/tokend/api"
 )
 
 // Config is tokend's configuration file (TOML). Every key has a command
@@ -110,7 +112,7 @@ const DefaultOOMScoreAdj = 500
 
 // DefaultConfig is what tokend runs with when nothing is configured.
 func DefaultConfig() Config {
-	return Config{RuntimeDir: DefaultRuntimeDir(), LogLevel: "info", OOMScoreAdj: DefaultOOMScoreAdj}
+	return Config{RuntimeDir: api.DefaultRuntimeDir(), LogLevel: "info", OOMScoreAdj: DefaultOOMScoreAdj}
 }
 
 // LoadConfig reads the file at path over c. Unknown keys and bad values are

@@ -11,18 +11,9 @@ import (
 
 	"github.com/prometheus/procfs"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
-
-// Owner is what a lease lives as long as: a process, a directory (a nix
-// build's sandbox), or both.
-type Owner struct {
-	PID int `json:"pid,omitempty"`
-	// Start is the process's start time in clock ticks since boot, so a
-	// reused PID is not mistaken for the owner.
-	Start uint64 `json:"start,omitempty"`
-	Dir   string `json:"dir,omitempty"`
-}
 
 // processStart reads the start time of pid from /proc.
 func processStart(pid int) (uint64, error) {
@@ -37,8 +28,8 @@ func processStart(pid int) (uint64, error) {
 	return st.Starttime, nil
 }
 
-// gone reports why the owner no longer exists, or "" while it does.
-func (o Owner) gone() string {
+// ownerGone reports why the owner no longer exists, or "" while it does.
+func ownerGone(o api.Owner) string {
 	if o.PID > 0 {
 		if start, err := processStart(o.PID); err != nil || start != o.Start {
 			return fmt.Sprintf("owner process %d exited", o.PID)
@@ -58,7 +49,7 @@ type Lease struct {
 	ID       string
 	Name     string
 	Created  time.Time
-	Owner    Owner
+	Owner    api.Owner
 	UID, GID int      // who registered it; the FIFO's group
 	Features []string // nix requiredSystemFeatures, for the operator's eye
 	// Cgroup is the cgroup v2 directory the build runs in: made for the
@@ -109,33 +100,16 @@ func (l *Lease) asking() bool { return l.gate == nil || !l.asked.IsZero() }
 // hook) runs no job of the jobserver's and holds nothing.
 func (l *Lease) counted() bool { return !l.ending && (l.admitted || l.asking()) }
 
-// Lease states, as status shows them.
-const (
-	// StateRunning: admitted; its jobs run on its slot and tokens.
-	StateRunning = "running"
-	// StateWaiting: it waits for admission (tokenctl run, or a nix build
-	// whose setup hook reads its gate).
-	StateWaiting = "waiting"
-	// StateStarting: a nix build that joined its FIFO and has not asked
-	// for a slot yet (it is before its build phase).
-	StateStarting = "starting"
-	// StateNotJoined: a nix build that never opened its FIFO: built
-	// without the setup hook, it runs its own -j outside the budget.
-	StateNotJoined = "not joined"
-	// StateEnding: ended; its tokens come back as its clients let go.
-	StateEnding = "ending"
-)
-
 func (l *Lease) state() string {
 	switch {
 	case l.ending:
-		return StateEnding
+		return api.StateEnding
 	case l.admitted:
-		return StateRunning
+		return api.StateRunning
 	case l.asking():
-		return StateWaiting
+		return api.StateWaiting
 	case l.joined:
-		return StateStarting
+		return api.StateStarting
 	}
-	return StateNotJoined
+	return api.StateNotJoined
 }

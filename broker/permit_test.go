@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/buildtest"
 )
 
@@ -107,7 +108,7 @@ func asNobody(t *testing.T, socket string, calls ...apiCall) []apiAnswer {
 	return answers
 }
 
-func register(body string) apiCall { return apiCall{"POST", pathLeases, body} }
+func register(body string) apiCall { return apiCall{"POST", api.PathLeases, body} }
 
 // expect checks an answer's status and that its body mentions want.
 func expect(t *testing.T, what string, a apiAnswer, code int, want string) {
@@ -168,18 +169,18 @@ func TestMemberEndsOnlyItsOwnLeases(t *testing.T) {
 		t.Fatal(err)
 	}
 	answers := asNobody(t, socket,
-		apiCall{"DELETE", pathLeases + "/" + roots.ID, ""},
+		apiCall{"DELETE", api.PathLeases + "/" + roots.ID, ""},
 		register(`{"name": "mine", "owner_pid": $SELF}`),
 	)
 	expect(t, "ending root's lease", answers[0], 403, "belongs to uid 0")
 	if l := leaseByID(b.Status(), roots.ID); l.Name != "nix-build" || l.Ending {
 		t.Fatalf("root's lease after a member tried to end it: %+v", l)
 	}
-	var mine Registered
+	var mine api.Registered
 	if err := json.Unmarshal([]byte(answers[1].Body), &mine); err != nil {
 		t.Fatal(err)
 	}
-	answers = asNobody(t, socket, apiCall{"DELETE", pathLeases + "/" + mine.ID, ""})
+	answers = asNobody(t, socket, apiCall{"DELETE", api.PathLeases + "/" + mine.ID, ""})
 	// The lease's owner (the first child) is gone, so tokend may have
 	// ended it already; either way this user may end its own.
 	if answers[0].Code != 204 && answers[0].Code != 404 {

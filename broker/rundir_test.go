@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/buildtest"
 )
 
@@ -109,7 +110,7 @@ func TestForgedStateEntriesAreSetAside(t *testing.T) {
 			l := forged
 			l.ID = "0123456789ac"
 			l.UID = 65534
-			l.Owner = Owner{Dir: "/"}
+			l.Owner = api.Owner{Dir: "/"}
 			return l
 		}(),
 		func() savedLease { l := forged; l.ID = "0123456789ad"; l.Name = "\x1b[2Jx"; return l }(),

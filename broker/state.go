@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -30,7 +31,7 @@ type savedLease struct {
 	ID        string    `json:"id"`
 	Name      string    `json:"name"`
 	Created   time.Time `json:"created"`
-	Owner     Owner     `json:"owner"`
+	Owner     api.Owner `json:"owner"`
 	UID       int       `json:"uid"`
 	GID       int       `json:"gid"`
 	Features  []string  `json:"features,omitempty"`

@@ -3,8 +3,8 @@ package broker
 import (
 	"fmt"
 	"maps"
-	"time"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -43,69 +43,8 @@ func (b *Broker) Steer(n int, reason string) error {
 	return nil
 }
 
-// MemoryStatus is what the memory controller sees and decided, for status.
-// Byte counts are bytes; rates are shares of time from 0 to 1.
-type MemoryStatus struct {
-	// Domain is "host" or the memory cgroup's directory.
-	Domain       string `json:"domain"`
-	PressureFile string `json:"pressure_file"`
-	// Limit is the domain's size: its cgroup limit, else the host's memory.
-	Limit      uint64 `json:"limit"`
-	WorkingSet uint64 `json:"working_set"`
-	// Headroom is what the domain can still take: the smaller of the
-	// host's MemAvailable and the cgroup's limit less its working set.
-	Headroom uint64 `json:"headroom"`
-	Reserve  uint64 `json:"reserve"`
-	// Growth is what running jobs are still expected to grow by.
-	Growth uint64 `json:"growth"`
-	// NextJob is the expected peak of one more job.
-	NextJob uint64 `json:"next_job"`
-	// SoftCap is the working set at which pressure last appeared, relaxing
-	// slowly; 0 when none holds.
-	SoftCap      uint64  `json:"soft_cap,omitempty"`
-	PressureSome float64 `json:"pressure_some"`
-	PressureFull float64 `json:"pressure_full"`
-	// PressureWindow is the interval the pressure rates are measured over.
-	PressureWindow time.Duration `json:"pressure_window_ns"`
-	// Jobs is how many jobs run: implicit slots of admitted leases plus
-	// tokens held.
-	Jobs int `json:"jobs"`
-	// Fit is how many jobs memory allows now, Jobs included.
-	Fit    int `json:"fit"`
-	CPUCap int `json:"cpu_cap"`
-	// Target is the budget the controller wants; it is the budget unless
-	// an operator or the configuration pins it.
-	Target int    `json:"target"`
-	Reason string `json:"reason"`
-	// Detail is the arithmetic behind the last decision.
-	Detail  string    `json:"detail"`
-	Changed time.Time `json:"changed"`
-	Updated time.Time `json:"updated"`
-}
-
-// LeaseMemory is the memory controller's view of one lease.
-type LeaseMemory struct {
-	// Procs is how many of the lease's processes were sampled.
-	Procs int `json:"procs"`
-	// RSS sums the resident memory of the lease's processes; Peak is the
-	// largest peak of any one of them so far.
-	RSS  uint64 `json:"rss"`
-	Peak uint64 `json:"peak"`
-	// Jobs is the lease's implicit slot (once admitted) plus tokens held.
-	Jobs int `json:"jobs"`
-	// Growth is what its running jobs are still expected to grow by.
-	Growth uint64 `json:"growth"`
-	// Estimates are the expected peaks of one job, per job class
-	// ("compile", "link").
-	Estimates map[string]uint64 `json:"estimates"`
-	// Source tells where the compile estimate comes from: "observed" in
-	// this lease, "history" of past leases of the same name, or "default".
-	Source string `json:"source"`
-	Frozen bool   `json:"frozen,omitempty"`
-}
-
 // SetMemory publishes the memory controller's view for Status.
-func (b *Broker) SetMemory(m MemoryStatus, leases map[string]LeaseMemory) {
+func (b *Broker) SetMemory(m api.MemoryStatus, leases map[string]api.LeaseMemory) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.memory = &m

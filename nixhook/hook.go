@@ -15,8 +15,11 @@
 // build side instead. The lease comes with a gate, mapped at SandboxGate,
 // that the setup hook reads until tokend admits the build.
 //
-// cmd/tokend-nix-hook is its command; it depends on broker, not the
-// reverse.
+// It also reads Nix's settings as Nix does (Conf), for tokenctl doctor to
+// tell whether Nix will run the hook at all.
+//
+// cmd/tokend-nix-hook is its command. It speaks to tokend through package
+// api alone, so the hook links nothing of the daemon.
 package nixhook
 
 import (
@@ -29,7 +32,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 )
 
 // SandboxFIFO is where every build finds its lease's FIFO. Fixed, because
@@ -64,13 +67,13 @@ type Result struct {
 	// broken, "" when all went well or tokend simply is not running.
 	Problem string
 	// Lease is the lease registered for the build, if one was.
-	Lease broker.Registered
+	Lease api.Registered
 }
 
 // Command is the hook output that maps the lease's FIFO into the sandbox
 // at SandboxFIFO and its gate, if it has one, at SandboxGate. The blank
 // line ends the command.
-func Command(reg broker.Registered) string {
+func Command(reg api.Registered) string {
 	out := "extra-sandbox-paths\n" + SandboxFIFO + "=" + reg.FIFO + "\n"
 	if reg.Gate != "" {
 		out += SandboxGate + "=" + reg.Gate + "\n"
@@ -104,8 +107,8 @@ func Run(ctx context.Context, opts Options, drvPath, sandboxDir string) Result {
 	// root:<that group>.
 	gid := int(st.Sys().(*syscall.Stat_t).Gid)
 
-	c := broker.NewClient(opts.Socket)
-	reg, err := c.Register(ctx, broker.RegisterRequest{
+	c := api.NewClient(opts.Socket)
+	reg, err := c.Register(ctx, api.RegisterRequest{
 		Name: drv.Name, OwnerDir: sandboxDir, GID: &gid, Features: drv.Features, Gate: true,
 	})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker"
 )
 
@@ -34,7 +35,7 @@ func Start(t testing.TB, budget int) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	socket := broker.SocketPath(dir)
+	socket := api.SocketPath(dir)
 	ln, err := broker.Listen(socket)
 	if err != nil {
 		t.Fatal(err)

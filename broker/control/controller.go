@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker"
 	"github.com/tokend/tokend/broker/memory"
 )
@@ -187,7 +188,7 @@ func (c *Controller) tick() {
 		// same (configuring, or built without the setup hook and so
 		// outside the budget): for memory it counts as running. Only a
 		// waiting lease has started nothing that matters yet.
-		running := l.State != broker.StateWaiting
+		running := l.State != api.StateWaiting
 		if running {
 			if procs, grouped, err = c.sampler.lease(l, forest); err != nil {
 				c.log.Debug("cannot sample the lease's processes", "lease", l.ID, "error", err)
@@ -236,7 +237,7 @@ func (c *Controller) tick() {
 // ancestor of both groups, so for users other than root it falls back to
 // starting it outside. tokend, as root, moves it; until then its memory
 // is still sampled from the owner's descendants.
-func (c *Controller) place(l broker.LeaseStatus, forest func() (memory.Forest, error)) {
+func (c *Controller) place(l api.LeaseStatus, forest func() (memory.Forest, error)) {
 	if c.cgroups == nil || !c.cgroups.Owns(l.Cgroup) || c.placed[l.ID] || !l.Admitted || l.Ending || l.Owner.PID <= 0 {
 		return
 	}

@@ -6,7 +6,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker/memory"
 )
 
@@ -50,8 +50,8 @@ type decision struct {
 	Reason  string
 	Changed bool
 	Actions []action
-	Status  broker.MemoryStatus
-	Leases  map[string]broker.LeaseMemory
+	Status  api.MemoryStatus
+	Leases  map[string]api.LeaseMemory
 }
 
 // engine decides the budget from one tick's input at a time. It does no
@@ -97,7 +97,7 @@ func (e *engine) step(in tickInput) decision {
 	jobs, waiting := 0, 0
 	var growth, back, live uint64
 	active, wanting := false, false
-	leaseMem := make(map[string]broker.LeaseMemory, len(in.Leases))
+	leaseMem := make(map[string]api.LeaseMemory, len(in.Leases))
 	for _, li := range in.Leases {
 		ls := e.leases[li.ID]
 		j := li.Held
@@ -116,7 +116,7 @@ func (e *engine) step(in tickInput) decision {
 		growth += g
 		back += b
 		live += l
-		leaseMem[li.ID] = broker.LeaseMemory{
+		leaseMem[li.ID] = api.LeaseMemory{
 			Procs: len(ls.procs), RSS: rss, Peak: peak, Jobs: j, Growth: g,
 			Estimates: map[string]uint64{
 				classCompile.String(): ls.estimate(classCompile),
@@ -226,7 +226,7 @@ func (e *engine) step(in tickInput) decision {
 	} else {
 		e.log.Debug("memory controller keeps the budget", "budget", target, "reason", reason, "detail", detail)
 	}
-	d.Status = broker.MemoryStatus{
+	d.Status = api.MemoryStatus{
 		Domain: e.domain, PressureFile: e.pressureFile, Limit: limit, WorkingSet: ws, Headroom: head,
 		Reserve: reserve, Growth: growth, NextJob: next, SoftCap: e.softCap,
 		PressureSome: some, PressureFull: full, PressureWindow: span,

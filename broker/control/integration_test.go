@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/buildtest"
 	"github.com/tokend/tokend/internal/cgtest"
 )
@@ -47,7 +47,7 @@ func writeMakefile(t *testing.T, dir, log, prefix string, n int, h hog) {
 // daemon is a tokend started by a test.
 type daemon struct {
 	socket string
-	client *broker.Client
+	client *api.Client
 	log    string
 }
 
@@ -57,7 +57,7 @@ func startTokend(t *testing.T, args ...string) *daemon {
 	t.Helper()
 	// Users other than root reach the socket too.
 	dir := buildtest.WorldDir(t)
-	d := &daemon{socket: broker.SocketPath(dir), log: filepath.Join(dir, "tokend.log")}
+	d := &daemon{socket: api.SocketPath(dir), log: filepath.Join(dir, "tokend.log")}
 	logf, err := os.Create(d.log)
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +79,7 @@ func startTokend(t *testing.T, args ...string) *daemon {
 			}
 		}
 	})
-	d.client = broker.NewClient(d.socket)
+	d.client = api.NewClient(d.socket)
 	waitUntil(t, "tokend to answer", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -89,7 +89,7 @@ func startTokend(t *testing.T, args ...string) *daemon {
 	return d
 }
 
-func (d *daemon) status(t *testing.T) broker.Status {
+func (d *daemon) status(t *testing.T) api.Status {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()

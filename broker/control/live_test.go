@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker"
 	"github.com/tokend/tokend/broker/memory"
 	"github.com/tokend/tokend/internal/cgtest"
@@ -133,11 +134,11 @@ func TestControllerOnLiveBroker(t *testing.T) {
 			}
 		}
 	})
-	l, err := b.Register(broker.LeaseRequest{Name: "self", Owner: broker.Owner{PID: os.Getpid()}})
+	l, err := b.Register(broker.LeaseRequest{Name: "self", Owner: api.Owner{PID: os.Getpid()}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st broker.Status
+	var st api.Status
 	waitUntil(t, "the controller to see the lease", func() bool {
 		st = b.Status()
 		return st.Memory != nil && len(st.Leases) == 1 && st.Leases[0].Memory != nil

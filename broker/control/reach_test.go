@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/buildtest"
 	"github.com/tokend/tokend/internal/cgtest"
 )
@@ -22,14 +22,14 @@ import (
 // registerChild is the test binary run as another user: it registers the
 // lease described by TOKEND_REGISTER on TOKEND_SOCKET and prints the answer.
 func registerChild() {
-	var req broker.RegisterRequest
+	var req api.RegisterRequest
 	if err := json.Unmarshal([]byte(os.Getenv("TOKEND_REGISTER")), &req); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	reg, err := broker.NewClient(os.Getenv("TOKEND_SOCKET")).Register(ctx, req)
+	reg, err := api.NewClient(os.Getenv("TOKEND_SOCKET")).Register(ctx, req)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -38,7 +38,7 @@ func registerChild() {
 }
 
 // registerAsNobody registers req on socket from a process of uid 65534.
-func registerAsNobody(t *testing.T, socket string, req broker.RegisterRequest) broker.Registered {
+func registerAsNobody(t *testing.T, socket string, req api.RegisterRequest) api.Registered {
 	t.Helper()
 	bin := filepath.Join(buildtest.WorldDir(t), "control.test")
 	raw, err := os.ReadFile(os.Args[0])
@@ -61,7 +61,7 @@ func registerAsNobody(t *testing.T, socket string, req broker.RegisterRequest) b
 		}
 		t.Fatalf("register as uid %d: %v: %s", buildtest.Nobody, err, stderr)
 	}
-	var reg broker.Registered
+	var reg api.Registered
 	if err := json.Unmarshal(out, &reg); err != nil {
 		t.Fatalf("register as uid %d: %q: %v", buildtest.Nobody, out, err)
 	}
@@ -130,7 +130,7 @@ func TestMoveLeavesOtherUsersProcessesOut(t *testing.T) {
 		return kids["suid-sleep"] > 0 && kids["sleep"] > 0
 	})
 	t.Cleanup(func() { syscall.Kill(kids["suid-sleep"], syscall.SIGKILL) })
-	reg := registerAsNobody(t, d.socket, broker.RegisterRequest{Name: "member", OwnerPID: owner.Process.Pid, NewCgroup: true})
+	reg := registerAsNobody(t, d.socket, api.RegisterRequest{Name: "member", OwnerPID: owner.Process.Pid, NewCgroup: true})
 	if reg.Cgroup == "" {
 		t.Fatal("tokend made no cgroup for the lease")
 	}

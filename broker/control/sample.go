@@ -12,7 +12,7 @@ import (
 
 	"github.com/prometheus/procfs"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker/memory"
 )
 
@@ -47,7 +47,7 @@ const pfExiting = 0x4
 // the descendants of its owner process, or for a lease owned by a
 // directory (a nix build's sandbox) the processes confined to it. grouped tells whether they came
 // from the cgroup, which can then be frozen.
-func (s sampler) lease(l broker.LeaseStatus, forest func() (memory.Forest, error)) (procs []proc, grouped bool, err error) {
+func (s sampler) lease(l api.LeaseStatus, forest func() (memory.Forest, error)) (procs []proc, grouped bool, err error) {
 	var ps []memory.Proc
 	if l.Cgroup != "" {
 		ps, err = s.mem.Cgroup(l.Cgroup)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -19,7 +18,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/nixhook"
 )
 
 // doctor answers one question: can tokend's Nix pre-build-hook work on
@@ -29,7 +29,7 @@ import (
 // a jobserver.
 type doctor struct {
 	socket string
-	client *broker.Client
+	client *api.Client
 	// Where the host's files are; tests point them elsewhere.
 	procDir    string // /proc
 	cgroupRoot string // /sys/fs/cgroup
@@ -71,9 +71,9 @@ func runDoctor(socket string, args []string) int {
 		return 2
 	}
 	d := &doctor{
-		socket: socket, client: broker.NewClient(socket),
+		socket: socket, client: api.NewClient(socket),
 		procDir: "/proc", cgroupRoot: "/sys/fs/cgroup",
-		hookSocket: broker.SocketPath("/run/tokend"),
+		hookSocket: api.SocketPath("/run/tokend"),
 	}
 	return d.report(context.Background(), os.Stdout)
 }
@@ -166,7 +166,7 @@ func (d *doctor) nixVersion(ctx context.Context) (string, finding) {
 
 // nixConf is Nix's effective settings and where they were read.
 type nixConf struct {
-	settings map[string]string
+	settings nixhook.Conf
 	source   string
 	// err, if set, is why no settings could be read.
 	err error
@@ -187,7 +187,7 @@ func (d *doctor) nixConfig(ctx context.Context, nix string) nixConf {
 		for _, cmd := range [][]string{{"config", "show"}, {"show-config"}} {
 			args := append([]string{"--extra-experimental-features", "nix-command"}, cmd...)
 			if out, err := output(ctx, nix, args...); err == nil {
-				return nixConf{settings: parseSettings(out), source: "nix " + strings.Join(cmd, " ")}
+				return nixConf{settings: nixhook.ParseShown(out), source: "nix " + strings.Join(cmd, " ")}
 			}
 		}
 	}
@@ -196,83 +196,19 @@ func (d *doctor) nixConfig(ctx context.Context, nix string) nixConf {
 		dir = "/etc/nix"
 	}
 	path := filepath.Join(dir, "nix.conf")
-	c := nixConf{settings: map[string]string{}, source: path}
-	if err := readNixConf(path, c.settings, 0); err != nil {
+	c := nixConf{settings: nixhook.Conf{}, source: path}
+	if err := c.settings.ReadFile(path); err != nil {
 		c.err = err
 		return c
 	}
 	// Nix applies $NIX_CONFIG after the files.
 	if env := os.Getenv("NIX_CONFIG"); env != "" {
 		c.source += " and NIX_CONFIG"
-		if err := parseNixConf(strings.NewReader(env), dir, c.settings, 0); err != nil {
+		if err := c.settings.Parse(strings.NewReader(env), dir); err != nil {
 			c.err = fmt.Errorf("NIX_CONFIG: %w", err)
 		}
 	}
 	return c
-}
-
-// parseSettings reads "key = value" lines, as nix config show prints them.
-func parseSettings(out []byte) map[string]string {
-	s := map[string]string{}
-	for _, line := range strings.Split(string(out), "\n") {
-		if k, v, ok := strings.Cut(line, " = "); ok {
-			s[strings.TrimSpace(k)] = strings.TrimSpace(v)
-		}
-	}
-	return s
-}
-
-// readNixConf reads a nix.conf the way Nix does: "#" comments, "name =
-// value", extra-name appending to name, include (must exist) and !include
-// (may be missing) of paths relative to the file.
-func readNixConf(path string, settings map[string]string, depth int) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return parseNixConf(f, filepath.Dir(path), settings, depth)
-}
-
-func parseNixConf(r io.Reader, dir string, settings map[string]string, depth int) error {
-	if depth > 16 {
-		return errors.New("includes nested too deep")
-	}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(nil, 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		line, _, _ := strings.Cut(sc.Text(), "#")
-		words := strings.Fields(line)
-		if len(words) == 0 {
-			continue
-		}
-		if words[0] == "include" || words[0] == "!include" {
-			if len(words) != 2 {
-				return fmt.Errorf("line %d: %s takes one path", n, words[0])
-			}
-			p := words[1]
-			if !filepath.IsAbs(p) {
-				p = filepath.Join(dir, p)
-			}
-			err := readNixConf(p, settings, depth+1)
-			if err != nil && !(words[0] == "!include" && errors.Is(err, os.ErrNotExist)) {
-				return err
-			}
-			continue
-		}
-		if len(words) < 2 || words[1] != "=" {
-			return fmt.Errorf("line %d: want 'name = value'", n)
-		}
-		name, value := words[0], strings.Join(words[2:], " ")
-		if base, ok := strings.CutPrefix(name, "extra-"); ok {
-			if old := settings[base]; old != "" {
-				value = old + " " + value
-			}
-			name = base
-		}
-		settings[name] = value
-	}
-	return sc.Err()
 }
 
 func (d *doctor) hookSetting(c nixConf) finding {

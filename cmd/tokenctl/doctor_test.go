@@ -14,7 +14,7 @@ import (
 	"github.com/tokend/tokend/broker/brokertest"
 	"github.com/tokend/tokend/internal/buildtest"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 )
 
 // host is a fake host for doctor: a PATH of its own, nix.conf, /proc and
@@ -83,7 +83,7 @@ func (h *host) hook() string {
 // lines by check.
 func (h *host) run(socket string) (int, map[string]string, string) {
 	h.t.Helper()
-	d := &doctor{socket: socket, client: broker.NewClient(socket), procDir: h.proc, cgroupRoot: h.cgrp, hookSocket: socket}
+	d := &doctor{socket: socket, client: api.NewClient(socket), procDir: h.proc, cgroupRoot: h.cgrp, hookSocket: socket}
 	var out bytes.Buffer
 	code := d.report(context.Background(), &out)
 	lines := map[string]string{}
@@ -164,7 +164,7 @@ func TestDoctorTokendNotRootOrElsewhere(t *testing.T) {
 	if err := os.Lchown(socket, 4321, -1); err != nil {
 		t.Fatal(err)
 	}
-	d := &doctor{socket: socket, client: broker.NewClient(socket), procDir: h.proc, cgroupRoot: h.cgrp, hookSocket: "/run/tokend/tokend.sock"}
+	d := &doctor{socket: socket, client: api.NewClient(socket), procDir: h.proc, cgroupRoot: h.cgrp, hookSocket: "/run/tokend/tokend.sock"}
 	var lines []string
 	for _, f := range d.tokend(context.Background()) {
 		lines = append(lines, f.String())
@@ -272,19 +272,6 @@ build-users-group = nixbld
 	h.file(h.conf, "nix.conf", "sandbox true\n", 0o644)
 	_, lines, _ = h.run(socket)
 	want(t, lines, "sandbox", "FAIL")
-}
-
-func TestReadNixConfExtra(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "nix.conf")
-	os.WriteFile(path, []byte("extra-sandbox-paths = /a\nsandbox-paths = /b\nextra-sandbox-paths = /c /d\nauto-allocate-uids = true\n"), 0o644)
-	s := map[string]string{}
-	if err := readNixConf(path, s, 0); err != nil {
-		t.Fatal(err)
-	}
-	if s["sandbox-paths"] != "/b /c /d" || s["auto-allocate-uids"] != "true" {
-		t.Fatalf("settings %q", s)
-	}
 }
 
 func TestDoctorAutoAllocateUIDs(t *testing.T) {

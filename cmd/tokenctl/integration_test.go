@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/buildtest"
 	"github.com/tokend/tokend/jobserver"
 )
@@ -113,7 +113,7 @@ type daemon struct {
 func startDaemon(t *testing.T, dir string, budget int) *daemon {
 	t.Helper()
 	tokend, tokenctl := binaries(t)
-	d := &daemon{dir: dir, sock: broker.SocketPath(dir), tokenctl: tokenctl}
+	d := &daemon{dir: dir, sock: api.SocketPath(dir), tokenctl: tokenctl}
 	d.proc = buildtest.Start(t, exec.Command(tokend, "--runtime-dir", dir, "--tokens", strconv.Itoa(budget), "--lease-group", "", "--log-level", "debug"))
 	deadline := time.Now().Add(testDeadline)
 	for {
@@ -198,13 +198,13 @@ func runCtl(t *testing.T, tokenctl, sock string, cred *syscall.Credential, env [
 }
 
 // status is `tokenctl status --json`.
-func (d *daemon) status(t *testing.T) broker.Status {
+func (d *daemon) status(t *testing.T) api.Status {
 	t.Helper()
 	out, errOut, code := d.ctl(t, nil, "status", "--json")
 	if code != 0 {
 		t.Fatalf("tokenctl status --json: exit %d: %s", code, errOut)
 	}
-	var st broker.Status
+	var st api.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("tokenctl status --json: %v\n%s", err, out)
 	}
@@ -213,7 +213,7 @@ func (d *daemon) status(t *testing.T) broker.Status {
 
 // waitStatus polls status until cond holds and returns the status that
 // satisfied it, with the time just after it was read.
-func (d *daemon) waitStatus(t *testing.T, what string, cond func(broker.Status) bool) (broker.Status, time.Time) {
+func (d *daemon) waitStatus(t *testing.T, what string, cond func(api.Status) bool) (api.Status, time.Time) {
 	t.Helper()
 	deadline := time.Now().Add(testDeadline)
 	for {
@@ -240,15 +240,15 @@ func (d *daemon) setBudget(t *testing.T, n int) {
 // waitIdle waits until the leases of finished builds are gone (tokend
 // removes an ended lease once nothing holds its FIFO), checks that every
 // token is back, and returns the status.
-func (d *daemon) waitIdle(t *testing.T) broker.Status {
+func (d *daemon) waitIdle(t *testing.T) api.Status {
 	t.Helper()
-	st, _ := d.waitStatus(t, "every lease to end", func(st broker.Status) bool { return len(st.Leases) == 0 })
+	st, _ := d.waitStatus(t, "every lease to end", func(st api.Status) bool { return len(st.Leases) == 0 })
 	checkIdle(t, st)
 	return st
 }
 
 // checkIdle checks that every lease is gone and every token is back.
-func checkIdle(t *testing.T, st broker.Status) {
+func checkIdle(t *testing.T, st api.Status) {
 	t.Helper()
 	if len(st.Leases) != 0 || st.Granted != 0 || st.InvariantViolations != 0 {
 		t.Errorf("after the builds: %d leases, %d granted, %d accounting errors (%s), want 0, 0, 0: %+v",
@@ -413,7 +413,7 @@ func TestBudgetChangedMidBuild(t *testing.T) {
 	log.WaitFor(ctx, t, "8 jobs at once", func(r buildtest.Run) bool { return r.Peak() >= 8 })
 	shrunk := time.Now()
 	d.setBudget(t, 2)
-	st, converged := d.waitStatus(t, "the debt to be paid", func(st broker.Status) bool {
+	st, converged := d.waitStatus(t, "the debt to be paid", func(st api.Status) bool {
 		return st.Budget == 2 && st.Debt == 0
 	})
 	t.Logf("budget 8 -> 2: debt paid %v after the change (granted %d, allowance %d)", converged.Sub(shrunk).Round(time.Millisecond), st.Granted, st.Allowance)
@@ -541,7 +541,7 @@ func TestKilledMakesTokensAreReclaimed(t *testing.T) {
 		time.Sleep(2 * time.Millisecond)
 	}
 	closed := time.Now()
-	st, reclaimed := d.waitStatus(t, "the held tokens reclaimed", func(st broker.Status) bool { return st.ReclaimedTotal >= lease.Held })
+	st, reclaimed := d.waitStatus(t, "the held tokens reclaimed", func(st api.Status) bool { return st.ReclaimedTotal >= lease.Held })
 	t.Logf("make killed holding %d tokens; last holder gone %v later; reclaimed %d tokens %v after the last holder closed the fifo",
 		lease.Held, closed.Sub(killed).Round(time.Millisecond), st.ReclaimedTotal, reclaimed.Sub(closed).Round(time.Millisecond))
 	if st.ReclaimedTotal != lease.Held {
@@ -589,7 +589,7 @@ func TestTokendKilledMidBuild(t *testing.T) {
 	for _, b := range builds {
 		b.start(t, first)
 	}
-	before, _ := first.waitStatus(t, "both builds admitted", func(st broker.Status) bool {
+	before, _ := first.waitStatus(t, "both builds admitted", func(st api.Status) bool {
 		return len(st.Leases) == 2 && st.Leases[0].Admitted && st.Leases[1].Admitted
 	})
 	log.WaitFor(ctx, t, "both builds running", func(r buildtest.Run) bool {
@@ -681,7 +681,7 @@ func TestOtherUserMayOnlyReadStatus(t *testing.T) {
 	}
 
 	out, errOut, code = runCtl(t, tokenctl, d.sock, nobody, nil, "status", "--json")
-	var st broker.Status
+	var st api.Status
 	if code != 0 {
 		t.Fatalf("status as uid 65534: exit %d: %s", code, errOut)
 	}

@@ -16,7 +16,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 )
 
 const usage = `usage:
@@ -38,7 +38,7 @@ func main() {
 func run(args []string) int {
 	fs := flag.NewFlagSet("tokenctl", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
-	socket := fs.String("socket", broker.DefaultSocket(), "tokend's control socket (also $TOKEND_SOCKET)")
+	socket := fs.String("socket", api.DefaultSocket(), "tokend's control socket (also $TOKEND_SOCKET)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -49,7 +49,7 @@ func run(args []string) int {
 		fs.Usage()
 		return 2
 	}
-	c := broker.NewClient(*socket)
+	c := api.NewClient(*socket)
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	var err error
 	switch cmd {
@@ -72,7 +72,7 @@ func run(args []string) int {
 	return 0
 }
 
-func status(c *broker.Client, args []string) error {
+func status(c *api.Client, args []string) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print the status as JSON")
 	if err := fs.Parse(args); err != nil {
@@ -90,7 +90,7 @@ func status(c *broker.Client, args []string) error {
 	return printStatus(os.Stdout, st, time.Now())
 }
 
-func set(c *broker.Client, args []string) error {
+func set(c *api.Client, args []string) error {
 	if len(args) != 2 || args[0] != "budget" {
 		return errors.New("usage: tokenctl set budget N|auto")
 	}

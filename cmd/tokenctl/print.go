@@ -7,7 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 )
 
 func printJSON(w io.Writer, v any) error {
@@ -17,7 +17,7 @@ func printJSON(w io.Writer, v any) error {
 }
 
 // printStatus writes the status as a table for people.
-func printStatus(w io.Writer, st broker.Status, now time.Time) error {
+func printStatus(w io.Writer, st api.Status, now time.Time) error {
 	fmt.Fprintf(w, "budget %d (%s), %d active leases, %d tokens granted of %d allowed",
 		st.Budget, st.BudgetReason, st.ActiveLeases, st.Granted, st.Allowance)
 	if st.Debt > 0 {
@@ -45,9 +45,9 @@ func printStatus(w io.Writer, st broker.Status, now time.Time) error {
 		switch {
 		case l.Ending:
 			state = "ending: " + l.EndReason
-		case l.State == broker.StateWaiting && !l.Asked.IsZero():
+		case l.State == api.StateWaiting && !l.Asked.IsZero():
 			state = fmt.Sprintf("waiting for admission for %s", now.Sub(l.Asked).Round(100*time.Millisecond))
-		case l.State == broker.StateWaiting:
+		case l.State == api.StateWaiting:
 			state = "waiting for admission"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n",
@@ -78,7 +78,7 @@ func printStatus(w io.Writer, st broker.Status, now time.Time) error {
 
 // printMemory writes the memory controller's view: what the domain has,
 // what running jobs will still take, and why the budget is what it is.
-func printMemory(w io.Writer, m *broker.MemoryStatus, now time.Time) {
+func printMemory(w io.Writer, m *api.MemoryStatus, now time.Time) {
 	fmt.Fprintf(w, "memory %s: headroom %s of %s (working set %s), reserve %s, growth to come %s, next job %s\n",
 		m.Domain, mib(m.Headroom), mib(m.Limit), mib(m.WorkingSet), mib(m.Reserve), mib(m.Growth), mib(m.NextJob))
 	fmt.Fprintf(w, "pressure some %.1f%% full %.1f%% over %s (%s)", 100*m.PressureSome, 100*m.PressureFull,

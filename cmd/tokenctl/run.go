@@ -9,18 +9,16 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"syscall"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
 
 // runCommand runs a command under a lease and returns its exit status. If
 // tokend cannot give a lease, the command runs unchanged: the broker being
 // down must never fail a build.
-func runCommand(c *broker.Client, args []string) int {
+func runCommand(c *api.Client, args []string) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	name := fs.String("name", "", "lease name shown in status (default: the command's name)")
 	styleFlag := fs.String("style", "auto", "jobserver style: fifo (make >= 4.4, ninja, cargo), pipe (make 4.3, gcc 12), or auto")
@@ -45,7 +43,7 @@ func runCommand(c *broker.Client, args []string) int {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	lease, err := c.Register(ctx, broker.RegisterRequest{Name: *name, OwnerPID: os.Getpid(), Wait: true, NewCgroup: true})
+	lease, err := c.Register(ctx, api.RegisterRequest{Name: *name, OwnerPID: os.Getpid(), Wait: true, NewCgroup: true})
 	cancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "tokenctl: %v; running %s without a lease\n", err, argv[0])
@@ -90,7 +88,7 @@ func runCommand(c *broker.Client, args []string) int {
 // once on stderr when that takes a while. tokend holds each request until
 // the lease is admitted or a couple of seconds pass, so waiting costs
 // neither side anything.
-func awaitAdmission(c *broker.Client, id string) error {
+func awaitAdmission(c *api.Client, id string) error {
 	told := false
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
@@ -152,50 +150,13 @@ func exitStatus(cmd *exec.Cmd, err error) int {
 	return 1
 }
 
-var makeVersion = regexp.MustCompile(`GNU Make (\d+)\.(\d+)`)
-
-// chooseStyle picks the jobserver style for the command. auto gives the fd
-// style to a GNU make older than 4.4, which stops on a fifo: auth, and the
-// fifo style to everything else (ninja reads nothing else).
+// chooseStyle picks the jobserver style for the command: the one the flag
+// names, or for auto the one the command reads.
 func chooseStyle(flagValue, command string) (jobserver.Style, error) {
 	if flagValue != "auto" {
 		return jobserver.ParseStyle(flagValue)
 	}
-	if !isMake(command) {
-		return jobserver.StyleFIFO, nil
-	}
-	out, err := exec.Command(command, "--version").Output()
-	if err != nil {
-		return jobserver.StyleFIFO, nil // the run itself will report a missing command
-	}
-	m := makeVersion.FindStringSubmatch(string(out))
-	if m == nil {
-		return jobserver.StyleFIFO, nil
-	}
-	major, _ := strconv.Atoi(m[1])
-	minor, _ := strconv.Atoi(m[2])
-	if major < 4 || (major == 4 && minor < 4) {
-		return jobserver.StylePipe, nil
-	}
-	return jobserver.StyleFIFO, nil
-}
-
-// makeName matches the names GNU make is installed under: make, gmake and
-// versioned names such as make-4.3.
-var makeName = regexp.MustCompile(`^g?make(-?[0-9][0-9.]*)?$`)
-
-// isMake tells whether command is GNU make by its name, or by the name of
-// the file its symlinks lead to (make-4.3 -> /usr/bin/make).
-func isMake(command string) bool {
-	if makeName.MatchString(filepath.Base(command)) {
-		return true
-	}
-	path, err := exec.LookPath(command)
-	if err != nil {
-		return false
-	}
-	real, err := filepath.EvalSymlinks(path)
-	return err == nil && makeName.MatchString(filepath.Base(real))
+	return jobserver.StyleFor(command), nil
 }
 
 func setEnv(env []string, key, value string) []string {

@@ -15,7 +15,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/nixhook"
 )
 
@@ -31,7 +31,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "tokend-nix-hook: got %d arguments, want DRV SANDBOXDIR (nix.conf: pre-build-hook = %s); doing nothing\n", len(os.Args)-1, os.Args[0])
 		return
 	}
-	r := nixhook.Run(context.Background(), nixhook.Options{Socket: broker.DefaultSocket()}, os.Args[1], os.Args[2])
+	r := nixhook.Run(context.Background(), nixhook.Options{Socket: api.DefaultSocket()}, os.Args[1], os.Args[2])
 	if r.Problem != "" {
 		fmt.Fprintln(os.Stderr, "tokend-nix-hook:", r.Problem)
 	}

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/nixhook"
 )
 
@@ -105,8 +105,8 @@ func startTokend(t testing.TB, tokens int) string {
 		}
 		os.RemoveAll(dir)
 	})
-	socket := broker.SocketPath(dir)
-	c := broker.NewClient(socket)
+	socket := api.SocketPath(dir)
+	c := api.NewClient(socket)
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		if _, err := c.Status(context.Background()); err == nil {
 			return socket
@@ -163,7 +163,7 @@ func TestStaleSocket(t *testing.T) {
 func TestMapsTheLeaseFIFO(t *testing.T) {
 	socket := startTokend(t, 4)
 	r := runHook(t, socket, drv, sandbox(t))
-	st, err := broker.NewClient(socket).Status(context.Background())
+	st, err := api.NewClient(socket).Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestMapsTheLeaseFIFO(t *testing.T) {
 		t.Fatalf("leases %+v, want one named hello-2.12", st.Leases)
 	}
 	l := st.Leases[0]
-	want := ran{stdout: nixhook.Command(broker.Registered{FIFO: l.FIFO, Gate: strings.TrimSuffix(l.FIFO, ".fifo") + ".gate"})}
+	want := ran{stdout: nixhook.Command(api.Registered{FIFO: l.FIFO, Gate: strings.TrimSuffix(l.FIFO, ".fifo") + ".gate"})}
 	if r != want {
 		t.Fatalf("%+v, want %+v", r, want)
 	}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker"
 	"github.com/tokend/tokend/broker/control"
 	"github.com/tokend/tokend/broker/memory"
@@ -158,7 +159,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	socket := broker.SocketPath(cfg.RuntimeDir)
+	socket := api.SocketPath(cfg.RuntimeDir)
 	ln, err := broker.Listen(socket)
 	if err != nil {
 		return err

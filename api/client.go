@@ -1,4 +1,4 @@
-package broker
+package api
 
 import (
 	"bytes"
@@ -9,31 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 )
-
-// DefaultRuntimeDir is where tokend keeps its socket and FIFOs when not
-// told otherwise: /run/tokend for root, $XDG_RUNTIME_DIR/tokend for others.
-func DefaultRuntimeDir() string {
-	if os.Geteuid() != 0 {
-		if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-			return filepath.Join(d, "tokend")
-		}
-	}
-	return "/run/tokend"
-}
-
-// SocketPath is the control socket inside a runtime directory.
-func SocketPath(runtimeDir string) string { return filepath.Join(runtimeDir, "tokend.sock") }
-
-// DefaultSocket is $TOKEND_SOCKET, else the socket in DefaultRuntimeDir.
-func DefaultSocket() string {
-	if s := os.Getenv("TOKEND_SOCKET"); s != "" {
-		return s
-	}
-	return SocketPath(DefaultRuntimeDir())
-}
 
 // ErrUnreachable means nothing answered on the socket: tokend is not
 // running, or runs elsewhere.
@@ -61,14 +37,14 @@ func NewClient(socket string) *Client {
 // Status fetches the broker's status.
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var s Status
-	err := c.do(ctx, http.MethodGet, pathStatus, nil, &s)
+	err := c.do(ctx, http.MethodGet, PathStatus, nil, &s)
 	return s, err
 }
 
 // Register asks for a lease.
 func (c *Client) Register(ctx context.Context, req RegisterRequest) (Registered, error) {
 	var r Registered
-	err := c.do(ctx, http.MethodPost, pathLeases, req, &r)
+	err := c.do(ctx, http.MethodPost, PathLeases, req, &r)
 	return r, err
 }
 
@@ -76,19 +52,19 @@ func (c *Client) Register(ctx context.Context, req RegisterRequest) (Registered,
 // is admitted, and returns it as it then is: admitted, or still waiting.
 func (c *Client) AwaitAdmission(ctx context.Context, id string) (LeaseStatus, error) {
 	var l LeaseStatus
-	err := c.do(ctx, http.MethodGet, pathLeases+"/"+id+"?wait=admission", nil, &l)
+	err := c.do(ctx, http.MethodGet, PathLeases+"/"+id+"?wait=admission", nil, &l)
 	return l, err
 }
 
 // End ends a lease.
 func (c *Client) End(ctx context.Context, id string) error {
-	return c.do(ctx, http.MethodDelete, pathLeases+"/"+id, nil, nil)
+	return c.do(ctx, http.MethodDelete, PathLeases+"/"+id, nil, nil)
 }
 
 // SetBudget pins the budget; zero hands it back to tokend.
 func (c *Client) SetBudget(ctx context.Context, tokens int) (Status, error) {
 	var s Status
-	err := c.do(ctx, http.MethodPut, pathBudget, BudgetRequest{Tokens: &tokens}, &s)
+	err := c.do(ctx, http.MethodPut, PathBudget, BudgetRequest{Tokens: &tokens}, &s)
 	return s, err
 }
 
@@ -122,7 +98,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
 	}
 	if resp.StatusCode >= 300 {
-		var e apiError
+		var e Error
 		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
 			return fmt.Errorf("tokend refused %s %s (%s): %s", method, path, resp.Status, e.Error)
 		}

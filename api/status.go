@@ -1,0 +1,138 @@
+package api
+
+import "time"
+
+// Status is the answer to GET /v1/status: the budget and every lease.
+type Status struct {
+	Budget       int    `json:"budget"`
+	BudgetReason string `json:"budget_reason"`
+	// ActiveLeases counts the leases whose implicit slot is counted:
+	// running, or waiting for admission.
+	ActiveLeases int `json:"active_leases"`
+	// Allowance is the budget less one implicit slot per active lease:
+	// the most tokens that may be handed out.
+	Allowance int `json:"allowance"`
+	Granted   int `json:"granted"`
+	// Debt is how many granted tokens are over the allowance after the
+	// budget shrank, to be kept as clients return them.
+	Debt                int           `json:"debt"`
+	ReclaimedTotal      int           `json:"reclaimed_total"`
+	InflatedTotal       int           `json:"inflated_total"`
+	InvariantViolations int           `json:"invariant_violations"`
+	LastViolation       string        `json:"last_violation,omitempty"`
+	Leases              []LeaseStatus `json:"leases"`
+	// Memory is the memory controller's view; nil when none runs.
+	Memory *MemoryStatus `json:"memory,omitempty"`
+}
+
+// LeaseStatus is one lease in Status, and the answer to GET
+// /v1/leases/{id}.
+type LeaseStatus struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Created   time.Time `json:"created"`
+	Owner     Owner     `json:"owner"`
+	UID       int       `json:"uid"`
+	Features  []string  `json:"features,omitempty"`
+	FIFO      string    `json:"fifo"`
+	Granted   int       `json:"granted"`
+	Free      int       `json:"free"`
+	Held      int       `json:"held"`
+	Owed      int       `json:"owed"`
+	Reclaimed int       `json:"reclaimed"`
+	Inflated  int       `json:"inflated"`
+	Admitted  bool      `json:"admitted"`
+	// State is what the build does, as far as tokend can tell: one of
+	// the State constants.
+	State string `json:"state"`
+	// Asked is when a nix build first read its gate, asking for its
+	// implicit slot; a waiting build has waited since then.
+	Asked     time.Time `json:"asked,omitzero"`
+	Ending    bool      `json:"ending,omitempty"`
+	EndReason string    `json:"end_reason,omitempty"`
+	// Hungry: every token granted was held at the last pass, so the build
+	// may want more.
+	Hungry bool `json:"hungry,omitempty"`
+	// Cgroup is the cgroup v2 directory the build runs in, if known.
+	Cgroup string `json:"cgroup,omitempty"`
+	// Memory is the memory controller's view of the lease.
+	Memory *LeaseMemory `json:"memory,omitempty"`
+}
+
+// MemoryStatus is what the memory controller sees and decided, for status.
+// Byte counts are bytes; rates are shares of time from 0 to 1.
+type MemoryStatus struct {
+	// Domain is "host" or the memory cgroup's directory.
+	Domain       string `json:"domain"`
+	PressureFile string `json:"pressure_file"`
+	// Limit is the domain's size: its cgroup limit, else the host's memory.
+	Limit      uint64 `json:"limit"`
+	WorkingSet uint64 `json:"working_set"`
+	// Headroom is what the domain can still take: the smaller of the
+	// host's MemAvailable and the cgroup's limit less its working set.
+	Headroom uint64 `json:"headroom"`
+	Reserve  uint64 `json:"reserve"`
+	// Growth is what running jobs are still expected to grow by.
+	Growth uint64 `json:"growth"`
+	// NextJob is the expected peak of one more job.
+	NextJob uint64 `json:"next_job"`
+	// SoftCap is the working set at which pressure last appeared, relaxing
+	// slowly; 0 when none holds.
+	SoftCap      uint64  `json:"soft_cap,omitempty"`
+	PressureSome float64 `json:"pressure_some"`
+	PressureFull float64 `json:"pressure_full"`
+	// PressureWindow is the interval the pressure rates are measured over.
+	PressureWindow time.Duration `json:"pressure_window_ns"`
+	// Jobs is how many jobs run: implicit slots of admitted leases plus
+	// tokens held.
+	Jobs int `json:"jobs"`
+	// Fit is how many jobs memory allows now, Jobs included.
+	Fit    int `json:"fit"`
+	CPUCap int `json:"cpu_cap"`
+	// Target is the budget the controller wants; it is the budget unless
+	// an operator or the configuration pins it.
+	Target int    `json:"target"`
+	Reason string `json:"reason"`
+	// Detail is the arithmetic behind the last decision.
+	Detail  string    `json:"detail"`
+	Changed time.Time `json:"changed"`
+	Updated time.Time `json:"updated"`
+}
+
+// LeaseMemory is the memory controller's view of one lease.
+type LeaseMemory struct {
+	// Procs is how many of the lease's processes were sampled.
+	Procs int `json:"procs"`
+	// RSS sums the resident memory of the lease's processes; Peak is the
+	// largest peak of any one of them so far.
+	RSS  uint64 `json:"rss"`
+	Peak uint64 `json:"peak"`
+	// Jobs is the lease's implicit slot (once admitted) plus tokens held.
+	Jobs int `json:"jobs"`
+	// Growth is what its running jobs are still expected to grow by.
+	Growth uint64 `json:"growth"`
+	// Estimates are the expected peaks of one job, per job class
+	// ("compile", "link").
+	Estimates map[string]uint64 `json:"estimates"`
+	// Source tells where the compile estimate comes from: "observed" in
+	// this lease, "history" of past leases of the same name, or "default".
+	Source string `json:"source"`
+	Frozen bool   `json:"frozen,omitempty"`
+}
+
+// Lease states, as LeaseStatus.State shows them.
+const (
+	// StateRunning: admitted; its jobs run on its slot and tokens.
+	StateRunning = "running"
+	// StateWaiting: it waits for admission (tokenctl run, or a nix build
+	// whose setup hook reads its gate).
+	StateWaiting = "waiting"
+	// StateStarting: a nix build that joined its FIFO and has not asked
+	// for a slot yet (it is before its build phase).
+	StateStarting = "starting"
+	// StateNotJoined: a nix build that never opened its FIFO: built
+	// without the setup hook, it runs its own -j outside the budget.
+	StateNotJoined = "not joined"
+	// StateEnding: ended; its tokens come back as its clients let go.
+	StateEnding = "ending"
+)
