@@ -90,6 +90,12 @@ func TestAPIRejectsMalformedRequestsAndChangesNothing(t *testing.T) {
 		{"PUT", api.PathBudget, `{}`, "needs \"tokens\""},
 		{"PUT", api.PathBudget, `{"tokens": -1}`, "outside"},
 		{"PUT", api.PathBudget, `{"tokens": "many"}`, "malformed"},
+		{"PUT", api.PathBudget, `{"tokens": NaN}`, "malformed"},
+		{"PUT", api.PathBudget, `{"tokens": Infinity}`, "malformed"},
+		{"PUT", api.PathBudget, `{"tokens": 1e400}`, "malformed"},
+		{"PUT", api.PathBudget, `{"tokens": 2.5}`, "malformed"},
+		{"POST", api.PathLeases, `{"name": "x", "owner_pid": NaN}`, "malformed"},
+		{"POST", api.PathLeases, `{"name": "x", "owner_pid": 1e400}`, "malformed"},
 	}
 	for _, tc := range cases {
 		req, _ := http.NewRequest(tc.method, "http://tokend"+tc.path, strings.NewReader(tc.body))

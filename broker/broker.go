@@ -83,12 +83,15 @@ type Broker struct {
 	dirty          bool // state differs from the state file
 	ownersChecked  time.Time
 
-	watch       *fifoWatch
-	wake        chan struct{}
-	admissions  chan struct{} // closed and replaced when a lease is admitted or removed
-	collectors  sync.WaitGroup
-	collectCtx  context.Context
-	stopCollect context.CancelFunc
+	scans        chan scanResult // the holder scan's answer
+	scanSince    time.Time       // when the scan under way started; zero when none is
+	scanReported bool            // a stuck scan was logged
+	watch        *fifoWatch
+	wake         chan struct{}
+	admissions   chan struct{} // closed and replaced when a lease is admitted or removed
+	collectors   sync.WaitGroup
+	collectCtx   context.Context
+	stopCollect  context.CancelFunc
 }
 
 // New opens the runtime directory, re-adopts the leases a previous broker
@@ -133,6 +136,7 @@ func New(opts Options) (*Broker, error) {
 		byWatch:     map[int]watched{},
 		watch:       watch,
 		wake:        make(chan struct{}, 1),
+		scans:       make(chan scanResult, 1),
 		admissions:  make(chan struct{}),
 		collectCtx:  collectCtx,
 		stopCollect: stopCollect,
@@ -157,7 +161,7 @@ func (b *Broker) adopt() error {
 	b.operatorBudget = st.OperatorBudget
 	b.applyBudget()
 	for _, s := range st.Leases {
-		f, err := jobserver.Open(b.run.fifoPath(s.ID), s.Granted)
+		f, err := jobserver.OpenOwnedBy(b.run.fifoPath(s.ID), s.Granted, fifoOwner(s.UID, s.Owner.Dir))
 		if err != nil {
 			// Its clients hold whatever they hold; the tokens are lost to
 			// the budget either way, so count them and go on.
@@ -291,7 +295,7 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	var raw [6]byte
 	rand.Read(raw[:])
 	id := hex.EncodeToString(raw[:])
-	f, err := jobserver.Create(b.run.fifoPath(id), jobserver.FIFOOptions{Mode: 0o660, GID: req.GID})
+	f, err := jobserver.Create(b.run.fifoPath(id), fifoAccess(req.UID, req.GID, req.Owner.Dir))
 	if err != nil {
 		return nil, err
 	}
@@ -444,6 +448,8 @@ func (b *Broker) Run(ctx context.Context) error {
 			b.mu.Lock()
 			b.pass()
 			b.mu.Unlock()
+		case r := <-b.scans:
+			b.reclaim(r)
 		case <-tick.C:
 			b.tick()
 		}
@@ -499,14 +505,7 @@ func (b *Broker) tick() {
 			}
 		}
 	}
-	scan := b.dueScans()
-	b.mu.Unlock()
-
-	if len(scan) > 0 {
-		b.reclaim(scan)
-	}
-
-	b.mu.Lock()
+	b.startScan(b.dueScans())
 	defer b.mu.Unlock()
 	b.pass()
 	b.beat()
@@ -541,18 +540,15 @@ func (b *Broker) dueScans() []scanRequest {
 
 // reclaim writes off the tokens of leases that nobody holds open any more:
 // whatever they were granted and is not in the FIFO will never come back.
-func (b *Broker) reclaim(due []scanRequest) {
-	want := make(map[fileID]bool, len(due))
-	for _, s := range due {
-		want[s.lease.inode] = true
-	}
-	counts, err := countHolders(b.opts.ProcDir, want)
-	if err != nil {
-		b.log.Error("cannot look for jobserver holders", "error", err)
-		return
-	}
+func (b *Broker) reclaim(r scanResult) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.scanSince = time.Time{}
+	if r.err != nil {
+		b.log.Error("cannot look for jobserver holders", "error", r.err)
+		return
+	}
+	due, counts := r.due, r.counts
 	for _, s := range due {
 		l := s.lease
 		if l.opens != s.opens {

@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/procfs"
+
+	"github.com/tokend/tokend/jobserver"
 )
 
 // Who may do what. The caller is the socket peer (SO_PEERCRED), never what
@@ -199,4 +201,23 @@ func checkEnd(uid int, l *Lease) error {
 		return nil
 	}
 	return fmt.Errorf("lease %s belongs to uid %d: only that user or root may end it: %w", l.ID, l.UID, ErrForbidden)
+}
+
+// fifoAccess is who may open a lease's FIFO. A nix build's (a root lease
+// owned by its sandbox directory) is 0660 root:<the build's group>, the
+// group its build users run as; any other is 0600 and owned by the lease's
+// user, so that no other member of its group can read its tokens.
+func fifoAccess(uid, gid int, ownerDir string) jobserver.FIFOOptions {
+	if uid == 0 && ownerDir != "" {
+		return jobserver.FIFOOptions{Mode: 0o660, GID: gid}
+	}
+	return jobserver.FIFOOptions{Mode: 0o600, GID: -1, UID: uid}
+}
+
+// fifoOwner is the uid that owns a lease's FIFO, as fifoAccess gives it.
+func fifoOwner(uid int, ownerDir string) int {
+	if opts := fifoAccess(uid, -1, ownerDir); opts.UID > 0 {
+		return opts.UID
+	}
+	return os.Geteuid()
 }

@@ -216,3 +216,79 @@ func TestLeaseQuotaPerUser(t *testing.T) {
 		}
 	}
 }
+
+// A tokenctl run lease's FIFO is its user's alone (0600, owned by it): any
+// other user of its group read tokens out of it. A nix build's stays
+// 0660 root:<build group>, for the build users of that group.
+func TestFIFOReachesOnlyItsLeaseUser(t *testing.T) {
+	dir := buildtest.WorldDir(t)
+	b, err := New(Options{RuntimeDir: dir, Budget: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	defer cancel()
+	socket := serve(t, b, "nogroup")
+	owner := exec.Command("sleep", "60")
+	owner.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: buildtest.Nobody, Gid: buildtest.Nobody}}
+	if err := owner.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { owner.Process.Kill(); owner.Wait() }()
+	answers := asNobody(t, socket, register(fmt.Sprintf(`{"name": "mine", "owner_pid": %d}`, owner.Process.Pid)))
+	expect(t, "register", answers[0], 201, `"fifo"`)
+	var reg api.Registered
+	if err := json.Unmarshal([]byte(answers[0].Body), &reg); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(reg.FIFO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	if st.Mode().Perm() != 0o600 || sys.Uid != buildtest.Nobody {
+		t.Errorf("the member's fifo is %v owned by uid %d; want 0600 owned by %d", st.Mode().Perm(), sys.Uid, buildtest.Nobody)
+	}
+	// Another user of the same group, and the lease's own user.
+	open := func(uid uint32) error {
+		cmd := exec.Command("/bin/sh", "-c", `exec 3<>"$0"`, reg.FIFO)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: buildtest.Nobody}}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	if err := open(buildtest.Nobody - 1); err == nil {
+		t.Errorf("uid %d of group %d opened uid %d's fifo", buildtest.Nobody-1, buildtest.Nobody, buildtest.Nobody)
+	}
+	if err := open(buildtest.Nobody); err != nil {
+		t.Errorf("the lease's own user cannot open its fifo: %v", err)
+	}
+
+	sandbox := t.TempDir()
+	nix, err := b.Register(LeaseRequest{Name: "nix", Owner: api.Owner{Dir: sandbox}, GID: buildtest.Nobody})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err = os.Stat(nix.fifo.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys = st.Sys().(*syscall.Stat_t)
+	if st.Mode().Perm() != 0o660 || sys.Uid != 0 || sys.Gid != buildtest.Nobody {
+		t.Errorf("a nix build's fifo is %v %d:%d; want 0660 0:%d", st.Mode().Perm(), sys.Uid, sys.Gid, buildtest.Nobody)
+	}
+
+	// A restarted tokend adopts the fifo it gave to the member.
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	again := startBroker(t, dir, 4)
+	if l := leaseByID(again.Status(), reg.ID); l.Name != "mine" {
+		t.Errorf("after a restart the member's lease is %+v", l)
+	}
+}

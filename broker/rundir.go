@@ -166,10 +166,9 @@ func (r *runDir) setAside(name string) (string, error) {
 // directory, by suffix, and the file type each must have.
 var leaseFileKinds = map[string]uint32{".fifo": unix.S_IFIFO, ".gate": unix.S_IFREG}
 
-// staleFiles lists the entries of the leases directory that are files of
-// this process's user named after a lease ID not in keep, with the type
-// tokend gives such a file, and the other entries, which tokend never
-// removes.
+// staleFiles lists the entries of the leases directory named after a
+// lease ID not in keep, with the type tokend gives such a file, and the
+// other entries, which tokend never removes.
 func (r *runDir) staleFiles(keep map[string]*Lease) (stale []string, foreign []string, err error) {
 	dup, err := unix.Openat(int(r.leases.Fd()), ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -181,7 +180,6 @@ func (r *runDir) staleFiles(keep map[string]*Lease) (stale []string, foreign []s
 	if err != nil {
 		return nil, nil, fmt.Errorf("list %s: %w", r.leases.Name(), err)
 	}
-	uid := uint32(os.Geteuid())
 	for _, name := range names {
 		ext := filepath.Ext(name)
 		kind, known := leaseFileKinds[ext]
@@ -193,8 +191,10 @@ func (r *runDir) staleFiles(keep map[string]*Lease) (stale []string, foreign []s
 		if _, live := keep[id]; live {
 			continue
 		}
+		// Nobody else may create files here, so one of tokend's names
+		// and types is tokend's, whoever it gave the file to.
 		var st unix.Stat_t
-		if err := unix.Fstatat(int(r.leases.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != kind || st.Uid != uid {
+		if err := unix.Fstatat(int(r.leases.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != kind {
 			foreign = append(foreign, name)
 			continue
 		}
@@ -243,8 +243,7 @@ func (b *Broker) setAsideBad(saved []savedLease) []savedLease {
 }
 
 // removeStale removes the files of the leases directory that no adopted
-// lease owns. Only FIFOs and gates of tokend's user named like a lease are
-// removed:
+// lease owns. Only FIFOs and gates named like a lease are removed:
 // anything else there is not tokend's, and is left alone and logged.
 func (b *Broker) removeStale() error {
 	stale, foreign, err := b.run.staleFiles(b.leases)

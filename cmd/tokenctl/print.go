@@ -44,14 +44,14 @@ func printStatus(w io.Writer, st api.Status, now time.Time) error {
 		state := l.State
 		switch {
 		case l.Ending:
-			state = "ending: " + l.EndReason
+			state = "ending: " + api.Printable(l.EndReason)
 		case l.State == api.StateWaiting && !l.Asked.IsZero():
 			state = fmt.Sprintf("waiting for admission for %s", now.Sub(l.Asked).Round(100*time.Millisecond))
 		case l.State == api.StateWaiting:
 			state = "waiting for admission"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n",
-			l.ID, l.Name, l.Granted, l.Free, l.Held, l.Owed, l.Reclaimed, now.Sub(l.Created).Round(time.Second), state)
+			l.ID, api.Printable(l.Name), l.Granted, l.Free, l.Held, l.Owed, l.Reclaimed, now.Sub(l.Created).Round(time.Second), state)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
