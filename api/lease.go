@@ -1,5 +1,7 @@
 package api
 
+import "time"
+
 // Owner is what a lease lives as long as: a process, a directory (a nix
 // build's sandbox), or both.
 type Owner struct {
@@ -8,6 +10,30 @@ type Owner struct {
 	// reused PID is not mistaken for the owner.
 	Start uint64 `json:"start,omitempty"`
 	Dir   string `json:"dir,omitempty"`
+}
+
+// Registration is a lease as tokend registered it. It is fixed when the
+// lease is made and never changes: status shows it, and tokend's state
+// file keeps it whole, so a restarted tokend re-adopts every lease as it
+// was registered.
+type Registration struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+	Owner   Owner     `json:"owner"`
+	// UID registered the lease; GID is its FIFO's group.
+	UID int `json:"uid"`
+	GID int `json:"gid"`
+	// Features are the build's nix requiredSystemFeatures, for the
+	// operator's eye.
+	Features []string `json:"features,omitempty"`
+	// Cgroup is the cgroup v2 directory the build runs in: made for the
+	// lease (OwnCgroup) or named at registration; "" when none is known.
+	Cgroup    string `json:"cgroup,omitempty"`
+	OwnCgroup bool   `json:"own_cgroup,omitempty"`
+	// Gate: the build waits for admission on its own side, reading a gate
+	// file tokend keeps (a nix build).
+	Gate bool `json:"gate,omitempty"`
 }
 
 // RegisterRequest is the body of POST /v1/leases.

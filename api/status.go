@@ -28,20 +28,16 @@ type Status struct {
 // LeaseStatus is one lease in Status, and the answer to GET
 // /v1/leases/{id}.
 type LeaseStatus struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Created   time.Time `json:"created"`
-	Owner     Owner     `json:"owner"`
-	UID       int       `json:"uid"`
-	Features  []string  `json:"features,omitempty"`
-	FIFO      string    `json:"fifo"`
-	Granted   int       `json:"granted"`
-	Free      int       `json:"free"`
-	Held      int       `json:"held"`
-	Owed      int       `json:"owed"`
-	Reclaimed int       `json:"reclaimed"`
-	Inflated  int       `json:"inflated"`
-	Admitted  bool      `json:"admitted"`
+	Registration
+	// FIFO is the lease's jobserver FIFO as tokend sees it.
+	FIFO      string `json:"fifo"`
+	Granted   int    `json:"granted"`
+	Free      int    `json:"free"`
+	Held      int    `json:"held"`
+	Owed      int    `json:"owed"`
+	Reclaimed int    `json:"reclaimed"`
+	Inflated  int    `json:"inflated"`
+	Admitted  bool   `json:"admitted"`
 	// State is what the build does, as far as tokend can tell: one of
 	// the State constants.
 	State string `json:"state"`
@@ -53,8 +49,6 @@ type LeaseStatus struct {
 	// Hungry: every token granted was held at the last pass, so the build
 	// may want more.
 	Hungry bool `json:"hungry,omitempty"`
-	// Cgroup is the cgroup v2 directory the build runs in, if known.
-	Cgroup string `json:"cgroup,omitempty"`
 	// Memory is the memory controller's view of the lease.
 	Memory *LeaseMemory `json:"memory,omitempty"`
 }
@@ -111,14 +105,27 @@ type LeaseMemory struct {
 	Jobs int `json:"jobs"`
 	// Growth is what its running jobs are still expected to grow by.
 	Growth uint64 `json:"growth"`
-	// Estimates are the expected peaks of one job, per job class
-	// ("compile", "link").
-	Estimates map[string]uint64 `json:"estimates"`
-	// Source tells where the compile estimate comes from: "observed" in
-	// this lease, "history" of past leases of the same name, or "default".
+	// Estimates are the expected peaks of one job of each class.
+	Estimates JobEstimates `json:"estimates"`
+	// Source tells where the compile estimate comes from: one of the
+	// Estimate constants.
 	Source string `json:"source"`
 	Frozen bool   `json:"frozen,omitempty"`
 }
+
+// JobEstimates are the expected peaks of one job, per job class, in bytes.
+type JobEstimates struct {
+	Compile uint64 `json:"compile"`
+	// Link is for linkers and link-time optimisers.
+	Link uint64 `json:"link"`
+}
+
+// Where an estimate comes from, as LeaseMemory.Source shows it.
+const (
+	EstimateObserved = "observed" // this lease's own finished jobs
+	EstimateHistory  = "history"  // past leases of the same name
+	EstimateDefault  = "default"  // the configured job_estimate
+)
 
 // Lease states, as LeaseStatus.State shows them.
 const (

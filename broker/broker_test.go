@@ -113,7 +113,7 @@ func leaseByID(st api.Status, id string) api.LeaseStatus {
 			return l
 		}
 	}
-	return api.LeaseStatus{ID: id, Name: "<gone>"}
+	return api.LeaseStatus{Registration: api.Registration{ID: id, Name: "<gone>"}}
 }
 
 // jobs runs workers that take a slot, hold it briefly and give it back,

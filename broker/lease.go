@@ -15,73 +15,42 @@ import (
 	"github.com/tokend/tokend/jobserver"
 )
 
-// processStart reads the start time of pid from /proc.
-func processStart(pid int) (uint64, error) {
-	p, err := procfs.NewProc(pid)
-	if err != nil {
-		return 0, fmt.Errorf("process %d: %w", pid, err)
-	}
-	st, err := p.Stat()
-	if err != nil {
-		return 0, fmt.Errorf("process %d: %w", pid, err)
-	}
-	return st.Starttime, nil
-}
-
-// ownerGone reports why the owner no longer exists, or "" while it does.
-func ownerGone(o api.Owner) string {
-	if o.PID > 0 {
-		if start, err := processStart(o.PID); err != nil || start != o.Start {
-			return fmt.Sprintf("owner process %d exited", o.PID)
-		}
-	}
-	if o.Dir != "" {
-		if _, err := os.Lstat(o.Dir); errors.Is(err, fs.ErrNotExist) {
-			return fmt.Sprintf("owner directory %s removed", o.Dir)
-		}
-	}
-	return ""
-}
-
 // Lease is one build's share of the budget: its own FIFO, fed from the
 // budget, and what the broker has observed of it.
 type Lease struct {
-	ID       string
-	Name     string
-	Created  time.Time
-	Owner    api.Owner
-	UID, GID int      // who registered it; the FIFO's group
-	Features []string // nix requiredSystemFeatures, for the operator's eye
-	// Cgroup is the cgroup v2 directory the build runs in: made for the
-	// lease (ownCgroup) or given at registration; "" when none is known.
-	Cgroup    string
-	ownCgroup bool
+	// Registration is fixed when the lease is made; the state file keeps
+	// it whole.
+	api.Registration
 
+	// Accounting, saved with the registration.
 	fifo      *jobserver.FIFO
-	inode     fileID
 	reclaimed int // tokens leaked by its clients and written off
 	inflated  int // bytes its clients wrote beyond what it was granted
-
 	// admitted is set once the lease's implicit slot fits in the budget.
 	// A lease whose command has not started yet (tokenctl run) waits for
 	// it; one whose build already runs (a nix build) is admitted at once.
 	admitted  bool
 	ending    bool
 	endReason string
+	joined    bool      // a client opened the FIFO: the build uses the jobserver
+	asked     time.Time // when the build first read its gate; zero until it does
 
-	gate   *gate     // nil unless the build waits on its own side (a nix build)
-	joined bool      // a client opened the FIFO: the build uses the jobserver
-	asked  time.Time // when the build first read its gate; zero until it does
+	gate *gate // nil unless the build waits on its own side (a nix build)
 
-	prevFree  int // free tokens seen by the pass before, to tell idle from between jobs
-	lastFree  int
-	hungry    bool               // every token granted was held at the last pass
-	owed      int                // tokens to take back as clients return them
-	collector context.CancelFunc // stops the goroutine collecting owed tokens; nil when none runs
+	// What the passes saw.
+	prevFree int  // free tokens seen by the pass before, to tell idle from between jobs
+	lastFree int  // free tokens seen by the last pass
+	hungry   bool // every token granted was held at the last pass
+	owed     int  // tokens to take back as clients return them
+	// collector stops the goroutine collecting owed tokens; nil when none
+	// runs (collect.go).
+	collector context.CancelFunc
 
+	// The search for leaked tokens (reclaim.go).
+	inode     fileID
 	opens     int       // clients' opens seen, so a scan racing an open is discarded
 	closeSeen time.Time // a client closed the FIFO; nobody may hold it any more
-	removing  bool
+	removing  bool      // ended and nobody holds it: removed at the end of the tick
 }
 
 // fileID is a file's identity, the same seen through any mount.
@@ -112,4 +81,32 @@ func (l *Lease) state() string {
 		return api.StateStarting
 	}
 	return api.StateNotJoined
+}
+
+// processStart reads the start time of pid from /proc.
+func processStart(pid int) (uint64, error) {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return 0, fmt.Errorf("process %d: %w", pid, err)
+	}
+	st, err := p.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("process %d: %w", pid, err)
+	}
+	return st.Starttime, nil
+}
+
+// ownerGone reports why the owner no longer exists, or "" while it does.
+func ownerGone(o api.Owner) string {
+	if o.PID > 0 {
+		if start, err := processStart(o.PID); err != nil || start != o.Start {
+			return fmt.Sprintf("owner process %d exited", o.PID)
+		}
+	}
+	if o.Dir != "" {
+		if _, err := os.Lstat(o.Dir); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Sprintf("owner directory %s removed", o.Dir)
+		}
+	}
+	return ""
 }

@@ -225,7 +225,7 @@ func (b *Broker) setAsideBad(saved []savedLease) []savedLease {
 	for _, s := range saved {
 		if err := s.check(owns); err != nil {
 			b.log.Error("state file entry refused; not adopting it", "lease", strconv.Quote(s.ID), "error", err)
-			b.reclaimedTotal += max(min(s.Granted, jobserver.MaxTokens), 0)
+			b.totals.reclaimed += max(min(s.Granted, jobserver.MaxTokens), 0)
 			bad++
 			continue
 		}

@@ -27,25 +27,69 @@ type savedState struct {
 	Leases         []savedLease `json:"leases"`
 }
 
+// savedLease is a lease's registration, whole, and its accounting.
 type savedLease struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Created   time.Time `json:"created"`
-	Owner     api.Owner `json:"owner"`
-	UID       int       `json:"uid"`
-	GID       int       `json:"gid"`
-	Features  []string  `json:"features,omitempty"`
-	Cgroup    string    `json:"cgroup,omitempty"`
-	OwnCgroup bool      `json:"own_cgroup,omitempty"`
+	api.Registration
 	Granted   int       `json:"granted"`
 	Reclaimed int       `json:"reclaimed"`
 	Inflated  int       `json:"inflated"`
 	Admitted  bool      `json:"admitted"`
 	Ending    bool      `json:"ending,omitempty"`
 	EndReason string    `json:"end_reason,omitempty"`
-	Gate      bool      `json:"gate,omitempty"`
 	Joined    bool      `json:"joined,omitempty"`
 	Asked     time.Time `json:"asked,omitzero"`
+}
+
+// snapshot is the state to save, counting extra tokens as granted to the
+// leases they are keyed by.
+func (b *Broker) snapshot(extra map[string]int) savedState {
+	s := savedState{
+		Version: stateVersion, OperatorBudget: b.sources.operator,
+		ReclaimedTotal: b.totals.reclaimed, InflatedTotal: b.totals.inflated, Leases: []savedLease{},
+	}
+	for _, l := range b.sorted() {
+		s.Leases = append(s.Leases, savedLease{
+			Registration: l.Registration, Granted: l.fifo.Granted() + extra[l.ID],
+			Reclaimed: l.reclaimed, Inflated: l.inflated, Admitted: l.admitted, Ending: l.ending, EndReason: l.endReason,
+			Joined: l.joined, Asked: l.asked,
+		})
+	}
+	return s
+}
+
+// persist saves the state if it changed, counting gives as already
+// granted, and reports whether it may hand them out. Saving after every
+// take and before every grant means a broker killed at any moment restarts
+// knowing what the FIFOs hold; if the state cannot be written, nothing is
+// handed out, so a restart never sees fewer tokens out than there are.
+func (b *Broker) persist(leases []*Lease, gives []int) bool {
+	extra := map[string]int{}
+	for i, l := range leases {
+		if gives[i] > 0 {
+			extra[l.ID] = gives[i]
+		}
+	}
+	if len(extra) == 0 && !b.dirty {
+		return true
+	}
+	if err := saveState(b.run, b.snapshot(extra)); err != nil {
+		b.log.Error("cannot save state; handing out no tokens until it can", "error", err)
+		return false
+	}
+	b.dirty = false
+	return true
+}
+
+// checkpoint saves the state if it changed, at the end of a tick.
+func (b *Broker) checkpoint() {
+	if !b.dirty {
+		return
+	}
+	if err := saveState(b.run, b.snapshot(nil)); err != nil {
+		b.log.Error("cannot save state; a restart will lose track of leases", "error", err)
+		return
+	}
+	b.dirty = false
 }
 
 // stateFile is the state's name in the runtime directory.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker/memory"
+	"github.com/tokend/tokend/internal/bytesize"
 )
 
 // Reasons a budget changes, shown in status and logs.
@@ -88,136 +89,190 @@ func newEngine(p Params, cpus int, domain, pressureFile string, hist *History, l
 	}
 }
 
-// step takes one tick's input and decides.
+// step takes one tick's input and decides, in phases: what the leases
+// run and want (demand), what memory allows (measure), the budget that
+// follows (target), the brake, and what to publish.
 func (e *engine) step(in tickInput) decision {
-	r := in.Reading
-	now := r.At
+	now := in.Reading.At
 	e.track(in.Leases, now)
+	d := e.demand(in.Leases)
+	m := e.measure(in.Reading, d, in.Leases, now)
+	frozen := e.frozen(in.Leases)
+	target, reason := e.target(m, d, len(frozen), now)
+	acts := e.brake(in.Leases, m.head, m.reserve, m.free, frozen, now)
+	for _, a := range acts {
+		lm := d.leases[a.Lease]
+		lm.Frozen = a.Freeze
+		d.leases[a.Lease] = lm
+	}
+	return e.publish(target, reason, m, d, acts, now)
+}
 
-	jobs, waiting := 0, 0
-	var growth, back, live uint64
-	active, wanting := false, false
-	leaseMem := make(map[string]api.LeaseMemory, len(in.Leases))
-	for _, li := range in.Leases {
+// demand is what the leases run and still want at one tick.
+type demand struct {
+	jobs    int // implicit slots of admitted leases plus tokens held
+	waiting int // leases waiting for admission
+	// growth is what running jobs are still expected to grow by; back is
+	// what exiting and ended jobs give back; live is the RSS of the rest.
+	growth, back, live uint64
+	active             bool // a lease runs or waits
+	wanting            bool // a lease that is not frozen wants another job
+	leases             map[string]api.LeaseMemory
+}
+
+func (e *engine) demand(in []leaseInput) demand {
+	d := demand{leases: make(map[string]api.LeaseMemory, len(in))}
+	for _, li := range in {
 		ls := e.leases[li.ID]
 		j := li.Held
 		if li.Admitted && !li.Ending {
 			j++
 		}
 		if !li.Ending {
-			active = true
+			d.active = true
 			if !li.Admitted {
-				waiting++
+				d.waiting++
 			}
-			wanting = wanting || (!ls.frozen && (li.Hungry || !li.Admitted))
+			d.wanting = d.wanting || (!ls.frozen && (li.Hungry || !li.Admitted))
 		}
 		rss, peak, g, b, l := ls.usage(j)
-		jobs += j
-		growth += g
-		back += b
-		live += l
-		leaseMem[li.ID] = api.LeaseMemory{
+		d.jobs += j
+		d.growth += g
+		d.back += b
+		d.live += l
+		d.leases[li.ID] = api.LeaseMemory{
 			Procs: len(ls.procs), RSS: rss, Peak: peak, Jobs: j, Growth: g,
-			Estimates: map[string]uint64{
-				classCompile.String(): ls.estimate(classCompile),
-				classLink.String():    ls.estimate(classLink),
-			},
-			Source: ls.estimateSource(), Frozen: ls.frozen,
+			Estimates: api.JobEstimates{Compile: ls.estimate(classCompile), Link: ls.estimate(classLink)},
+			Source:    ls.estimateSource(), Frozen: ls.frozen,
 		}
 	}
+	return d
+}
 
-	limit, ws := domainSize(r)
+// measure is what memory allows at one tick.
+type measure struct {
+	limit, ws, head, reserve uint64
+	some, full               float64
+	span                     time.Duration // what the pressure rates are measured over
+	pressured                bool
+	growth                   uint64 // growth to come, less what jobs give back
+	next                     uint64 // the expected peak of one more job
+	// room is what may still be committed: headroom less the reserve, and
+	// no more than the soft cap allows (capBinds when it is the cap).
+	// free is what is left of it once running jobs have grown to their
+	// expected peaks.
+	room, free int64
+	capBinds   bool
+	// fit is how many jobs memory allows once running jobs have grown;
+	// fitNow how many it would allow without that growth.
+	fit, fitNow int
+	cpuCap      int
+}
+
+// measure reads the domain's size, headroom and pressure, moves the soft
+// cap, and works out how many jobs fit.
+func (e *engine) measure(r memory.Reading, d demand, in []leaseInput, now time.Time) measure {
+	m := measure{growth: d.growth}
+	m.limit, m.ws = domainSize(r)
 	// Jobs exiting or just ended give their memory back, which offsets
 	// the growth of the jobs that replace them, but only up to the part
 	// of a cgroup's working set that no live process accounts for: what
 	// is free already must not count twice. The host's working set holds
 	// everything else running, which bounds nothing: there, no offset.
 	if r.Cgroup != nil {
-		growth -= min(growth, back, ws-min(live, ws))
+		m.growth -= min(m.growth, d.back, m.ws-min(d.live, m.ws))
 	}
-	head := r.Headroom()
-	reserve := e.p.reserve(limit)
-	some, full, span := e.pressure(r)
-	pressured := span >= pressureWindow*3/4 && some >= pressureThreshold
-	if pressured {
+	m.head = r.Headroom()
+	m.reserve = e.p.reserve(m.limit)
+	m.some, m.full, m.span = e.pressure(r)
+	m.pressured = m.span >= pressureWindow*3/4 && m.some >= pressureThreshold
+	if m.pressured {
 		e.lastPressure = now
 	}
-	e.moveSoftCap(pressured, ws, limit, now)
-	next := e.nextJob(in.Leases)
+	e.moveSoftCap(m.pressured, m.ws, m.limit, now)
+	m.next = e.nextJob(in)
 
-	// room is what may still be committed: headroom less the reserve, and
-	// no more than the soft cap allows. free is what is left of it once
-	// running jobs have grown to their expected peaks.
-	room := int64(head) - int64(reserve)
-	capBinds := false
+	m.room = int64(m.head) - int64(m.reserve)
 	if e.softCap > 0 {
-		if c := int64(e.softCap) - int64(ws); c < room {
-			room, capBinds = c, true
+		if c := int64(e.softCap) - int64(m.ws); c < m.room {
+			m.room, m.capBinds = c, true
 		}
 	}
-	free := room - int64(growth)
-	fit := jobs + floorDiv(free, next)
-	cpuCap := e.p.cpuCap(e.cpus)
+	m.free = m.room - int64(m.growth)
+	m.fit = d.jobs + floorDiv(m.free, m.next)
+	m.fitNow = d.jobs + floorDiv(m.room, m.next)
+	m.cpuCap = e.p.cpuCap(e.cpus)
+	return m
+}
 
-	// Why memory allows no more: the soft cap, else the growth still to
-	// come when without it the budget (for a jump: more) would fit, else
-	// the headroom itself.
-	fitNow := jobs + floorDiv(room, next)
-	memReason := func(budget int) string {
-		switch {
-		case capBinds:
-			return ReasonPressure
-		case fitNow > fit && fitNow >= budget:
-			return ReasonGrowth
-		}
-		return ReasonHeadroom
+// limitReason is why memory allows no more than budget: the soft cap,
+// else the growth still to come when without it the budget (for a jump:
+// more) would fit, else the headroom itself.
+func (m measure) limitReason(budget int) string {
+	switch {
+	case m.capBinds:
+		return ReasonPressure
+	case m.fitNow > m.fit && m.fitNow >= budget:
+		return ReasonGrowth
 	}
+	return ReasonHeadroom
+}
+
+// target is the budget memory, pressure and the CPUs allow, and why.
+func (e *engine) target(m measure, d demand, frozen int, now time.Time) (int, string) {
 	target, reason := e.budget, e.reason
 	switch {
-	case !e.started || !active:
+	case !e.started || !d.active:
 		// Nothing runs that a jump could misjudge: start from what memory
 		// allows outright.
-		target, reason = max(fit, 1), memReason(fit+1)
-	case pressured && now.Sub(e.lastDecrease) >= pressureWindow:
+		target, reason = max(m.fit, 1), m.limitReason(m.fit+1)
+	case m.pressured && now.Sub(e.lastDecrease) >= pressureWindow:
 		target = max(1, min(e.budget*decreaseNum/decreaseDen, e.budget-1))
 		reason = ReasonPressure
 		e.lastDecrease = now
 	}
-	if m := max(fit, 1); target > m {
-		target, reason = m, memReason(target)
+	if fit := max(m.fit, 1); target > fit {
+		target, reason = fit, m.limitReason(target)
 	}
-	if target > cpuCap {
-		target, reason = cpuCap, ReasonCPU
+	if target > m.cpuCap {
+		target, reason = m.cpuCap, ReasonCPU
 	}
-	frozen := e.frozen(in.Leases)
-	// Growing needs an eighth of a job more room than keeping the budget
-	// does, so that headroom wobbling by a few MiB (page cache, slab) does
-	// not grow and shrink the budget in turn.
-	hysteresis := int64(next / hysteresisDen)
-	if target == e.budget && e.started && active && wanting && len(frozen) == 0 &&
-		now.Sub(e.lastChange) >= e.p.GrowthInterval && now.Sub(e.lastPressure) >= e.p.GrowthInterval &&
-		target < cpuCap && jobs+waiting >= target && jobs+floorDiv(free-hysteresis, next) > target {
+	if e.mayGrow(target, m, d, frozen, now) {
 		target, reason = target+1, ReasonHeadroom
 	}
+	return target, reason
+}
 
-	acts := e.brake(in.Leases, head, reserve, free, frozen, now)
-	for _, a := range acts {
-		m := leaseMem[a.Lease]
-		m.Frozen = a.Freeze
-		leaseMem[a.Lease] = m
-	}
+// mayGrow is the growth rule: the budget, unchanged this tick, grows by
+// one only while it is in use and a lease wants more, nothing is frozen,
+// a growth interval has passed since the last change and since the last
+// pressure, the CPUs allow one more, and memory fits one more with an
+// eighth of a job to spare, so that headroom wobbling by a few MiB (page
+// cache, slab) does not grow and shrink the budget in turn.
+func (e *engine) mayGrow(target int, m measure, d demand, frozen int, now time.Time) bool {
+	settled := e.started && target == e.budget
+	inUse := d.active && d.wanting && d.jobs+d.waiting >= target
+	rested := frozen == 0 && now.Sub(e.lastChange) >= e.p.GrowthInterval && now.Sub(e.lastPressure) >= e.p.GrowthInterval
+	hysteresis := int64(m.next / hysteresisDen)
+	fits := target < m.cpuCap && d.jobs+floorDiv(m.free-hysteresis, m.next) > target
+	return settled && inUse && rested && fits
+}
 
-	d := decision{Budget: target, Reason: reason, Actions: acts, Leases: leaseMem}
-	d.Changed = !e.started || target != e.budget || reason != e.reason
+// publish records the decision, logs it with its arithmetic, and builds
+// what status shows.
+func (e *engine) publish(target int, reason string, m measure, d demand, acts []action, now time.Time) decision {
+	dec := decision{Budget: target, Reason: reason, Actions: acts, Leases: d.leases}
+	dec.Changed = !e.started || target != e.budget || reason != e.reason
 	detail := fmt.Sprintf("headroom %s - reserve %s - growth %s = %s free; %d jobs running + %d more of %s fit; cpu cap %d",
-		size(head), size(reserve), size(growth), signedSize(free), jobs, fit-jobs, size(next), cpuCap)
+		bytesize.Human(m.head), bytesize.Human(m.reserve), bytesize.Human(m.growth), signedSize(m.free),
+		d.jobs, m.fit-d.jobs, bytesize.Human(m.next), m.cpuCap)
 	if e.softCap > 0 {
-		detail += fmt.Sprintf("; soft cap %s at working set %s", size(e.softCap), size(ws))
+		detail += fmt.Sprintf("; soft cap %s at working set %s", bytesize.Human(e.softCap), bytesize.Human(m.ws))
 	}
-	if pressured {
-		detail += fmt.Sprintf("; pressure some %.1f%% full %.1f%%", 100*some, 100*full)
+	if m.pressured {
+		detail += fmt.Sprintf("; pressure some %.1f%% full %.1f%%", 100*m.some, 100*m.full)
 	}
-	if d.Changed {
+	if dec.Changed {
 		if !e.started || target != e.budget {
 			e.lastChange = now
 		}
@@ -226,92 +281,14 @@ func (e *engine) step(in tickInput) decision {
 	} else {
 		e.log.Debug("memory controller keeps the budget", "budget", target, "reason", reason, "detail", detail)
 	}
-	d.Status = api.MemoryStatus{
-		Domain: e.domain, PressureFile: e.pressureFile, Limit: limit, WorkingSet: ws, Headroom: head,
-		Reserve: reserve, Growth: growth, NextJob: next, SoftCap: e.softCap,
-		PressureSome: some, PressureFull: full, PressureWindow: span,
-		Jobs: jobs, Fit: fit, CPUCap: cpuCap, Target: target, Reason: e.reason, Detail: detail,
+	dec.Status = api.MemoryStatus{
+		Domain: e.domain, PressureFile: e.pressureFile, Limit: m.limit, WorkingSet: m.ws, Headroom: m.head,
+		Reserve: m.reserve, Growth: m.growth, NextJob: m.next, SoftCap: e.softCap,
+		PressureSome: m.some, PressureFull: m.full, PressureWindow: m.span,
+		Jobs: d.jobs, Fit: m.fit, CPUCap: m.cpuCap, Target: target, Reason: e.reason, Detail: detail,
 		Changed: e.changed, Updated: now,
 	}
-	return d
-}
-
-// track starts states for new leases, seeded from history, hands each its
-// processes, and records leases that are gone in the history.
-func (e *engine) track(in []leaseInput, now time.Time) {
-	seen := make(map[string]bool, len(in))
-	for _, li := range in {
-		seen[li.ID] = true
-		ls, ok := e.leases[li.ID]
-		if !ok {
-			ls = &leaseState{name: li.Name, source: "default"}
-			ls.seed[classCompile], ls.seed[classLink] = e.p.JobEstimate, 2*e.p.JobEstimate
-			for _, c := range []class{classCompile, classLink} {
-				if s := e.hist.seed(li.Name, c); s > 0 {
-					ls.seed[c], ls.source = s, "history"
-				}
-			}
-			e.leases[li.ID] = ls
-		}
-		ls.observe(li.Procs)
-	}
-	for id, ls := range e.leases {
-		if seen[id] {
-			continue
-		}
-		ls.observe(nil)
-		var compile, link uint64
-		if ls.estimateSource() == "observed" {
-			compile = ls.estimate(classCompile)
-		}
-		if len(ls.seen[classLink]) > 0 {
-			link = ls.estimate(classLink)
-		}
-		if compile > 0 || link > 0 {
-			e.hist.record(ls.name, compile, link, now)
-		}
-		delete(e.leases, id)
-	}
-}
-
-// pressure adds r to the window and returns the stall rates over it.
-func (e *engine) pressure(r memory.Reading) (some, full float64, span time.Duration) {
-	if n := len(e.window); n > 0 {
-		last := e.window[n-1]
-		if !r.At.After(last.At) || r.Pressure.Some < last.Pressure.Some || r.Pressure.Full < last.Pressure.Full {
-			e.window = e.window[:0] // another file, or a clock step: start over
-		}
-	}
-	e.window = append(e.window, memory.Reading{At: r.At, Pressure: r.Pressure})
-	for len(e.window) > 2 && !e.window[1].At.After(r.At.Add(-pressureWindow)) {
-		e.window = e.window[1:]
-	}
-	st, err := r.StallSince(e.window[0])
-	if err != nil {
-		return 0, 0, 0 // a single reading: no interval yet
-	}
-	return st.Some, st.Full, st.Interval
-}
-
-// moveSoftCap remembers the working set at which pressure appears and
-// relaxes that cap slowly once pressure is gone.
-func (e *engine) moveSoftCap(pressured bool, ws, limit uint64, now time.Time) {
-	switch {
-	case pressured && !e.wasPressured:
-		if e.softCap == 0 || ws < e.softCap {
-			e.softCap = ws
-		}
-		e.capMoved = now
-	case pressured:
-		e.capMoved = now
-	case e.softCap > 0 && now.Sub(e.capMoved) >= e.p.GrowthInterval:
-		e.softCap += limit / capRelaxDen
-		e.capMoved = now
-		if e.softCap >= limit {
-			e.softCap = 0
-		}
-	}
-	e.wasPressured = pressured
+	return dec
 }
 
 // nextJob is the expected peak of one more job: the largest compile
@@ -338,75 +315,6 @@ func (e *engine) nextJob(in []leaseInput) uint64 {
 	return e.p.JobEstimate
 }
 
-// frozen lists the frozen leases, oldest first.
-func (e *engine) frozen(in []leaseInput) []leaseInput {
-	var out []leaseInput
-	for _, li := range in {
-		if e.leases[li.ID].frozen {
-			out = append(out, li)
-		}
-	}
-	return out
-}
-
-// brake is the last resort. When headroom is under half the reserve and
-// still falling, it freezes the youngest lease that can be frozen, never
-// the oldest, which must make progress. It thaws the oldest frozen lease
-// once memory has recovered (headroom back over the reserve and room for
-// the expected growth of every job, frozen ones included) for a growth
-// interval, or at once after a growth interval if the frozen lease has
-// become the oldest.
-func (e *engine) brake(in []leaseInput, head, reserve uint64, free int64, frozen []leaseInput, now time.Time) []action {
-	var acts []action
-	var oldest string
-	for _, li := range in {
-		if li.Admitted && !li.Ending {
-			oldest = li.ID
-			break
-		}
-	}
-	if e.started && head < reserve/2 && head < e.prevHead {
-		for i := len(in) - 1; i >= 0; i-- {
-			li := in[i]
-			if li.ID == oldest {
-				break
-			}
-			ls := e.leases[li.ID]
-			if !li.Admitted || li.Ending || !li.Freezable || ls.frozen {
-				continue
-			}
-			ls.frozen, ls.frozenAt = true, now
-			acts = append(acts, action{Lease: li.ID, Freeze: true})
-			e.log.Info("memory brake: froze the youngest lease", "lease", li.ID, "name", li.Name,
-				"headroom", size(head), "previous", size(e.prevHead), "reserve", size(reserve))
-			break
-		}
-	}
-	e.prevHead = head
-	if len(frozen) == 0 {
-		return acts
-	}
-	recovered := head >= reserve && free >= 0
-	switch {
-	case !recovered:
-		e.recoveredSince = time.Time{}
-	case e.recoveredSince.IsZero():
-		e.recoveredSince = now
-	}
-	f := frozen[0]
-	ls := e.leases[f.ID]
-	dwell := e.p.GrowthInterval
-	due := now.Sub(ls.frozenAt) >= dwell && now.Sub(e.lastThaw) >= dwell
-	if due && (f.ID == oldest || recovered && now.Sub(e.recoveredSince) >= dwell) {
-		ls.frozen = false
-		e.lastThaw = now
-		acts = append(acts, action{Lease: f.ID})
-		e.log.Info("memory brake: thawed a lease", "lease", f.ID, "name", f.Name,
-			"frozen_for", now.Sub(ls.frozenAt).Round(time.Millisecond), "headroom", size(head), "oldest", f.ID == oldest)
-	}
-	return acts
-}
-
 // domainSize is the domain's size and working set: the cgroup's limit
 // (no more than the host's memory) and its usage less inactive file
 // pages, or the host's memory and what is not available of it.
@@ -428,18 +336,10 @@ func floorDiv(a int64, b uint64) int {
 	return int(q)
 }
 
-// size writes bytes for people: MiB below 10 GiB, GiB with one decimal
-// above.
-func size(b uint64) string {
-	if b >= 10<<30 {
-		return fmt.Sprintf("%.1fGiB", float64(b)/(1<<30))
-	}
-	return fmt.Sprintf("%dMiB", b>>20)
-}
-
+// signedSize writes a deficit as a negative size.
 func signedSize(b int64) string {
 	if b < 0 {
-		return "-" + size(uint64(-b))
+		return "-" + bytesize.Human(uint64(-b))
 	}
-	return size(uint64(b))
+	return bytesize.Human(uint64(b))
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker/memory"
 )
 
@@ -111,7 +112,7 @@ type leaseState struct {
 	// when last seen alive: memory the kernel may still be freeing.
 	gone uint64
 	// seed is the estimate per class before anything is seen; source
-	// tells where it came from ("history" or "default").
+	// tells where it came from (api.EstimateHistory or api.EstimateDefault).
 	seed   [3]uint64
 	source string
 
@@ -180,7 +181,7 @@ func (l *leaseState) estimate(c class) uint64 {
 // estimateSource tells where the compile estimate comes from.
 func (l *leaseState) estimateSource() string {
 	if len(l.seen[classCompile]) > 0 || l.small >= estimateWindow {
-		return "observed"
+		return api.EstimateObserved
 	}
 	return l.source
 }
@@ -215,4 +216,42 @@ func (l *leaseState) usage(jobs int) (rss, peak, growth, back, live uint64) {
 		growth += uint64(missing) * l.estimate(classCompile)
 	}
 	return rss, peak, growth, back, live
+}
+
+// track starts states for new leases, seeded from history, hands each its
+// processes, and records leases that are gone in the history.
+func (e *engine) track(in []leaseInput, now time.Time) {
+	seen := make(map[string]bool, len(in))
+	for _, li := range in {
+		seen[li.ID] = true
+		ls, ok := e.leases[li.ID]
+		if !ok {
+			ls = &leaseState{name: li.Name, source: api.EstimateDefault}
+			ls.seed[classCompile], ls.seed[classLink] = e.p.JobEstimate, 2*e.p.JobEstimate
+			for _, c := range []class{classCompile, classLink} {
+				if s := e.hist.seed(li.Name, c); s > 0 {
+					ls.seed[c], ls.source = s, api.EstimateHistory
+				}
+			}
+			e.leases[li.ID] = ls
+		}
+		ls.observe(li.Procs)
+	}
+	for id, ls := range e.leases {
+		if seen[id] {
+			continue
+		}
+		ls.observe(nil)
+		var compile, link uint64
+		if ls.estimateSource() == api.EstimateObserved {
+			compile = ls.estimate(classCompile)
+		}
+		if len(ls.seen[classLink]) > 0 {
+			link = ls.estimate(classLink)
+		}
+		if compile > 0 || link > 0 {
+			e.hist.record(ls.name, compile, link, now)
+		}
+		delete(e.leases, id)
+	}
 }

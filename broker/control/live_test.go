@@ -155,7 +155,7 @@ func TestControllerOnLiveBroker(t *testing.T) {
 	default:
 		t.Errorf("budget reason %q, want one of the controller's", st.BudgetReason)
 	}
-	if lm := st.Leases[0].Memory; lm.Jobs != 1 || lm.Estimates["compile"] != DefaultJobEstimate || lm.Source != "default" {
+	if lm := st.Leases[0].Memory; lm.Jobs != 1 || lm.Estimates.Compile != DefaultJobEstimate || lm.Source != "default" {
 		t.Errorf("lease memory %+v, want one job estimated at the default", lm)
 	}
 

@@ -51,6 +51,17 @@ const (
 	DefaultJobEstimate = 1 << 30
 )
 
+// The bounds of Params, which New and Reconfigure check, and tokend's
+// configuration before them, so that the two never disagree.
+const (
+	MinTick, MaxTick  = 10 * time.Millisecond, 10 * time.Second
+	MaxGrowthInterval = time.Hour
+	MaxCPUMultiple    = 64
+	// MinJobEstimate: no job is expected below the size at which a
+	// process counts as a job at all.
+	MinJobEstimate = heavyFloor
+)
+
 // Fixed behaviour, documented with Params in README.
 const (
 	// pressureWindow is what stall rates are measured over: the shortest
@@ -95,14 +106,14 @@ func (p Params) withDefaults() Params {
 // validate checks params that already have their defaults.
 func (p Params) validate() error {
 	switch {
-	case p.Tick < 10*time.Millisecond:
-		return fmt.Errorf("controller tick %v: want 10ms or more", p.Tick)
-	case p.GrowthInterval < 0:
-		return fmt.Errorf("growth interval %v is negative", p.GrowthInterval)
-	case p.CPUMultiple <= 0 || math.IsNaN(p.CPUMultiple):
-		return fmt.Errorf("cpu multiple %v: want more than 0", p.CPUMultiple)
-	case p.JobEstimate < heavyFloor:
-		return fmt.Errorf("job estimate %d bytes: want at least %d MiB", p.JobEstimate, heavyFloor>>20)
+	case p.Tick < MinTick || p.Tick > MaxTick:
+		return fmt.Errorf("controller tick %v: want %v to %v", p.Tick, MinTick, MaxTick)
+	case p.GrowthInterval < 0 || p.GrowthInterval > MaxGrowthInterval:
+		return fmt.Errorf("growth interval %v: want 0 to %v", p.GrowthInterval, MaxGrowthInterval)
+	case !(p.CPUMultiple > 0 && p.CPUMultiple <= MaxCPUMultiple):
+		return fmt.Errorf("cpu multiple %v: want more than 0, up to %d", p.CPUMultiple, MaxCPUMultiple)
+	case p.JobEstimate < MinJobEstimate:
+		return fmt.Errorf("job estimate %d bytes: want at least %d MiB", p.JobEstimate, MinJobEstimate>>20)
 	}
 	return nil
 }

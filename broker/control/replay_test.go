@@ -219,7 +219,7 @@ func TestReplayHistorySeedsEstimates(t *testing.T) {
 		"step 0: budget 3 (growth reserve)",
 		"step 38: budget 1 (headroom)",
 	})
-	if l := rs[0].Leases["alpha"]; l.Source != "history" || l.Estimates["compile"]/mib != 452 {
+	if l := rs[0].Leases["alpha"]; l.Source != "history" || l.Estimates.Compile/mib != 452 {
 		t.Errorf("alpha at step 0: %+v, want its 452 MiB estimate from history", l)
 	}
 }

@@ -13,7 +13,8 @@ import (
 func TestStatusEscapesNames(t *testing.T) {
 	now := time.Now()
 	st := api.Status{Budget: 4, Leases: []api.LeaseStatus{{
-		ID: "0123456789ab", Name: "x\x1b[2K\rroot-build  4  4  0", Created: now, Ending: true, EndReason: "owner directory /tmp/\x1b]0;pwned\a removed",
+		Registration: api.Registration{ID: "0123456789ab", Name: "x\x1b[2K\rroot-build  4  4  0", Created: now},
+		Ending:       true, EndReason: "owner directory /tmp/\x1b]0;pwned\a removed",
 	}}}
 	var out strings.Builder
 	if err := printStatus(&out, st, now); err != nil {

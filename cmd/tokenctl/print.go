@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/bytesize"
 )
 
 func printJSON(w io.Writer, v any) error {
@@ -70,8 +71,8 @@ func printStatus(w io.Writer, st api.Status, now time.Time) error {
 		if m.Frozen {
 			brake = "frozen"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, m.Jobs, m.Procs, mib(m.RSS), mib(m.Peak),
-			mib(m.Growth), mib(m.Estimates["compile"]), mib(m.Estimates["link"]), m.Source, brake)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, m.Jobs, m.Procs, bytesize.Human(m.RSS), bytesize.Human(m.Peak),
+			bytesize.Human(m.Growth), bytesize.Human(m.Estimates.Compile), bytesize.Human(m.Estimates.Link), m.Source, brake)
 	}
 	return tw.Flush()
 }
@@ -80,20 +81,12 @@ func printStatus(w io.Writer, st api.Status, now time.Time) error {
 // what running jobs will still take, and why the budget is what it is.
 func printMemory(w io.Writer, m *api.MemoryStatus, now time.Time) {
 	fmt.Fprintf(w, "memory %s: headroom %s of %s (working set %s), reserve %s, growth to come %s, next job %s\n",
-		m.Domain, mib(m.Headroom), mib(m.Limit), mib(m.WorkingSet), mib(m.Reserve), mib(m.Growth), mib(m.NextJob))
+		m.Domain, bytesize.Human(m.Headroom), bytesize.Human(m.Limit), bytesize.Human(m.WorkingSet), bytesize.Human(m.Reserve), bytesize.Human(m.Growth), bytesize.Human(m.NextJob))
 	fmt.Fprintf(w, "pressure some %.1f%% full %.1f%% over %s (%s)", 100*m.PressureSome, 100*m.PressureFull,
 		m.PressureWindow.Round(10*time.Millisecond), m.PressureFile)
 	if m.SoftCap > 0 {
-		fmt.Fprintf(w, ", soft cap %s", mib(m.SoftCap))
+		fmt.Fprintf(w, ", soft cap %s", bytesize.Human(m.SoftCap))
 	}
 	fmt.Fprintf(w, "\ncontroller: %d jobs running, memory fits %d, cpu cap %d, wants budget %d (%s, %s ago): %s\n",
 		m.Jobs, m.Fit, m.CPUCap, m.Target, m.Reason, now.Sub(m.Changed).Round(time.Second), m.Detail)
-}
-
-// mib writes bytes in MiB, or GiB with one decimal from 10 GiB up.
-func mib(b uint64) string {
-	if b >= 10<<30 {
-		return fmt.Sprintf("%.1fGiB", float64(b)/(1<<30))
-	}
-	return fmt.Sprintf("%dMiB", b>>20)
 }

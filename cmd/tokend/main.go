@@ -40,82 +40,37 @@ func main() {
 	}
 }
 
-// settings is the configuration file as overridden by the flags given.
-type settings struct {
+// options are the command line: the configuration file and the flags
+// given over it.
+type options struct {
 	configPath string
-	flags      *flag.FlagSet
-	override   broker.Config
+	flags      []given
 }
 
-func parseFlags(args []string) (*settings, error) {
-	s := &settings{flags: flag.NewFlagSet("tokend", flag.ContinueOnError)}
-	fs := s.flags
-	fs.StringVar(&s.configPath, "config", "", "configuration file (TOML); flags given win over it")
-	fs.StringVar(&s.override.RuntimeDir, "runtime-dir", "", "directory for the socket, state and FIFOs (config: runtime_dir)")
-	fs.IntVar(&s.override.Tokens, "tokens", 0, "fix the budget at N jobs (config: tokens)")
-	fs.StringVar(&s.override.LeaseGroup, "lease-group", "", "group whose members may register leases (config: lease_group)")
-	fs.StringVar(&s.override.LogLevel, "log-level", "", "trace, debug, info, warn or error (config: log_level)")
-	fs.IntVar(&s.override.OOMScoreAdj, "oom-score-adj", 0, "oom_score_adj of build jobs, 0 to 1000; 0 leaves them alone (config: oom_score_adj)")
-	fs.StringVar(&s.override.MemoryCgroup, "memory-cgroup", "", "memory domain: a v1 or v2 memory cgroup directory; default the host (config: memory_cgroup)")
-	fs.StringVar(&s.override.MemoryPressure, "memory-pressure", "", "PSI memory file to read (config: memory_pressure)")
-	fs.StringVar(&s.override.LeaseCgroups, "lease-cgroups", "", "cgroup v2 directory for the tokenctl leases' groups, or off (config: lease_cgroups)")
-	fs.Var(&s.override.MemoryReserve, "memory-reserve", "headroom never handed out, such as 512MiB (config: memory_reserve)")
-	fs.DurationVar(&s.override.MemoryTick, "memory-tick", 0, "how often the memory controller decides (config: memory_tick)")
-	fs.DurationVar(&s.override.GrowthInterval, "growth-interval", 0, "least time between budget increases (config: growth_interval)")
-	fs.Float64Var(&s.override.CPUMultiple, "cpu-multiple", 0, "cap the budget at this many jobs per CPU (config: cpu_multiple)")
-	fs.Var(&s.override.JobEstimate, "job-estimate", "expected peak of an unknown compile job, such as 1GiB (config: job_estimate)")
+func parseFlags(args []string) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("tokend", flag.ContinueOnError)
+	fs.StringVar(&o.configPath, "config", "", "configuration file (TOML); flags given win over it")
+	defineFlags(fs, &o.flags)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q; see tokend --help", fs.Arg(0))
 	}
-	return s, nil
+	return o, nil
 }
 
-// load reads the configuration file, if any, and applies the flags given.
-func (s *settings) load() (broker.Config, error) {
-	c := broker.DefaultConfig()
-	if s.configPath != "" {
-		var err error
-		if c, err = c.LoadConfig(s.configPath); err != nil {
+// load reads the configuration file, if any, applies the flags given and
+// checks the result.
+func (o *options) load() (Config, error) {
+	c := DefaultConfig()
+	if o.configPath != "" {
+		if err := c.decodeFile(o.configPath); err != nil {
 			return c, err
 		}
 	}
-	s.flags.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "runtime-dir":
-			c.RuntimeDir = s.override.RuntimeDir
-		case "tokens":
-			c.Tokens = s.override.Tokens
-		case "lease-group":
-			c.LeaseGroup = s.override.LeaseGroup
-		case "log-level":
-			c.LogLevel = s.override.LogLevel
-		case "oom-score-adj":
-			c.OOMScoreAdj = s.override.OOMScoreAdj
-		case "memory-cgroup":
-			c.MemoryCgroup = s.override.MemoryCgroup
-		case "memory-pressure":
-			c.MemoryPressure = s.override.MemoryPressure
-		case "lease-cgroups":
-			c.LeaseCgroups = s.override.LeaseCgroups
-		case "memory-reserve":
-			c.MemoryReserve = s.override.MemoryReserve
-		case "memory-tick":
-			c.MemoryTick = s.override.MemoryTick
-		case "growth-interval":
-			c.GrowthInterval = s.override.GrowthInterval
-		case "cpu-multiple":
-			c.CPUMultiple = s.override.CPUMultiple
-		case "job-estimate":
-			c.JobEstimate = s.override.JobEstimate
-		}
-	})
-	if err := c.Validate(); err != nil {
-		return c, fmt.Errorf("flags: %w", err)
-	}
-	return c, nil
+	return apply(c, o.flags, o.configPath)
 }
 
 func run(args []string) error {
@@ -210,7 +165,7 @@ func run(args []string) error {
 // leaseCgroups makes the parent of the tokenctl leases' cgroups, unless
 // configured off. Without root or a cgroup2 mount tokend runs on without
 // them: builds then cannot be frozen, which the log says.
-func leaseCgroups(cfg broker.Config, log hclog.Logger) (*control.Cgroups, error) {
+func leaseCgroups(cfg Config, log hclog.Logger) (*control.Cgroups, error) {
 	if cfg.LeaseCgroups == "off" {
 		return nil, nil
 	}
@@ -231,7 +186,7 @@ func leaseCgroups(cfg broker.Config, log hclog.Logger) (*control.Cgroups, error)
 }
 
 // params are the memory controller's parameters in cfg.
-func params(cfg broker.Config) control.Params {
+func params(cfg Config) control.Params {
 	return control.Params{
 		Reserve: uint64(cfg.MemoryReserve), Tick: cfg.MemoryTick, GrowthInterval: cfg.GrowthInterval,
 		CPUMultiple: cfg.CPUMultiple, JobEstimate: uint64(cfg.JobEstimate),
@@ -241,7 +196,7 @@ func params(cfg broker.Config) control.Params {
 // reload applies a changed configuration file. Settings that need a new
 // socket, directory or memory domain take effect at the next start, and the
 // log says so.
-func reload(s *settings, old broker.Config, b *broker.Broker, ctl *control.Controller, log hclog.Logger) {
+func reload(s *options, old Config, b *broker.Broker, ctl *control.Controller, log hclog.Logger) {
 	cfg, err := s.load()
 	if err != nil {
 		log.Error("reload failed; keeping the running configuration", "error", err)

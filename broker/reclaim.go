@@ -1,0 +1,170 @@
+package broker
+
+import (
+	"time"
+
+	"github.com/tokend/tokend/jobserver"
+)
+
+// ownerCheckInterval is how often the broker looks for leases whose owner
+// is gone. It is the fallback for an owner that died without ending its
+// lease (a killed tokenctl, a nix build whose hook cannot end it), so a
+// second is soon enough, and reading every owner's /proc entry on every
+// tick was most of tokend's own CPU.
+const ownerCheckInterval = time.Second
+
+// endOrphans ends the leases whose owner is gone, at most once per
+// ownerCheckInterval.
+func (b *Broker) endOrphans(now time.Time) {
+	if now.Sub(b.ownersChecked) < ownerCheckInterval {
+		return
+	}
+	b.ownersChecked = now
+	for _, l := range b.leases {
+		if l.ending {
+			continue
+		}
+		if why := ownerGone(l.Owner); why != "" {
+			b.end(l, why)
+		}
+	}
+}
+
+// onFIFOEvent notes a client opening or closing a lease's FIFO, or a
+// build reading its gate. A close makes the lease due for a search for
+// holders after the grace period; the first read of a gate makes the
+// build ask for admission.
+func (b *Broker) onFIFOEvent(ev fifoEvent) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w, ok := b.byWatch[ev.wd]
+	if !ok {
+		return
+	}
+	l := w.lease
+	switch {
+	case w.gate:
+		// The build read its gate: it asks for its slot from now on.
+		if !ev.close && l.asked.IsZero() && !l.ending {
+			l.asked = time.Now()
+			b.dirty = true
+			b.log.Info("lease asks for admission", "lease", l.ID, "name", l.Name)
+			b.poke()
+		}
+	case ev.close:
+		l.closeSeen = time.Now()
+	default:
+		l.opens++
+		if !l.joined {
+			l.joined = true
+			b.dirty = true
+		}
+	}
+}
+
+// scanRequest is a lease to look for holders of, with the open count seen
+// before looking, so an open during the scan voids the answer.
+type scanRequest struct {
+	lease *Lease
+	opens int
+}
+
+func (b *Broker) dueScans() []scanRequest {
+	var due []scanRequest
+	now := time.Now()
+	for _, l := range b.leases {
+		if l.removing || l.closeSeen.IsZero() || now.Sub(l.closeSeen) < b.opts.Grace {
+			continue
+		}
+		due = append(due, scanRequest{lease: l, opens: l.opens})
+	}
+	return due
+}
+
+// reclaim writes off the tokens of leases that nobody holds open any more,
+// from the answer of a holder scan (startScan): whatever they were granted
+// and is not in the FIFO will never come back.
+func (b *Broker) reclaim(r scanResult) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.scanSince = time.Time{}
+	if r.err != nil {
+		b.log.Error("cannot look for jobserver holders", "error", r.err)
+		return
+	}
+	due, counts := r.due, r.counts
+	for _, s := range due {
+		l := s.lease
+		if l.opens != s.opens {
+			continue // a client came while we looked; look again after it closes
+		}
+		l.closeSeen = time.Time{}
+		if counts[l.inode] > 0 {
+			if l.ending {
+				l.closeSeen = time.Now() // keep looking until the last one is gone
+			}
+			continue
+		}
+		if l.ending {
+			b.release(l)
+		}
+		b.writeOffLeaked(l)
+	}
+}
+
+// release empties an ended lease nobody holds any more and marks it for
+// removal: nothing it owes can come back but what is in its FIFO.
+func (b *Broker) release(l *Lease) {
+	l.owed = 0
+	l.stopCollecting()
+	if _, err := l.fifo.Take(jobserver.MaxTokens); err != nil {
+		b.log.Error("cannot take tokens back", "lease", l.ID, "error", err)
+	}
+	l.removing = true
+}
+
+// writeOffLeaked forgets the tokens granted to l that are not in its FIFO,
+// once nobody holds it: its clients died holding them.
+func (b *Broker) writeOffLeaked(l *Lease) {
+	free, err := l.fifo.Free()
+	if err != nil {
+		b.log.Error("cannot count tokens", "lease", l.ID, "error", err)
+		return
+	}
+	if free > l.fifo.Granted() {
+		return // inflated: the pass takes the excess out first
+	}
+	leaked := l.fifo.Granted() - free
+	if leaked == 0 {
+		return
+	}
+	if err := l.fifo.Forget(leaked); err != nil {
+		b.log.Error("cannot write off leaked tokens", "lease", l.ID, "error", err)
+		return
+	}
+	l.reclaimed += leaked
+	b.totals.reclaimed += leaked
+	b.dirty = true
+	b.log.Info("reclaimed leaked tokens", "lease", l.ID, "name", l.Name, "tokens", leaked)
+}
+
+// removeEnded deletes ended leases once nothing holds them and their
+// collector has stopped, so no poll(2) can race the close.
+func (b *Broker) removeEnded() {
+	for id, l := range b.leases {
+		if !l.removing || l.collector != nil {
+			continue
+		}
+		if n := l.fifo.Granted(); n != 0 {
+			b.log.Error("ended lease still counts tokens; writing them off", "lease", id, "tokens", n)
+			l.fifo.Forget(n)
+			b.totals.reclaimed += n
+		}
+		b.untrack(l)
+		b.removeFiles(l)
+		b.removeCgroup(l)
+		b.dirty = true
+		b.announce()
+		b.log.Info("lease ended", "lease", id, "name", l.Name, "reason", l.endReason, "reclaimed", l.reclaimed)
+	}
+}
