@@ -57,6 +57,8 @@ type Options struct {
 	Socket string
 	// Timeout bounds the whole run. Zero means DefaultTimeout.
 	Timeout time.Duration
+	// NixStateDir is Nix's state directory. "" means DefaultNixStateDir.
+	NixStateDir string
 }
 
 // Result is what one run of the hook prints.
@@ -88,6 +90,9 @@ func Run(ctx context.Context, opts Options, drvPath, sandboxDir string) Result {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
 	}
+	if opts.NixStateDir == "" {
+		opts.NixStateDir = DefaultNixStateDir()
+	}
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 
@@ -110,7 +115,7 @@ func Run(ctx context.Context, opts Options, drvPath, sandboxDir string) Result {
 	c := api.NewClient(opts.Socket)
 	reg, err := c.Register(ctx, api.RegisterRequest{
 		Name: drv.Name, OwnerDir: sandboxDir, GID: &gid, Features: drv.Features, Gate: true,
-		Cgroup: buildCgroup(sandboxDir, gid),
+		Cgroup: buildCgroup(opts.NixStateDir, gid),
 	})
 	if err != nil {
 		return unreachable(opts, err)
