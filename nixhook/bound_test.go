@@ -26,7 +26,9 @@ func TestRunBoundsReadingTheDerivation(t *testing.T) {
 	var f fakeTokend
 	socket := f.serve(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
 	done := make(chan Result, 1)
-	go func() { done <- Run(context.Background(), Options{Socket: socket, Timeout: 200 * time.Millisecond}, drv, sandbox) }()
+	go func() {
+		done <- Run(context.Background(), Options{Socket: socket, Timeout: 200 * time.Millisecond}, drv, sandbox)
+	}()
 	select {
 	case r := <-done:
 		if r.Stdout != "" || !strings.Contains(r.Problem, "reading the derivation") || !strings.Contains(r.Problem, "200ms") {
