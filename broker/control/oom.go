@@ -203,7 +203,6 @@ type oomWatch struct {
 	domainCount uint64
 	counted     bool
 	groups      map[string]uint64
-	lastErr     string
 }
 
 func newOOMWatch(domain *memory.Domain, log hclog.Logger) *oomWatch {
@@ -276,16 +275,11 @@ func (w *oomWatch) read(in *tickInput) {
 	}
 }
 
-// report logs a read error once until it changes.
+// report logs a read error.
 func (w *oomWatch) report(err error) {
-	msg := ""
 	if err != nil {
-		msg = err.Error()
-	}
-	if msg != "" && msg != w.lastErr {
 		w.log.Warn("cannot read OOM kills", "error", err)
 	}
-	w.lastErr = msg
 }
 
 // close closes the kernel log.

@@ -95,7 +95,7 @@ func TestOOMKillCountedInStatus(t *testing.T) {
 		t.Errorf("log line %q does not report the job with its size", line)
 	}
 	out, err := exec.Command(bins.tokenctl, "--socket", d.socket, "status").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "OOM KILLS") || !strings.Contains(string(out), fmt.Sprintf("1 (at %dMiB)", l.Memory.OOMKilled>>20)) {
+	if err != nil || !strings.Contains(string(out), "oom kills  ") || !strings.Contains(string(out), fmt.Sprintf("1 (%dMiB)", l.Memory.OOMKilled>>20)) {
 		t.Errorf("tokenctl status (%v) does not show the kill:\n%s", err, out)
 	}
 	d.stop(t)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,54 +16,48 @@ import (
 	"github.com/tokend/tokend/jobserver"
 )
 
+// runOptions are the flags of tokenctl run.
+type runOptions struct {
+	name, style string
+	keepJobs    bool
+	retryOOM    int
+}
+
 // runCommand runs a command under a lease and returns its exit status. If
 // tokend cannot give a lease, the command runs unchanged: the broker being
 // down must never fail a build. With --retry-oom N, a run that fails after
 // tokend saw the OOM killer take a job of it is run again, up to N times,
 // once memory fits that job alone: make, ninja and cargo resume where they
 // stopped, and the new lease starts expecting jobs of that size.
-func runCommand(c *api.Client, args []string) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	name := fs.String("name", "", "lease name shown in status (default: the command's name)")
-	styleFlag := fs.String("style", "auto", "jobserver style: fifo (make >= 4.4, ninja, cargo), pipe (make 4.3, gcc 12), or auto")
-	retries := fs.Int("retry-oom", 0, "run the command again, up to N times, after a run in which a job of it was OOM-killed")
-	if err := fs.Parse(args); err != nil {
+func runCommand(c *api.Client, o runOptions, argv []string) int {
+	if o.name == "" {
+		o.name = filepath.Base(argv[0])
+	}
+	if o.retryOOM < 0 {
+		fmt.Fprintf(os.Stderr, "tokenctl run: --retry-oom %d: want 0 (no retries) or more\n", o.retryOOM)
 		return 2
 	}
-	argv := fs.Args()
-	if len(argv) == 0 {
-		fmt.Fprintln(os.Stderr, "tokenctl run: no command given; usage: tokenctl run [--name N] [--style auto|fifo|pipe] [--retry-oom N] -- CMD ARGS...")
-		return 2
-	}
-	if *retries < 0 {
-		fmt.Fprintf(os.Stderr, "tokenctl run: --retry-oom %d: want 0 (no retries) or more\n", *retries)
-		return 2
-	}
-	if *name == "" {
-		*name = filepath.Base(argv[0])
-	}
-	style, err := chooseStyle(*styleFlag, argv[0])
+	style, err := chooseStyle(o.style, argv[0])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tokenctl run:", err)
 		return 2
 	}
 	for retry := 1; ; retry++ {
-		code, killed := runOnce(c, *name, style, argv, *retries > 0)
-		if code == 0 || killed.jobs == 0 || retry > *retries {
+		code, killed := runOnce(c, o, style, argv)
+		if code == 0 || killed.jobs == 0 || retry > o.retryOOM {
 			return code
 		}
 		fmt.Fprintf(os.Stderr, "tokenctl: the OOM killer took %d process(es) of %s (the largest job at %s); running %s again once %s fits alone (retry %d of %d)\n",
-			killed.jobs, *name, bytesize.Human(killed.size), filepath.Base(argv[0]), bytesize.Human(killed.size), retry, *retries)
+			killed.jobs, o.name, bytesize.Human(killed.size), filepath.Base(argv[0]), bytesize.Human(killed.size), retry, o.retryOOM)
 		awaitRoom(c, killed.size)
 	}
 }
 
 // runOnce runs the command once under a lease of its own and returns its
-// exit status and, when asked to look, the OOM kills tokend saw in it.
-func runOnce(c *api.Client, name string, style jobserver.Style, argv []string, lookForOOM bool) (int, oomKilled) {
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-
+// exit status and, with --retry-oom, the OOM kills tokend saw in it.
+func runOnce(c *api.Client, o runOptions, style jobserver.Style, argv []string) (int, oomKilled) {
+	name := o.name
+	cmd := command(argv)
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	lease, err := c.Register(ctx, api.RegisterRequest{Name: name, OwnerPID: os.Getpid(), Wait: true, NewCgroup: true})
 	cancel()
@@ -83,6 +76,14 @@ func runOnce(c *api.Client, name string, style jobserver.Style, argv []string, l
 			fmt.Fprintf(os.Stderr, "tokenctl: ending lease %s: %v (tokend ends it when it sees this process gone)\n", lease.ID, err)
 		}
 	}()
+	if !o.keepJobs {
+		// Only under a lease: without one the command runs as typed.
+		forgiven := forgiveJobFlags(argv)
+		if msg := forgiven.message(); msg != "" {
+			fmt.Fprintln(os.Stderr, msg)
+			cmd = command(forgiven.argv)
+		}
+	}
 	raiseOOMScoreAdj(lease.OOMScoreAdj)
 	auth := jobserver.FIFOAuth(lease.FIFO)
 	if style == jobserver.StylePipe {
@@ -105,10 +106,16 @@ func runOnce(c *api.Client, name string, style jobserver.Style, argv []string, l
 		intoCgroup(cmd, lease.Cgroup)
 	}
 	code := wait(cmd)
-	if code == 0 || !lookForOOM {
+	if code == 0 || o.retryOOM == 0 {
 		return code, oomKilled{}
 	}
 	return code, leaseOOMKills(c, lease.ID, time.Now())
+}
+
+func command(argv []string) *exec.Cmd {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	return cmd
 }
 
 // awaitAdmission waits until the lease may start its first job, saying
