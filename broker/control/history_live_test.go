@@ -141,10 +141,7 @@ func waitLeaseSource(t *testing.T, d *daemon, id string) string {
 // 1 GiB default, as far as one run moves an estimate), the member's from
 // the member's runs (256 MiB: halved again on the way to 100).
 func TestHistoryOfAMemberLeavesRootsAlone(t *testing.T) {
-	buildBins(t)
-	requireNogroup(t)
-	gmake := makeForEveryone(t)
-	d := startTokend(t, "--lease-group", "nogroup")
+	d, gmake := tokendWithMembers(t)
 	buildAs(t, d, gmake, 0, "chromium", 400)
 	for range 2 {
 		buildAs(t, d, gmake, buildtest.Nobody, "chromium", 100)
@@ -234,6 +231,15 @@ func requireNogroup(t *testing.T) {
 	}
 }
 
+// tokendWithMembers starts tokend with uid 65534's group as the lease
+// group, and gives a make other users may run.
+func tokendWithMembers(t *testing.T) (*daemon, string) {
+	t.Helper()
+	buildBins(t)
+	requireNogroup(t)
+	return startTokend(t, "--lease-group", "nogroup"), makeForEveryone(t)
+}
+
 // makeForEveryone is a copy of make 4.4 that other users may run: the
 // tools' directory is root's.
 func makeForEveryone(t *testing.T) string {
@@ -264,10 +270,7 @@ func tokenctlAs(t *testing.T, d *daemon, uid int, args ...string) (string, bool)
 // tokenctl history lists what tokend learned per user and name, to
 // anyone; only root may forget a name, for one user or all.
 func TestHistoryCommand(t *testing.T) {
-	buildBins(t)
-	requireNogroup(t)
-	gmake := makeForEveryone(t)
-	d := startTokend(t, "--lease-group", "nogroup")
+	d, gmake := tokendWithMembers(t)
 	buildAs(t, d, gmake, 0, "pkg", 600)
 	buildAs(t, d, gmake, buildtest.Nobody, "pkg", 100)
 
