@@ -91,6 +91,11 @@ type MemoryStatus struct {
 	Detail  string    `json:"detail"`
 	Changed time.Time `json:"changed"`
 	Updated time.Time `json:"updated"`
+	// Outside is the domain's working set that no lease's process
+	// accounts for (other programs, the kernel, the page cache in use);
+	// OutsideGrowth is what it is expected to grow by, counted in Growth.
+	Outside       uint64 `json:"outside"`
+	OutsideGrowth uint64 `json:"outside_growth,omitempty"`
 	// OOMKills counts the lease processes the kernel's OOM killer killed
 	// since tokend started, OOMKillsOutside the kills of other processes
 	// it saw. OOMSource tells how it sees them: "kernel log" (each kill's

@@ -17,14 +17,21 @@ func (e *engine) frozen(in []leaseInput) []leaseInput {
 	return out
 }
 
-// brake is the last resort. When headroom is under half the reserve and
-// still falling, it freezes the youngest lease that can be frozen, never
-// the oldest, which must make progress. It thaws the oldest frozen lease
-// once memory has recovered (headroom back over the reserve and room for
-// the expected growth of every job, frozen ones included) for a growth
-// interval, or at once after a growth interval if the frozen lease has
-// become the oldest.
-func (e *engine) brake(in []leaseInput, head, reserve uint64, free int64, frozen []leaseInput, now time.Time) []action {
+// brake is the last resort. When headroom, less what memory outside the
+// leases is expected to take (outsideGrowth), is under half the reserve
+// and headroom is still falling, it freezes the youngest lease that can
+// be frozen, never the oldest, which must make progress. Links of unknown
+// size it lets grow one at a time: when two leases or more run one and
+// memory does not fit the growth to come (free < 0), the youngest of them
+// is frozen until the older link is done. A link runs on its build's
+// implicit slot, the last job of a build, which no token holds back, and
+// once it has grown nothing gives its memory back: this is where a cold
+// tokend lost builds to the OOM killer beside a growing program. It thaws
+// the oldest frozen lease once memory has recovered (headroom back over
+// the reserve and room for the expected growth of every job, frozen ones
+// included) for a growth interval, or at once after a growth interval if
+// the frozen lease has become the oldest.
+func (e *engine) brake(in []leaseInput, head, reserve, outsideGrowth uint64, free int64, frozen []leaseInput, now time.Time) []action {
 	var acts []action
 	var oldest string
 	for _, li := range in {
@@ -33,21 +40,39 @@ func (e *engine) brake(in []leaseInput, head, reserve uint64, free int64, frozen
 			break
 		}
 	}
-	if e.started && head < reserve/2 && head < e.prevHead {
-		for i := len(in) - 1; i >= 0; i-- {
-			li := in[i]
-			if li.ID == oldest {
+	freezable := func(li leaseInput) bool {
+		return li.ID != oldest && li.Admitted && !li.Ending && li.Freezable && !e.leases[li.ID].frozen
+	}
+	freeze := func(li leaseInput, why string) {
+		ls := e.leases[li.ID]
+		ls.frozen, ls.frozenAt = true, now
+		acts = append(acts, action{Lease: li.ID, Freeze: true})
+		e.log.Info("memory brake: froze a lease", "lease", li.ID, "name", li.Name, "why", why,
+			"headroom", bytesize.Human(head), "previous", bytesize.Human(e.prevHead), "reserve", bytesize.Human(reserve),
+			"outside_growth", bytesize.Human(outsideGrowth))
+	}
+	var unknownLinks []leaseInput
+	for _, li := range in {
+		if li.Admitted && !li.Ending && !e.leases[li.ID].frozen && e.leases[li.ID].linksUnknown() {
+			unknownLinks = append(unknownLinks, li)
+		}
+	}
+	short := head-min(head, outsideGrowth) < reserve/2 && head < e.prevHead
+	switch {
+	case !e.started:
+	case short:
+		for i := len(in) - 1; i >= 0 && in[i].ID != oldest; i-- {
+			if freezable(in[i]) {
+				freeze(in[i], "headroom")
 				break
 			}
-			ls := e.leases[li.ID]
-			if !li.Admitted || li.Ending || !li.Freezable || ls.frozen {
-				continue
+		}
+	case len(unknownLinks) >= 2 && free < 0:
+		for i := len(unknownLinks) - 1; i >= 0; i-- {
+			if freezable(unknownLinks[i]) {
+				freeze(unknownLinks[i], "links of unknown size")
+				break
 			}
-			ls.frozen, ls.frozenAt = true, now
-			acts = append(acts, action{Lease: li.ID, Freeze: true})
-			e.log.Info("memory brake: froze the youngest lease", "lease", li.ID, "name", li.Name,
-				"headroom", bytesize.Human(head), "previous", bytesize.Human(e.prevHead), "reserve", bytesize.Human(reserve))
-			break
 		}
 	}
 	e.prevHead = head

@@ -17,6 +17,7 @@ const (
 	ReasonGrowth   = "growth reserve" // room is there now, but running jobs will need it
 	ReasonPressure = "pressure"       // sustained PSI stalls, or the soft cap they left
 	ReasonCPU      = "cpu cap"        // the CPUs justify no more
+	ReasonOutside  = "outside growth" // memory outside every lease is growing into the room
 )
 
 // leaseInput is one lease at one tick: the broker's view of it and its
@@ -92,6 +93,7 @@ type engine struct {
 	softCap        uint64           // working set at which pressure appeared; 0 for none
 	capMoved       time.Time
 	prevHead       uint64
+	outside        []sample // memory outside the leases over the pressure window, oldest first
 	recoveredSince time.Time
 	lastThaw       time.Time
 	leases         map[string]*leaseState
@@ -116,7 +118,7 @@ func (e *engine) step(in tickInput) decision {
 	m := e.measure(in.Reading, d, in.Leases, now)
 	frozen := e.frozen(in.Leases)
 	target, reason := e.target(m, d, len(frozen), now)
-	acts := e.brake(in.Leases, m.head, m.reserve, m.free, frozen, now)
+	acts := e.brake(in.Leases, m.head, m.reserve, m.outsideGrowth, m.free, frozen, now)
 	for _, a := range acts {
 		lm := d.leases[a.Lease]
 		lm.Frozen = a.Freeze
@@ -130,11 +132,12 @@ type demand struct {
 	jobs    int // implicit slots of admitted leases plus tokens held
 	waiting int // leases waiting for admission
 	// growth is what running jobs are still expected to grow by; back is
-	// what exiting and ended jobs give back; live is the RSS of the rest.
-	growth, back, live uint64
-	active             bool // a lease runs or waits
-	wanting            bool // a lease that is not frozen wants another job
-	leases             map[string]api.LeaseMemory
+	// what exiting and ended jobs give back; live is the RSS of the rest;
+	// rss is what every sampled process of a lease holds.
+	growth, back, live, rss uint64
+	active                  bool // a lease runs or waits
+	wanting                 bool // a lease that is not frozen wants another job
+	leases                  map[string]api.LeaseMemory
 }
 
 func (e *engine) demand(in []leaseInput) demand {
@@ -157,6 +160,7 @@ func (e *engine) demand(in []leaseInput) demand {
 		d.growth += g
 		d.back += b
 		d.live += l
+		d.rss += rss
 		d.leases[li.ID] = api.LeaseMemory{
 			Procs: len(ls.procs), RSS: rss, Peak: peak, Jobs: j, Growth: g,
 			Estimates: api.JobEstimates{Compile: ls.estimate(classCompile), Link: ls.estimate(classLink)},
@@ -173,8 +177,12 @@ type measure struct {
 	some, full               float64
 	span                     time.Duration // what the pressure rates are measured over
 	pressured                bool
-	growth                   uint64 // growth to come, less what jobs give back
+	growth                   uint64 // growth to come, less what jobs give back, plus outside growth
 	next                     uint64 // the expected peak of one more job
+	// outside is the working set no lease's process accounts for, held
+	// now or being given back;
+	// outsideGrowth what it is expected to grow by (see forecastOutside).
+	outside, outsideGrowth uint64
 	// room is what may still be committed: headroom less the reserve, and
 	// no more than the soft cap allows (capBinds when it is the cap).
 	// free is what is left of it once running jobs have grown to their
@@ -182,9 +190,10 @@ type measure struct {
 	room, free int64
 	capBinds   bool
 	// fit is how many jobs memory allows once running jobs have grown;
-	// fitNow how many it would allow without that growth.
-	fit, fitNow int
-	cpuCap      int
+	// fitNow how many it would allow without that growth, fitInside
+	// without the outside growth.
+	fit, fitNow, fitInside int
+	cpuCap                 int
 }
 
 // measure reads the domain's size, headroom and pressure, moves the soft
@@ -200,6 +209,13 @@ func (e *engine) measure(r memory.Reading, d demand, in []leaseInput, now time.T
 	if r.Cgroup != nil {
 		m.growth -= min(m.growth, d.back, m.ws-min(d.live, m.ws))
 	}
+	// A job exiting reads little or no RSS while the kernel still frees
+	// what it held, and one that ended between the domain's reading and
+	// the leases' sampling is in the first and not the second: that
+	// memory is the leases', not the outside's.
+	m.outside = m.ws - min(d.rss+d.back, m.ws)
+	m.outsideGrowth = e.forecastOutside(m.outside, now)
+	m.growth += m.outsideGrowth
 	m.head = r.Headroom()
 	m.reserve = e.p.reserve(m.limit)
 	m.some, m.full, m.span = e.pressure(r)
@@ -219,17 +235,21 @@ func (e *engine) measure(r memory.Reading, d demand, in []leaseInput, now time.T
 	m.free = m.room - int64(m.growth)
 	m.fit = d.jobs + floorDiv(m.free, m.next)
 	m.fitNow = d.jobs + floorDiv(m.room, m.next)
+	m.fitInside = d.jobs + floorDiv(m.free+int64(m.outsideGrowth), m.next)
 	m.cpuCap = e.p.cpuCap(e.cpus)
 	return m
 }
 
 // limitReason is why memory allows no more than budget: the soft cap,
-// else the growth still to come when without it the budget (for a jump:
-// more) would fit, else the headroom itself.
+// else the outside growth when without it the budget (for a jump: more)
+// would fit, else the growth still to come when without it the budget
+// would fit, else the headroom itself.
 func (m measure) limitReason(budget int) string {
 	switch {
 	case m.capBinds:
 		return ReasonPressure
+	case m.outsideGrowth > 0 && m.fitInside > m.fit && m.fitInside >= budget:
+		return ReasonOutside
 	case m.fitNow > m.fit && m.fitNow >= budget:
 		return ReasonGrowth
 	}
@@ -287,6 +307,9 @@ func (e *engine) publish(target int, reason string, m measure, d demand, acts []
 	if e.softCap > 0 {
 		detail += fmt.Sprintf("; soft cap %s at working set %s", bytesize.Human(e.softCap), bytesize.Human(m.ws))
 	}
+	if m.outsideGrowth > 0 {
+		detail += fmt.Sprintf("; outside the leases %s, growing by %s (in the growth)", bytesize.Human(m.outside), bytesize.Human(m.outsideGrowth))
+	}
 	if m.pressured {
 		detail += fmt.Sprintf("; pressure some %.1f%% full %.1f%%", 100*m.some, 100*m.full)
 	}
@@ -302,6 +325,7 @@ func (e *engine) publish(target int, reason string, m measure, d demand, acts []
 		PressureSome: m.some, PressureFull: m.full, PressureWindow: m.span,
 		Jobs: d.jobs, Fit: m.fit, CPUCap: m.cpuCap, Target: target, Reason: e.reason, Detail: detail,
 		Changed: e.changed, Updated: now,
+		Outside: m.outside, OutsideGrowth: m.outsideGrowth,
 		OOMKills: e.oom.total, OOMKillsOutside: e.oom.outside, OOMSource: e.oomSource,
 	}
 	return dec

@@ -116,6 +116,8 @@ type leaseState struct {
 	// tells where it came from (api.EstimateHistory or api.EstimateDefault).
 	seed   [3]uint64
 	source string
+	// known tells which seeds came from history rather than a default.
+	known [3]bool
 	// ended are the processes that ended since the last sample, as last
 	// seen alive.
 	ended []proc
@@ -245,6 +247,7 @@ func (e *engine) track(in []leaseInput, seedCap uint64, now time.Time) {
 			for _, c := range []class{classCompile, classLink} {
 				if s := e.hist.seed(li.UID, li.Name, c); s > 0 {
 					ls.seed[c], ls.source = max(min(s, seedCap), heavyFloor), api.EstimateHistory
+					ls.known[c] = true
 				}
 			}
 			e.leases[li.ID] = ls
@@ -274,4 +277,19 @@ func (e *engine) retire(live map[string]bool, now time.Time) {
 		}
 		delete(e.leases, id)
 	}
+}
+
+// linksUnknown tells whether the lease runs a link whose size nothing
+// has shown yet: no link of this lease has finished, and its history has
+// none.
+func (l *leaseState) linksUnknown() bool {
+	if l.known[classLink] || len(l.seen[classLink]) > 0 {
+		return false
+	}
+	for _, p := range l.procs {
+		if p.class == classLink && !p.exiting && p.Peak >= heavyFloor {
+			return true
+		}
+	}
+	return false
 }

@@ -180,7 +180,10 @@ func buildAs(t *testing.T, d *daemon, gmake string, uid int, name string, peak i
 		t.Fatal(err)
 	}
 	log := buildtest.NewLogIn(t, dir)
-	writeMakefile(t, dir, log.Path, "job", 2, hog{peak: peak, ramp: 1000, hold: 1500 * time.Millisecond})
+	// Jobs hold their peak for 3 s, many ticks and process-tree reads
+	// even on a loaded host, so that each is sampled before it ends: a
+	// job never sampled teaches nothing.
+	writeMakefile(t, dir, log.Path, "job", 2, hog{peak: peak, ramp: 1000, hold: 3 * time.Second})
 	cmd := exec.Command(bins.tokenctl, "--socket", d.socket, "run", "--name", name, "--", gmake)
 	cmd.Dir = dir
 	if uid != 0 {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -320,4 +321,72 @@ func TestReplayHost(t *testing.T) {
 func newTestHistory(t *testing.T) *History {
 	t.Helper()
 	return newTestHistoryAt(t, filepath.Join(t.TempDir(), "history.json"))
+}
+
+// The v1-hog trace: two builds of 250 MiB compiles, two at a time, each
+// ending in a 1 GiB link (a program named ld), in a 3 GiB group (reserve
+// 384 MiB); from 4 s a program outside both grows to 1200 MiB and stays.
+// Recorded on a loaded host (load 9 to 14 on 2 CPUs), so everything grew
+// slower than scripted: the outside program at about 70 MiB/s (1200 MiB
+// from step 17 to step 87), the links at about 150 MiB/s.
+func TestReplayV1Hog(t *testing.T) {
+	rs := replay(t, "v1-hog", Params{}, 2, newTestHistory(t))
+	checkEveryStep(t, rs)
+	wantChanges(t, rs, []string{
+		"step 0: budget 2 (growth reserve)",
+		// The first compiles ended at 252 MiB.
+		"step 15: budget 3 (headroom)",
+		// a's link appears, expected at the 2 GiB default.
+		"step 64: budget 1 (growth reserve)",
+		// b's link too: two links of unknown size, and memory does not
+		// fit their growth to come (1955 MiB of headroom, 3936 of growth
+		// with the outside program's): b, the younger, waits frozen.
+		"step 73: budget 1 (growth reserve), freeze b",
+	})
+	for _, r := range rs {
+		m := r.Status
+		switch {
+		case r.Leases["a"].Frozen:
+			t.Errorf("step %d: the oldest lease was frozen", r.step)
+		case r.step < 25 && m.OutsideGrowth > 0:
+			// Before the outside program had grown 64 MiB over a window
+			// at both of its ends.
+			t.Errorf("step %d: outside growth %d MiB forecast with the outside at %d MiB", r.step, m.OutsideGrowth/mib, m.Outside/mib)
+		case r.step >= 25 && r.step <= 30 && (m.OutsideGrowth < 150*mib || m.OutsideGrowth > 260*mib):
+			// About 60 MiB/s over the window at first, held for 3 s.
+			t.Errorf("step %d: outside growth %d MiB, want 150 to 260 MiB as it starts", r.step, m.OutsideGrowth/mib)
+		case r.step >= 92 && m.OutsideGrowth != 0:
+			// The outside program has held still since step 87, longer
+			// than a window.
+			t.Errorf("step %d: outside growth %d MiB after it stopped growing", r.step, m.OutsideGrowth/mib)
+		}
+	}
+	if g := rs[86].Status; g.OutsideGrowth < 250*mib || !strings.Contains(g.Detail, "outside the leases") {
+		t.Errorf("step 86, the outside program growing at its fastest: %d MiB forecast; detail %q", g.OutsideGrowth/mib, g.Detail)
+	}
+
+	// With the links' size known from an earlier build of each, none
+	// waits: growth to come is their own.
+	h := newTestHistory(t)
+	for _, name := range []string{"a", "b"} {
+		h.record(0, name, run(252*mib, 1100*mib), time.Now())
+	}
+	for _, r := range replay(t, "v1-hog", Params{}, 2, h) {
+		if len(r.Actions) > 0 {
+			t.Errorf("warm: %v: links of known size were held back", r)
+		}
+	}
+}
+
+// Traces with nothing growing outside the leases forecast no outside
+// growth at any step: a job not sampled yet, the page cache and slab
+// moving are not an outside program.
+func TestReplayNoOutsideGrowth(t *testing.T) {
+	for _, trace := range []string{"v1-ramp", "v1-brake", "v1-thrash"} {
+		for _, r := range replay(t, trace, Params{}, 2, newTestHistory(t)) {
+			if r.Status.OutsideGrowth != 0 {
+				t.Errorf("%s step %d: %d MiB of outside growth, outside at %d MiB", trace, r.step, r.Status.OutsideGrowth/mib, r.Status.Outside/mib)
+			}
+		}
+	}
 }

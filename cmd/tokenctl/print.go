@@ -53,6 +53,11 @@ func writeStatus(out io.Writer, st api.Status, now time.Time, explain bool) erro
 		fmt.Fprintf(tw, "working set\t%s\tin use, less what the kernel drops cheaply\n", bytesize.Human(m.WorkingSet))
 		fmt.Fprintf(tw, "reserve\t%s\tnever handed out\n", bytesize.Human(m.Reserve))
 		fmt.Fprintf(tw, "growth\t%s\tstill to come from running jobs\n", bytesize.Human(m.Growth))
+		outside := "in use outside every lease"
+		if m.OutsideGrowth > 0 {
+			outside += fmt.Sprintf(", growing: %s of the growth", bytesize.Human(m.OutsideGrowth))
+		}
+		fmt.Fprintf(tw, "outside\t%s\t%s\n", bytesize.Human(m.Outside), outside)
 		fmt.Fprintf(tw, "pressure\t%.1f%% some\t%.1f%% full, over %s (%s)\n", 100*m.PressureSome, 100*m.PressureFull,
 			m.PressureWindow.Round(100*time.Millisecond), api.Printable(m.PressureFile))
 		if m.SoftCap > 0 {

@@ -32,17 +32,21 @@ const mib = 1 << 20
 
 // job is one fakecc run.
 type job struct {
-	peak, ramp int // MiB, MiB/s
-	hold       time.Duration
-	file       bool // read the scenario's file all along
+	peak, ramp int           // MiB, MiB/s
+	hold       time.Duration // negative: until the scenario ends
+	file       bool          // read the scenario's file all along
+	link       bool          // run as "ld", which the controller tells for a linker
 }
 
 // lease is a scripted build: its jobs run in order, parallel at a time.
+// An outside lease is no lease at all: a program beside the builds, in
+// the same memory limit, that the controller sees only as memory in use.
 type lease struct {
 	name     string
 	start    time.Duration
 	parallel int
 	jobs     []job
+	outside  bool
 }
 
 // scenario is one trace. limit 0 makes the host the domain.
@@ -95,6 +99,20 @@ var scenarios = []scenario{
 		},
 	},
 	{
+		// Two builds of 250 MiB compiles, two at a time, each ending
+		// with a 1 GiB link, in a 3 GiB v1 group, the second a second
+		// behind; from 4 s a program outside them grows to 1200 MiB at
+		// 500 MiB/s and stays: the benchmark's hog, in small.
+		name: "v1-hog", limit: 3072 * mib, duration: 24 * time.Second,
+		leases: []lease{
+			{name: "a", parallel: 2, jobs: append(repeat(6, job{peak: 250, ramp: 500, hold: 500 * time.Millisecond}),
+				job{peak: 1024, ramp: 800, hold: 3 * time.Second, link: true})},
+			{name: "b", start: time.Second, parallel: 2, jobs: append(repeat(6, job{peak: 250, ramp: 500, hold: 500 * time.Millisecond}),
+				job{peak: 1024, ramp: 800, hold: 3 * time.Second, link: true})},
+			{name: "hog", start: 4 * time.Second, parallel: 1, outside: true, jobs: []job{{peak: 1200, ramp: 500, hold: -1}}},
+		},
+	},
+	{
 		// The host as the domain: a 3 GiB job twice, beside a build of
 		// many small jobs three at a time.
 		name: "host", duration: 14 * time.Second,
@@ -138,6 +156,11 @@ func run(out, only string, interval time.Duration) error {
 	if err != nil {
 		return err
 	}
+	// The same program under a linker's name.
+	ld := filepath.Join(work, "ld")
+	if err := os.Link(fakecc, ld); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
@@ -145,7 +168,7 @@ func run(out, only string, interval time.Duration) error {
 		if only != "" && sc.name != only {
 			continue
 		}
-		r := &recorder{sc: sc, mounts: mounts, fakecc: fakecc, work: work, interval: interval}
+		r := &recorder{sc: sc, mounts: mounts, fakecc: fakecc, ld: ld, work: work, interval: interval}
 		if err := r.record(filepath.Join(out, sc.name+".jsonl.gz")); err != nil {
 			return fmt.Errorf("%s: %w", sc.name, err)
 		}
@@ -165,6 +188,7 @@ type recorder struct {
 	sc       scenario
 	mounts   cgtest.Mounts
 	fakecc   string
+	ld       string
 	work     string
 	interval time.Duration
 	v1, v2   cgtest.Group
@@ -292,11 +316,19 @@ func (r *recorder) advance(l *leaseRun, elapsed time.Duration, groups []cgtest.G
 	for len(l.running) < l.spec.parallel && len(l.queue) > 0 {
 		spec := l.queue[0]
 		l.queue = l.queue[1:]
-		args := []string{"-peak", strconv.Itoa(spec.peak), "-ramp", strconv.Itoa(spec.ramp), "-hold", strconv.FormatFloat(spec.hold.Seconds(), 'g', -1, 64)}
+		hold := strconv.FormatFloat(spec.hold.Seconds(), 'g', -1, 64)
+		if spec.hold < 0 {
+			hold = "-1"
+		}
+		args := []string{"-peak", strconv.Itoa(spec.peak), "-ramp", strconv.Itoa(spec.ramp), "-hold", hold}
 		if spec.file {
 			args = append(args, "-file", r.file)
 		}
-		cmd := cgtest.Command(groups, r.fakecc, args...)
+		prog := r.fakecc
+		if spec.link {
+			prog = r.ld
+		}
+		cmd := cgtest.Command(groups, prog, args...)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
 			return err
@@ -326,7 +358,7 @@ func (r *recorder) step(leases []*leaseRun) (rawtrace.Step, error) {
 	}
 	var out []rawtrace.Lease
 	for _, l := range leases {
-		if !l.started || len(l.running) == 0 {
+		if !l.started || len(l.running) == 0 || l.spec.outside {
 			continue
 		}
 		rl := rawtrace.Lease{
