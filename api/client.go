@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 )
 
 // ErrUnreachable means nothing answered on the socket: tokend is not
@@ -54,6 +55,15 @@ func (c *Client) AwaitAdmission(ctx context.Context, id string) (LeaseStatus, er
 	var l LeaseStatus
 	err := c.do(ctx, http.MethodGet, PathLeases+"/"+id+"?wait=admission", nil, &l)
 	return l, err
+}
+
+// Events returns the events after the one numbered after; tokend holds
+// the request a couple of seconds when there is none yet. After 0 asks for
+// every event tokend still keeps.
+func (c *Client) Events(ctx context.Context, after uint64) (Events, error) {
+	var e Events
+	err := c.do(ctx, http.MethodGet, PathEvents+"?after="+strconv.FormatUint(after, 10), nil, &e)
+	return e, err
 }
 
 // End ends a lease.
