@@ -117,11 +117,31 @@ func Listen(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o666); err != nil {
+	if err := chmodSocket(path, 0o666); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("open socket %s to local users: %w", path, err)
 	}
 	return l, nil
+}
+
+// chmodSocket sets the mode of the socket at path without following a
+// symlink: chmod(2) follows one, fchmodat(2) cannot refuse to, so the
+// socket is opened as a path (O_PATH|O_NOFOLLOW), checked to be a socket,
+// and changed through its /proc/self/fd link, which names the file itself.
+func chmodSocket(path string, mode uint32) error {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("%s is no longer a socket (mode %o): something replaced it", path, st.Mode)
+	}
+	return unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode)
 }
 
 // Serve answers requests on l until Shutdown.
@@ -209,17 +229,13 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 		}
 		gid = *req.GID
 	}
-	if req.Cgroup != "" && p.uid != 0 {
-		fail(w, http.StatusForbidden, errors.New("only root may name the cgroup a lease runs in"))
-		return
-	}
 	l, err := s.broker.Register(LeaseRequest{
 		Name: req.Name, Owner: api.Owner{PID: req.OwnerPID, Dir: req.OwnerDir},
 		UID: p.uid, GID: gid, Features: req.Features, Wait: req.Wait,
 		NewCgroup: req.NewCgroup, Cgroup: req.Cgroup, Gate: req.Gate,
 	})
 	if err != nil {
-		fail(w, http.StatusBadRequest, err)
+		fail(w, errorStatus(err), err)
 		return
 	}
 	out := api.Registered{ID: l.ID, Name: l.Name, FIFO: l.fifo.Path(), Cgroup: l.Cgroup, OOMScoreAdj: s.broker.opts.OOMScoreAdj}
@@ -235,12 +251,8 @@ func (s *Server) end(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusForbidden, fmt.Errorf("uid %d may not end leases: run as root or as a member of tokend's lease_group", p.uid))
 		return
 	}
-	if err := s.broker.End(r.PathValue("id"), fmt.Sprintf("ended by uid %d", p.uid)); err != nil {
-		code := http.StatusBadRequest
-		if errors.Is(err, ErrNotFound) {
-			code = http.StatusNotFound
-		}
-		fail(w, code, err)
+	if err := s.broker.End(p.uid, r.PathValue("id"), fmt.Sprintf("ended by uid %d", p.uid)); err != nil {
+		fail(w, errorStatus(err), err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -282,6 +294,19 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 		return false
 	}
 	return true
+}
+
+// errorStatus is the HTTP status of a refused request.
+func errorStatus(err error) int {
+	switch {
+	case errors.Is(err, ErrForbidden):
+		return http.StatusForbidden
+	case errors.Is(err, ErrQuota):
+		return http.StatusTooManyRequests
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	}
+	return http.StatusBadRequest
 }
 
 func reply(w http.ResponseWriter, code int, v any) {

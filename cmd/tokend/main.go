@@ -113,7 +113,9 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	log := hclog.New(&hclog.LoggerOptions{Name: "tokend", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
+	// A warning or error that keeps happening (a full disk) is written
+	// once per broker.RepeatInterval, with the count held back.
+	log := broker.LimitRepeats(hclog.New(&hclog.LoggerOptions{Name: "tokend", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr}), broker.RepeatInterval)
 
 	cgroups, err := leaseCgroups(cfg, log)
 	if err != nil {
