@@ -9,29 +9,21 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-)
 
-// statID returns the identity of the file at path, following links, as
-// /proc/PID/fd entries must be followed.
-func statID(path string) (fileID, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return fileID{}, err
-	}
-	return fileID{dev: st.Dev, ino: st.Ino}, nil
-}
+	"github.com/tokend/tokend/internal/fileid"
+)
 
 // countHolders counts, for each file in want, the descriptors other
 // processes have open on it. A process inside a nix sandbox sees the FIFO
 // under another path, but it is the same inode, so files are matched by
 // identity, not name. Processes that exit during the scan are skipped.
-func countHolders(procDir string, want map[fileID]bool) (map[fileID]int, error) {
+func countHolders(procDir string, want map[fileid.ID]bool) (map[fileid.ID]int, error) {
 	pids, err := os.ReadDir(procDir)
 	if err != nil {
 		return nil, fmt.Errorf("scan %s for jobserver holders: %w", procDir, err)
 	}
 	self := os.Getpid()
-	counts := make(map[fileID]int, len(want))
+	counts := make(map[fileid.ID]int, len(want))
 	for _, p := range pids {
 		pid, err := strconv.Atoi(p.Name())
 		if err != nil || pid == self {
@@ -43,7 +35,7 @@ func countHolders(procDir string, want map[fileID]bool) (map[fileID]int, error) 
 			continue
 		}
 		for _, fd := range fds {
-			id, err := statID(filepath.Join(fdDir, fd.Name()))
+			id, err := fileid.Of(filepath.Join(fdDir, fd.Name()))
 			if err == nil && want[id] {
 				counts[id]++
 			}

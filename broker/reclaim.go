@@ -3,6 +3,7 @@ package broker
 import (
 	"time"
 
+	"github.com/tokend/tokend/internal/fileid"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -85,7 +86,7 @@ func (b *Broker) dueScans() []scanRequest {
 // whatever they were granted and is not in the FIFO will never come back.
 // It scans /proc without the lock.
 func (b *Broker) reclaim(due []scanRequest) {
-	want := make(map[fileID]bool, len(due))
+	want := make(map[fileid.ID]bool, len(due))
 	for _, s := range due {
 		want[s.lease.inode] = true
 	}

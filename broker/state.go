@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/atomicfile"
 )
 
 // stateVersion changes when the state file's meaning does; a file of
@@ -113,30 +114,16 @@ func loadState(dir string) (savedState, error) {
 	return s, nil
 }
 
-// saveState replaces the state file atomically: a crash of tokend leaves
-// the old file or the new one, never a torn one. It does not fsync: the
-// file lives in /run and guards against tokend dying, not the host (no
-// build survives a reboot), and tokend saves it before every grant.
+// saveState replaces the state file atomically: a crash of tokend, or of
+// the host, leaves the old file or the new one, never a torn one. tokend
+// saves it before every grant.
 func saveState(dir string, s savedState) error {
 	raw, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	path := statePath(dir)
-	tmp, err := os.CreateTemp(dir, ".state-*.json")
-	if err != nil {
-		return fmt.Errorf("write state %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(raw, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write state %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write state %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write state %s: %w", path, err)
+	if err := atomicfile.Write(statePath(dir), append(raw, '\n')); err != nil {
+		return fmt.Errorf("save state: %w", err)
 	}
 	return nil
 }
