@@ -175,7 +175,8 @@ step=$(date +%s)
 if ! command -v go >/dev/null; then
   missing "build tokend, tokenctl, tokend-nix-hook" "no go"
   bin=
-elif go build -o "$bin/" ./cmd/tokend ./cmd/tokenctl ./cmd/tokend-nix-hook >"$work/go-build.log" 2>&1; then
+elif go build -o "$bin/" ./cmd/tokend ./cmd/tokenctl ./cmd/tokend-nix-hook >"$work/go-build.log" 2>&1 \
+  && CGO_ENABLED=0 go build -o "$bin/" ./internal/fakecc >>"$work/go-build.log" 2>&1; then
   pass "build: tokend, tokenctl and tokend-nix-hook ($(($(date +%s) - step)) s)"
 else
   fail "build tokend, tokenctl, tokend-nix-hook" "$(tail -5 "$work/go-build.log")"
@@ -518,6 +519,52 @@ if [ -n "$tools" ]; then
       fail "$name" "harness failed: $(tail -5 "$work/$v-stale.err")"
     fi
     rm -rf "$rt"
+
+    # Memory holds nix builds back: three builds of -j8 stand-in compiles
+    # of 300 MiB each in a 1 GiB memory cgroup (nix-build and so the
+    # sandboxes run inside it). Without tokend the kernel OOM-kills jobs;
+    # with tokend on its defaults, pointed at that cgroup, nothing is
+    # killed, every build completes and builds wait in their sandboxes.
+    name="Nix $ver, memory admission: three -j8 builds of 300 MiB jobs in 1 GiB"
+    why=
+    cg=/sys/fs/cgroup/memory/tokend-nixtest-$$-$v
+    job="/tools/fakecc -peak 300 -ramp 600 -hold 0.3"
+    memrun() { # LABEL HOOK: a harness run inside $cg; leaves kills in $kills
+      local rc=0
+      rmdir "$cg" 2>/dev/null
+      mkdir "$cg" && echo $((1 << 30)) >"$cg/memory.limit_in_bytes" || return 2
+      (echo "$BASHPID" >"$cg/cgroup.procs" && TOKEND_SOCKET=$sock bash testdata/nix/sandbox-build.sh --nix-bin "$nb" \
+        ${2:+--hook "$2"} --tools "$tools" --work "$work/$1" --builds 3 --jobs 3 --cores 8 --name "tokend-$1" \
+        --keep-going --job "$job" --sandbox-path "/tools/fakecc=$bin/fakecc" >"$work/$1.summary" 2>"$work/$1.err") || rc=$?
+      kills=$(sed -n 's/^oom_kill //p' "$cg/memory.oom_control")
+      rmdir "$cg"
+      return $rc
+    }
+    if [ ! -d /sys/fs/cgroup/memory ]; then
+      missing "$name" "no cgroup v1 memory controller at /sys/fs/cgroup/memory"
+    else
+      static_rc=0
+      memrun "$v-mem-static" "" || static_rc=$?
+      static_kills=$kills
+      mrt=$work/rt-$v-mem
+      "$bin/tokend" --runtime-dir "$mrt" --memory-cgroup "$cg" --log-level debug >>"$work/tokend-mem.log" 2>&1 &
+      tokend_pid=$!
+      sock=$mrt/tokend.sock
+      for _ in $(seq 100); do "$bin/tokenctl" --socket "$sock" status >/dev/null 2>&1 && break; sleep 0.05; done
+      sampler_start "$work/$v-mem.samples"
+      rc=0
+      memrun "$v-mem-tokend" "$bin/tokend-nix-hook" || rc=$?
+      sampler_stop
+      tokend_stop TERM
+      sum=$work/$v-mem-tokend.summary
+      waits=$(grep -c '"state": "waiting"' "$work/$v-mem.samples")
+      if [ "$static_kills" -gt 0 ] && [ "$rc" = 0 ] && [ "$kills" = 0 ] && [ "$waits" -gt 0 ] \
+        && all_eq make_jobs 3 && all_eq ninja_jobs 3 && all_eq make_auth "fifo:$fifo_path"; then
+        pass "$name: static -j8 had $static_kills OOM kills (nix-build exit $static_rc); under tokend 0 kills, all complete, a build waiting in $waits status samples, at most $(summary_val JOBS_MAX) jobs at once"
+      else
+        fail "$name" "static: $static_kills kills; tokend: exit $rc, ${kills:-?} kills, $waits waiting samples; $why $(tail -3 "$work/$v-mem-tokend.err")"
+      fi
+    fi
   done
 fi
 

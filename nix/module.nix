@@ -158,6 +158,9 @@ in
           RuntimeDirectoryMode = if cfg.group == null then "0755" else "0750";
           Group = mkIf (cfg.group != null) cfg.group;
           UMask = "0022";
+          # Killed, tokend could neither collect tokens nor thaw what it
+          # froze; build jobs get +500 (oom_score_adj), so they go first.
+          OOMScoreAdjust = -900;
 
           # Hardening. tokend runs as root: it creates FIFOs owned by each
           # build's group, and reads and writes the cgroups of Nix builds, so
@@ -202,6 +205,12 @@ in
       # The hook runs with nix-daemon's environment and looks for
       # /run/tokend/tokend.sock unless TOKEND_SOCKET says otherwise.
       systemd.services.nix-daemon.environment.TOKEND_SOCKET = "${cfg.settings.runtime_dir}/tokend.sock";
+      # systemd's default OOMPolicy=stop stops the whole nix-daemon unit,
+      # every build with it, when the kernel OOM-kills any one process in
+      # it. Builds joined to tokend run with oom_score_adj +500, so the
+      # kernel's victim is a build job: the daemon and the other builds
+      # go on, and make reports that one job.
+      systemd.services.nix-daemon.serviceConfig.OOMPolicy = lib.mkDefault "continue";
     })
 
     (mkIf cfg.useCgroups {

@@ -110,6 +110,7 @@ func Run(ctx context.Context, opts Options, drvPath, sandboxDir string) Result {
 	c := api.NewClient(opts.Socket)
 	reg, err := c.Register(ctx, api.RegisterRequest{
 		Name: drv.Name, OwnerDir: sandboxDir, GID: &gid, Features: drv.Features, Gate: true,
+		Cgroup: buildCgroup(sandboxDir, gid),
 	})
 	if err != nil {
 		return unreachable(opts, err)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -366,5 +367,42 @@ func TestRunSlowTokendIsBounded(t *testing.T) {
 	// Bounded, not measured: far above the timeout, far below forever.
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("took %v with a 200ms timeout", took)
+	}
+}
+
+// With use-cgroups, Nix records the build's cgroup under its state
+// directory by the build's uid (its gid with auto-allocate-uids) before the
+// hook runs; the hook registers the lease with it so the brake can freeze
+// that group.
+func TestRunRegistersNixsCgroupOfTheBuild(t *testing.T) {
+	socket, c := startTokend(t, 4)
+	const gid = 872415232 // auto-allocate-uids' first build id
+	root := t.TempDir()   // a chroot store: <root>/nix/store, <root>/nix/var/nix
+	store := filepath.Join(root, "nix", "store")
+	sandbox := filepath.Join(store, "4d4i2ijz9w4hfzhfzbzjdd567slr6zdd-tokend-e2e-1.drv.chroot", "root")
+	if err := os.MkdirAll(sandbox, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(sandbox, 0, gid); err != nil {
+		t.Fatal(err)
+	}
+	cgroups := filepath.Join(root, "nix", "var", "nix", "cgroups")
+	if err := os.MkdirAll(cgroups, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const cg = "/sys/fs/cgroup/system.slice/nix-daemon.service/nix-build-uid-872415232"
+	if err := os.WriteFile(filepath.Join(cgroups, strconv.Itoa(gid)), []byte(cg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := Run(context.Background(), Options{Socket: socket}, "/nix/store/4d4i2ijz9w4hfzhfzbzjdd567slr6zdd-tokend-e2e-1.drv", sandbox)
+	if r.Problem != "" {
+		t.Fatalf("problem: %s", r.Problem)
+	}
+	if l := status(t, c).Leases; len(l) != 1 || l[0].Cgroup != cg {
+		t.Fatalf("leases %+v, want one in cgroup %s", l, cg)
+	}
+	// Another build's record is not this one's.
+	if got := buildCgroup(sandbox, gid+65536); got != "" {
+		t.Fatalf("cgroup of another uid: %q, want none", got)
 	}
 }

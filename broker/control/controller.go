@@ -53,9 +53,14 @@ type Controller struct {
 	mu   sync.Mutex
 	next *Params // parameters to apply at the next tick
 
-	placed  map[string]bool // leases whose build is known to run in its own group
+	placed  map[string]bool   // leases whose build is known to run in its own group
+	stopped map[string]string // leases the brake stopped by signal: their sandbox
 	lastErr string
 }
+
+// brakeTarget is what the brake acts on for one lease: its cgroup when its
+// processes were sampled there, else its sandbox directory.
+type brakeTarget struct{ cgroup, sandbox string }
 
 // New makes a controller for b. It checks that the domain's files can be
 // read, so that a misconfiguration stops tokend at start.
@@ -104,7 +109,7 @@ func New(b *broker.Broker, c Config) (*Controller, error) {
 		b: b, domain: domain, sampler: s, forests: forestCache{mem: s.mem}, cgroups: c.Cgroups, hist: hist,
 		engine: newEngine(p, c.CPUs, name, domain.PressureFile(), hist, c.Logger),
 		log:    c.Logger,
-		placed: map[string]bool{},
+		placed: map[string]bool{}, stopped: map[string]string{},
 	}, nil
 }
 
@@ -176,7 +181,7 @@ func (c *Controller) tick() {
 	c.lastErr = ""
 	st := c.b.Status()
 	in := tickInput{Reading: r}
-	cgroups := map[string]string{}
+	targets := map[string]brakeTarget{}
 	live := map[string]bool{}
 	forest := c.forests.at(time.Now())
 	for _, l := range st.Leases {
@@ -194,10 +199,17 @@ func (c *Controller) tick() {
 				c.log.Debug("cannot sample the lease's processes", "lease", l.ID, "error", err)
 			}
 		}
-		cgroups[l.ID] = l.Cgroup
+		var target brakeTarget
+		switch {
+		case grouped:
+			target.cgroup = l.Cgroup
+		case l.Owner.PID <= 0 && l.Owner.Dir != "" && len(procs) > 0:
+			target.sandbox = l.Owner.Dir
+		}
+		targets[l.ID] = target
 		in.Leases = append(in.Leases, leaseInput{
 			ID: l.ID, Name: l.Name, Created: l.Created, Admitted: running, Ending: l.Ending,
-			Hungry: l.Hungry, Held: l.Held, Freezable: grouped, Procs: procs,
+			Hungry: l.Hungry, Held: l.Held, Freezable: target != brakeTarget{}, Procs: procs,
 		})
 	}
 	for id := range c.placed {
@@ -212,7 +224,7 @@ func (c *Controller) tick() {
 		}
 	}
 	for _, a := range d.Actions {
-		if err := setFrozen(cgroups[a.Lease], a.Freeze); err != nil {
+		if err := c.apply(a, targets[a.Lease]); err != nil {
 			c.log.Error("memory brake failed", "lease", a.Lease, "error", err)
 		}
 	}
@@ -267,11 +279,49 @@ func (c *Controller) place(l api.LeaseStatus, forest func() (memory.Forest, erro
 	c.log.Info("moved the build into its lease cgroup", "lease", l.ID, "name", l.Name, "processes", moved, "cgroup", l.Cgroup)
 }
 
+// apply carries out one action of the brake on the lease's group, or on
+// its sandbox's processes when it has no group.
+func (c *Controller) apply(a action, t brakeTarget) error {
+	if !a.Freeze {
+		if dir, ok := c.stopped[a.Lease]; ok {
+			delete(c.stopped, a.Lease)
+			_, err := resumeSandbox(c.sandboxProcs, dir)
+			return err
+		}
+		return setFrozen(t.cgroup, false)
+	}
+	if t.cgroup != "" || t.sandbox == "" {
+		return setFrozen(t.cgroup, true)
+	}
+	c.stopped[a.Lease] = t.sandbox
+	n, err := stopSandbox(c.sandboxProcs, t.sandbox)
+	c.log.Info("memory brake: stopped the processes of a build without a cgroup", "lease", a.Lease, "sandbox", t.sandbox, "processes", n)
+	return err
+}
+
+// sandboxProcs lists the processes confined to a sandbox from a fresh
+// read of the process table.
+func (c *Controller) sandboxProcs(dir string) ([]memory.Proc, error) {
+	f, err := c.sampler.mem.Forest()
+	if err != nil {
+		return nil, err
+	}
+	return f.Rooted(dir)
+}
+
 // thawLeftovers thaws groups of adopted leases that a previous tokend left
-// frozen, and removes the empty groups of leases it did not leave.
+// frozen, resumes the sandboxes it may have stopped, and removes the empty
+// groups of leases it did not leave.
 func (c *Controller) thawLeftovers() {
 	keep := map[string]bool{}
 	for _, l := range c.b.Status().Leases {
+		if l.Owner.PID <= 0 && l.Owner.Dir != "" {
+			if n, err := resumeSandbox(c.sandboxProcs, l.Owner.Dir); err != nil {
+				c.log.Error("cannot resume a build a previous tokend may have stopped", "lease", l.ID, "error", err)
+			} else if n > 0 {
+				c.log.Debug("resumed the processes of a build a previous tokend may have stopped", "lease", l.ID, "processes", n)
+			}
+		}
 		if l.Cgroup == "" {
 			continue
 		}
@@ -294,10 +344,17 @@ func (c *Controller) stop() error {
 	var err error
 	for _, l := range c.b.Status().Leases {
 		ls, ok := c.engine.leases[l.ID]
-		if !ok || !ls.frozen || l.Cgroup == "" {
+		if !ok || !ls.frozen {
 			continue
 		}
-		if ferr := setFrozen(l.Cgroup, false); ferr != nil && !errors.Is(ferr, os.ErrNotExist) {
+		if dir, ok := c.stopped[l.ID]; ok {
+			if _, rerr := resumeSandbox(c.sandboxProcs, dir); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("resume lease %s on stopping: %w", l.ID, rerr))
+				continue
+			}
+		} else if l.Cgroup == "" {
+			continue
+		} else if ferr := setFrozen(l.Cgroup, false); ferr != nil && !errors.Is(ferr, os.ErrNotExist) {
 			err = errors.Join(err, fmt.Errorf("thaw lease %s on stopping: %w", l.ID, ferr))
 			continue
 		}

@@ -131,6 +131,7 @@ func (d *doctor) tokend(ctx context.Context) []finding {
 				"run tokend as root (the systemd unit of the NixOS module does)"})
 		}
 	}
+	out = append(out, notJoined(st, time.Now())...)
 	if filepath.Clean(d.socket) != d.hookSocket {
 		out = append(out, finding{warned, "hook socket", fmt.Sprintf("tokend-nix-hook, run by Nix as root, looks for %s, not %s", d.hookSocket, d.socket),
 			"run tokend with its default runtime directory, or set TOKEND_SOCKET in the environment of nix-daemon"})
@@ -419,4 +420,25 @@ func atLeast(v, want []int) bool {
 		}
 	}
 	return true
+}
+
+// notJoinedAfter is how long a nix build may run before doctor says it did
+// not join: the setup hook opens the FIFO as stdenv sources it, within a
+// second or so of the build's start.
+const notJoinedAfter = 10 * time.Second
+
+// notJoined warns of the nix builds that run without ever opening their
+// FIFO: their packages lack the setup hook, so they run their own
+// -j$NIX_BUILD_CORES outside the budget.
+func notJoined(st api.Status, now time.Time) []finding {
+	var out []finding
+	for _, l := range st.Leases {
+		if l.State != api.StateNotJoined || now.Sub(l.Created) < notJoinedAfter {
+			continue
+		}
+		out = append(out, finding{warned, "build " + l.Name,
+			fmt.Sprintf("nix build of %s (lease %s, %s old) never joined its jobserver: it runs its own -j outside the budget", l.Name, l.ID, now.Sub(l.Created).Round(time.Second)),
+			fmt.Sprintf("build it with the setup hook: pkgs.withJobserver pkgs.%s (or overlays.jobserverEverywhere for every package)", l.Name)})
+	}
+	return out
 }

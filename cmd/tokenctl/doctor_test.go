@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tokend/tokend/broker/brokertest"
 	"github.com/tokend/tokend/internal/buildtest"
@@ -357,5 +358,49 @@ func TestParseVersion(t *testing.T) {
 		if atLeast(c.v, c.want) != c.ok {
 			t.Errorf("atLeast(%v, %v) = %v", c.v, c.want, !c.ok)
 		}
+	}
+}
+
+// A nix build whose package lacks the setup hook never opens its FIFO;
+// once it has run a while, doctor names it and the fix.
+func TestDoctorNamesBuildsThatDidNotJoin(t *testing.T) {
+	buildtest.Require(t, os.Geteuid() == 0, "root: nix leases are registered by root")
+	socket := brokertest.Start(t, 4)
+	c := api.NewClient(socket)
+	ctx := context.Background()
+	reg, err := c.Register(ctx, api.RegisterRequest{Name: "firefox", OwnerDir: t.TempDir(), Gate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := notJoined(st, st.Leases[0].Created.Add(notJoinedAfter/2)); len(got) != 0 {
+		t.Fatalf("a build just started was named: %v", got)
+	}
+	got := notJoined(st, st.Leases[0].Created.Add(notJoinedAfter+time.Second))
+	if len(got) != 1 || got[0].level != warned || !strings.Contains(got[0].msg, reg.ID) ||
+		!strings.Contains(got[0].fix, "pkgs.withJobserver pkgs.firefox") {
+		t.Fatalf("findings %v, want one warning naming lease %s and withJobserver", got, reg.ID)
+	}
+	// Once its FIFO is opened (the setup hook), it has joined.
+	f, err := os.OpenFile(reg.FIFO, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if st, err = c.Status(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if len(notJoined(st, st.Leases[0].Created.Add(time.Hour))) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still not joined after the FIFO was opened: %+v", st.Leases)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

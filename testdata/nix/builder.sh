@@ -1,5 +1,5 @@
 # shellcheck shell=bash disable=SC2154
-# (out, name, jobs, sleep, delay, setupHook come from the derivation.)
+# (out, name, jobs, sleep, job, delay, setupHook come from the derivation.)
 # Builder of testdata/nix/jobs.nix, run by /bin/bash inside the Nix sandbox.
 # It emulates the few pieces of nixpkgs' stdenv that the jobserver setup hook
 # interacts with: sourcing the hook, runHook, stdenv's make buildPhase and the
@@ -44,11 +44,15 @@ printf 'S %s %s\n' "${EPOCHREALTIME/./}" "$id" >>"$log"
 if [ "$id" = t1 ]; then
     printf 'MAKEFLAGS=%s\nCARGO_MAKEFLAGS=%s\nOOM_SCORE_ADJ=%s\n' "${MAKEFLAGS-<unset>}" "${CARGO_MAKEFLAGS-<unset>}" "$(cat /proc/self/oom_score_adj)" >"$log.env"
 fi
-sleep "$JOB_SLEEP"
+if [ -n "$JOB_CMD" ]; then
+    $JOB_CMD || exit
+else
+    sleep "$JOB_SLEEP"
+fi
 printf 'E %s %s\n' "${EPOCHREALTIME/./}" "$id" >>"$log"
 : >"$id"
 EOF
-export JOB_SLEEP="$sleep"
+export JOB_SLEEP="$sleep" JOB_CMD="$job"
 
 mkdir -p "$TMPDIR/mk" "$TMPDIR/nj"
 targets=""

@@ -32,6 +32,8 @@ let
       _type = "if";
       inherit condition content;
     };
+    # Priorities are not modelled: a default is the value.
+    mkDefault = v: v;
     mkMerge = contents: {
       _type = "merge";
       inherit contents;
@@ -239,6 +241,9 @@ let
       };
     "module: the service delegates its cgroup subtree to tokend" =
       full.systemd.services.tokend.serviceConfig.Delegate;
+    "module: tokend is the OOM killer's last choice" = sc.OOMScoreAdjust == -900;
+    "module: an OOM-killed build job does not stop nix-daemon" =
+      full.systemd.services.nix-daemon.serviceConfig.OOMPolicy == "continue";
     "module: assertions hold on Nix 2.34" = builtins.all (a: a.assertion) full.assertions;
     "module: useCgroups asserts Nix >= 2.12" = !(builtins.all (a: a.assertion) oldNix.assertions);
     "module: warns on Lix" = builtins.length lix.warnings == 1 && plain.warnings == [ ];

@@ -16,6 +16,9 @@
   jobs ? 6,
   # Seconds each job sleeps (a string: busybox sleep takes fractions).
   sleep ? "0.5",
+  # A command each job runs instead of sleeping ("" to sleep), such as a
+  # stand-in compiler mapped into the sandbox.
+  job ? "",
   # stdenv's enableParallelBuilding.
   parallel ? true,
   setupHook ? ../../nix/setup-hook.sh,
@@ -41,6 +44,7 @@ let
           nonce
           jobs
           sleep
+          job
           setupHook
           ;
         delay = if delays == [ ] then "0" else builtins.elemAt delays (i - 1);

@@ -18,6 +18,9 @@
 #   --name NAME        derivation name prefix (default tokend-jobserver-test)
 #   --no-parallel      build with enableParallelBuilding = false
 #   --features F       requiredSystemFeatures, space-separated (default none)
+#   --job CMD          each job runs CMD instead of sleeping (a stand-in compiler)
+#   --sandbox-path P   one more sandbox-paths entry, TARGET=SOURCE (repeatable)
+#   --keep-going       nix-build --keep-going: a failed build does not stop the others
 #   --delays MS        each builder first sleeps a random 0..MS ms, MS < 1000 (default 0)
 #   --setup-hook FILE  setup hook to source (default nix/setup-hook.sh)
 #   --timeout SEC      limit for nix-build (default 300)
@@ -46,7 +49,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
 nix_bin='' hook='' tools=${TOKEND_TOOLS_BIN:-} work='' store='' builds=1 jobs=6 cores=8 sleep=0.5
-name=tokend-jobserver-test parallel=true setup_hook=$repo/nix/setup-hook.sh timeout_s=300 features= delays_ms=0
+name=tokend-jobserver-test parallel=true setup_hook=$repo/nix/setup-hook.sh timeout_s=300 features= delays_ms=0 job= extra_paths= keep_going=
 while [ $# -gt 0 ]; do
   case "$1" in
     --nix-bin) nix_bin=$2; shift 2 ;;
@@ -62,6 +65,9 @@ while [ $# -gt 0 ]; do
     --no-parallel) parallel=false; shift ;;
     --features) features=$2; shift 2 ;;
     --delays) delays_ms=$2; shift 2 ;;
+    --job) job=$2; shift 2 ;;
+    --sandbox-path) extra_paths="$extra_paths $2"; shift 2 ;;
+    --keep-going) keep_going=--keep-going; shift ;;
     --setup-hook) setup_hook=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     *) echo "sandbox-build.sh: unknown argument $1" >&2; exit 2 ;;
@@ -98,7 +104,7 @@ work=$(cd "$work" && pwd)
   echo "store = local?root=$store"
   echo "max-jobs = $builds"
   echo "cores = $cores"
-  echo "sandbox-paths = /bin/sh=$busybox /bin/busybox=$busybox /bin/bash=$bash_bin /lib/x86_64-linux-gnu=$libdir /lib64=$lib64 /tools/make=$(readlink -f "$tools/make") /tools/ninja=$(readlink -f "$tools/ninja")"
+  echo "sandbox-paths = /bin/sh=$busybox /bin/busybox=$busybox /bin/bash=$bash_bin /lib/x86_64-linux-gnu=$libdir /lib64=$lib64 /tools/make=$(readlink -f "$tools/make") /tools/ninja=$(readlink -f "$tools/ninja")$extra_paths"
   if [ -n "$hook" ]; then echo "pre-build-hook = $hook"; fi
 } >"$work/conf/nix.conf"
 
@@ -111,9 +117,9 @@ fi
 nonce="$(date +%s%N)-$$-$RANDOM"
 start_ns=$(date +%s%N)
 rc=0
-NIX_CONF_DIR=$work/conf timeout "$timeout_s" "$nix_bin/nix-build" "$here/jobs.nix" --no-out-link \
+NIX_CONF_DIR=$work/conf timeout "$timeout_s" "$nix_bin/nix-build" "$here/jobs.nix" --no-out-link $keep_going \
   --argstr nonce "$nonce" --argstr name "$name" --arg builds "$builds" --arg jobs "$jobs" \
-  --argstr sleep "$sleep" --arg parallel "$parallel" --arg setupHook "$setup_hook" --argstr features "$features" --arg delays "$delays" \
+  --argstr sleep "$sleep" --arg parallel "$parallel" --arg setupHook "$setup_hook" --argstr features "$features" --arg delays "$delays" --argstr job "$job" \
   >"$work/outs" 2>"$work/nix-build.log" || rc=$?
 end_ns=$(date +%s%N)
 elapsed_ms=$(((end_ns - start_ns) / 1000000))
