@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -110,12 +112,10 @@ func TestAPIRejectsMalformedRequestsAndChangesNothing(t *testing.T) {
 	}
 }
 
-// A real second user, not a field in a request, must be refused.
-func TestAPIPermissionsFollowPeerCredentials(t *testing.T) {
-	buildtest.Require(t, os.Geteuid() == 0, "root, to run a client as another uid")
-	b := startBroker(t, t.TempDir(), 4)
-	socket := serve(t, b, "")
-
+// callAPIAs runs the test binary as a client with the given credentials,
+// trying every kind of call on socket, and returns what each call got.
+func callAPIAs(t *testing.T, socket string, cred *syscall.Credential) map[string]string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// The test binary lives in a directory only root may enter.
@@ -129,17 +129,27 @@ func TestAPIPermissionsFollowPeerCredentials(t *testing.T) {
 	}
 	child := exec.CommandContext(ctx, bin, "-test.run=^$")
 	child.Env = append(os.Environ(), "TOKEND_BROKER_TEST_CHILD=api", "TOKEND_SOCKET="+socket)
-	child.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	child.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	child.Dir = "/"
 	child.Stderr = os.Stderr
 	raw, err = child.Output()
 	if err != nil {
-		t.Fatalf("client as uid 65534: %v", err)
+		t.Fatalf("client as uid %d gid %d: %v", cred.Uid, cred.Gid, err)
 	}
 	var got map[string]string
 	if err := json.Unmarshal(raw, &got); err != nil {
 		t.Fatalf("client output %q: %v", raw, err)
 	}
+	return got
+}
+
+// A real second user, not a field in a request, must be refused.
+func TestAPIPermissionsFollowPeerCredentials(t *testing.T) {
+	buildtest.Require(t, os.Geteuid() == 0, "root, to run a client as another uid")
+	b := startBroker(t, t.TempDir(), 4)
+	socket := serve(t, b, "")
+
+	got := callAPIAs(t, socket, &syscall.Credential{Uid: 65534, Gid: 65534})
 	if got["status"] != "ok" {
 		t.Errorf("status as uid 65534: %s, want ok", got["status"])
 	}
@@ -151,6 +161,46 @@ func TestAPIPermissionsFollowPeerCredentials(t *testing.T) {
 	}
 	if st := b.Status(); len(st.Leases) != 0 || st.Budget != 4 {
 		t.Fatalf("another user changed the broker: %+v", st)
+	}
+}
+
+// Membership of the lease group counts however the client runs: a member
+// whose process has another group as its own (a user whose primary group
+// is not the lease group, or who ran newgrp) may register. Membership comes
+// from the user database, here nobody's own group, which a process running
+// as nobody under another gid still belongs to; a group nobody is not in
+// stays closed to it.
+func TestAPILeaseGroupMemberUnderAnotherGID(t *testing.T) {
+	buildtest.Require(t, os.Geteuid() == 0, "root, to run a client as another uid and gid")
+	nobody, err := user.LookupId(strconv.Itoa(buildtest.Nobody))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := user.LookupGroupId(nobody.Gid)
+	if err != nil {
+		t.Fatalf("nobody's group %s: %v", nobody.Gid, err)
+	}
+	ownGID, _ := strconv.Atoi(own.Gid)
+	const otherGID = 1 // daemon on Debian; any gid but nobody's own will do
+	buildtest.Require(t, ownGID != otherGID, "nobody's own group to be another than gid 1")
+	cred := &syscall.Credential{Uid: buildtest.Nobody, Gid: otherGID, Groups: []uint32{uint32(ownGID)}}
+
+	b := startBroker(t, t.TempDir(), 4)
+	got := callAPIAs(t, serve(t, b, own.Name), cred)
+	if got["register"] != "ok" {
+		t.Errorf("register as nobody under gid %d, lease group %s: %s, want ok", otherGID, own.Name, got["register"])
+	}
+	if st := b.Status(); len(st.Leases) != 1 || st.Leases[0].UID != buildtest.Nobody || st.Leases[0].GID != otherGID {
+		t.Errorf("leases %+v, want nobody's, its fifo in gid %d", st.Leases, otherGID)
+	}
+	if !strings.Contains(got["budget"], "403") {
+		t.Errorf("set budget as a lease group member: %s, want 403", got["budget"])
+	}
+
+	closed := startBroker(t, t.TempDir(), 4)
+	got = callAPIAs(t, serve(t, closed, "root"), cred)
+	if !strings.Contains(got["register"], "403") {
+		t.Errorf("register as nobody, lease group root: %s, want 403", got["register"])
 	}
 }
 
