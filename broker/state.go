@@ -114,15 +114,18 @@ func loadState(dir string) (savedState, error) {
 	return s, nil
 }
 
-// saveState replaces the state file atomically: a crash of tokend, or of
-// the host, leaves the old file or the new one, never a torn one. tokend
-// saves it before every grant.
+// saveState replaces the state file atomically: a crash of tokend leaves
+// the old file or the new one, never a torn one. It does not sync: the
+// file lives in /run and guards against tokend dying, not the host (no
+// build survives a reboot), and tokend saves it before every grant and on
+// every registration, where a sync would cost milliseconds each time
+// under the broker's lock.
 func saveState(dir string, s savedState) error {
 	raw, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	if err := atomicfile.Write(statePath(dir), append(raw, '\n')); err != nil {
+	if err := atomicfile.Write(statePath(dir), append(raw, '\n'), atomicfile.CrashOfWriter); err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
 	return nil

@@ -104,8 +104,9 @@ func (h *History) record(name string, compile, link uint64, now time.Time) {
 	}
 }
 
-// Save writes the history if it changed, atomically: a crash leaves the
-// old file or the new one.
+// Save writes the history if it changed, atomically and durably: a crash
+// of tokend or of the host leaves the old file or the new one. It changes
+// only when a lease ends, so the sync costs little.
 func (h *History) Save() error {
 	if !h.dirty {
 		return nil
@@ -114,7 +115,7 @@ func (h *History) Save() error {
 	if err != nil {
 		return fmt.Errorf("encode job history: %w", err)
 	}
-	if err := atomicfile.Write(h.path, append(raw, '\n')); err != nil {
+	if err := atomicfile.Write(h.path, append(raw, '\n'), atomicfile.CrashOfHost); err != nil {
 		return fmt.Errorf("save job history: %w", err)
 	}
 	h.dirty = false

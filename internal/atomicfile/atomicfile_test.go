@@ -10,8 +10,8 @@ import (
 func TestWriteReplacesWholeAndLeavesNothingBehind(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "state.json")
-	for _, data := range []string{"first, and longer than what replaces it\n", "second\n"} {
-		if err := Write(path, []byte(data)); err != nil {
+	for i, data := range []string{"first, and longer than what replaces it\n", "second\n"} {
+		if err := Write(path, []byte(data), Durability(i%2)); err != nil {
 			t.Fatal(err)
 		}
 		got, err := os.ReadFile(path)
@@ -33,14 +33,14 @@ func TestWriteReplacesWholeAndLeavesNothingBehind(t *testing.T) {
 func TestFailedWriteKeepsTheOldFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "state.json")
-	if err := Write(path, []byte("old\n")); err != nil {
+	if err := Write(path, []byte("old\n"), CrashOfHost); err != nil {
 		t.Fatal(err)
 	}
 	// A directory where the file should go: the rename must fail.
 	blocked := filepath.Join(dir, "blocked")
 	os.Mkdir(blocked, 0o755)
 	os.WriteFile(filepath.Join(blocked, "x"), nil, 0o644)
-	err := Write(blocked, []byte("new\n"))
+	err := Write(blocked, []byte("new\n"), CrashOfWriter)
 	if err == nil || !strings.Contains(err.Error(), blocked) {
 		t.Fatalf("writing over a full directory: %v, want an error naming it", err)
 	}
