@@ -411,6 +411,42 @@ if [ -n "$tools" ]; then
     tokend_stop TERM
     tokend_start "$rt" || { fail "$name" "tokend did not restart"; continue; }
 
+    # use-cgroups (Nix >= 2.12, with auto-allocate-uids): Nix records the
+    # build's cgroup before the hook runs; the lease must carry it and be
+    # sampled from it, so the brake freezes that group.
+    if [ "$(printf '%s\n2.12\n' "$ver" | sort -V | head -1)" = 2.12 ]; then
+      name="Nix $ver, use-cgroups: the lease carries the build's cgroup and is sampled from it"
+      why=
+      sampler_start "$work/$v-cg.samples"
+      rc=0
+      real "$nb" "$v-cg" 1 --jobs 4 --sleep 0.5 --store "/var/cache/tokend-nix-cg/$ver" \
+        --conf "build-users-group =" --conf "auto-allocate-uids = true" \
+        --conf "experimental-features = nix-command auto-allocate-uids cgroups" --conf "use-cgroups = true" || rc=$?
+      sampler_stop
+      seen=$(python3 - "$work/$v-cg.samples" <<'EOF2'
+import json, sys
+data, dec, i, best = open(sys.argv[1]).read(), json.JSONDecoder(), 0, {}
+while True:
+    while i < len(data) and data[i].isspace():
+        i += 1
+    if i == len(data):
+        break
+    st, i = dec.raw_decode(data, i)
+    for l in st["leases"]:
+        n = (l.get("memory") or {}).get("procs", 0)
+        if l.get("cgroup", "").split("/")[-1].startswith("nix-build-uid-") and n > best.get(l["cgroup"], 0):
+            best[l["cgroup"]] = n
+print(" ".join("%s (%d processes)" % kv for kv in best.items()))
+sys.exit(0 if best else 1)
+EOF2
+      ) || why="no lease with a nix-build-uid cgroup and sampled processes"
+      if [ "$rc" = 0 ] && [ -z "$why" ] && all_eq make_jobs 4 && all_eq make_auth "fifo:$fifo_path"; then
+        pass "$name: $seen"
+      else
+        fail "$name" "exit $rc; $why; $(grep ^BUILD "$sum" 2>/dev/null); $(tail -3 "$work/$v-cg.err")"
+      fi
+    fi
+
     name="Nix $ver, tokend stopped: three builds"
     why=
     tokend_stop TERM
@@ -443,6 +479,7 @@ if [ -n "$tools" ]; then
       waiting=$("$bin/tokenctl" --socket "$sock" status --json 2>/dev/null \
         | python3 -c 'import json, sys; print(sum(1 for l in json.load(sys.stdin)["leases"] if l["state"] == "waiting"))' 2>/dev/null)
       [ "${waiting:-0}" -ge 2 ] && break
+      kill -0 "$harness" 2>/dev/null || break
       sleep 0.05
     done
     tokend_stop KILL
@@ -473,15 +510,16 @@ if [ -n "$tools" ]; then
     fi
     real "$nb" "$v-killed" 3 --jobs 8 --cores 8 &
     harness=$!
-    # Kill it as soon as every build has joined its FIFO (a client of each
-    # holds a token), so the ninja that follows make in each build opens
-    # its FIFO after tokend is gone. A FIFO on disk is not enough: tokend
-    # makes it before the hook has its answer, and a build whose hook got
-    # none rightly runs without tokend.
+    # Kill it as soon as every build has joined its FIFO and been admitted,
+    # so the ninja that follows make in each build opens its FIFO after
+    # tokend is gone. A FIFO on disk is not enough: tokend makes it before
+    # the hook has its answer, and a build whose hook got none rightly runs
+    # without tokend.
     for _ in $(seq 300); do
       joined=$("$bin/tokenctl" --socket "$sock" status --json 2>/dev/null \
-        | python3 -c 'import json, sys; print(sum(1 for l in json.load(sys.stdin)["leases"] if l["held"] > 0))' 2>/dev/null)
+        | python3 -c 'import json, sys; print(sum(1 for l in json.load(sys.stdin)["leases"] if l["state"] == "running"))' 2>/dev/null)
       [ "${joined:-0}" -ge 3 ] && break
+      kill -0 "$harness" 2>/dev/null || break
       sleep 0.05
     done
     tokend_stop KILL
@@ -489,7 +527,9 @@ if [ -n "$tools" ]; then
     rc=0
     wait "$harness" || rc=$?
     sum=$work/$v-killed.summary
-    if [ "$rc" = 0 ]; then
+    if [ "${joined:-0}" -lt 3 ]; then
+      fail "$name" "only ${joined:-0} of 3 builds were running under tokend when it was killed"
+    elif [ "$rc" = 0 ]; then
       after=
       for logs in $(field logs); do
         first=$(sort -n -k2,2 "$logs/make.log" "$logs/ninja.log" | awk '$1 == "S" { print $2; exit }')
@@ -529,19 +569,20 @@ if [ -n "$tools" ]; then
     why=
     cg=/sys/fs/cgroup/memory/tokend-nixtest-$$-$v
     job="/tools/fakecc -peak 300 -ramp 600 -hold 0.3"
-    memrun() { # LABEL HOOK: a harness run inside $cg; leaves kills in $kills
-      local rc=0
-      rmdir "$cg" 2>/dev/null
-      mkdir "$cg" && echo $((1 << 30)) >"$cg/memory.limit_in_bytes" || return 2
+    oom_kills() { sed -n 's/^oom_kill //p' "$cg/memory.oom_control"; }
+    memrun() { # LABEL HOOK: a harness run inside $cg; leaves its OOM kills in $kills
+      local rc=0 before
+      before=$(oom_kills)
       (echo "$BASHPID" >"$cg/cgroup.procs" && TOKEND_SOCKET=$sock bash testdata/nix/sandbox-build.sh --nix-bin "$nb" \
         ${2:+--hook "$2"} --tools "$tools" --work "$work/$1" --builds 3 --jobs 3 --cores 8 --name "tokend-$1" \
         --keep-going --job "$job" --sandbox-path "/tools/fakecc=$bin/fakecc" >"$work/$1.summary" 2>"$work/$1.err") || rc=$?
-      kills=$(sed -n 's/^oom_kill //p' "$cg/memory.oom_control")
-      rmdir "$cg"
+      kills=$(($(oom_kills) - before))
       return $rc
     }
     if [ ! -d /sys/fs/cgroup/memory ]; then
       missing "$name" "no cgroup v1 memory controller at /sys/fs/cgroup/memory"
+    elif ! { mkdir -p "$cg" && echo $((1 << 30)) >"$cg/memory.limit_in_bytes"; }; then
+      fail "$name" "cannot make the memory cgroup $cg"
     else
       static_rc=0
       memrun "$v-mem-static" "" || static_rc=$?
@@ -551,11 +592,13 @@ if [ -n "$tools" ]; then
       tokend_pid=$!
       sock=$mrt/tokend.sock
       for _ in $(seq 100); do "$bin/tokenctl" --socket "$sock" status >/dev/null 2>&1 && break; sleep 0.05; done
+      "$bin/tokenctl" --socket "$sock" status >/dev/null 2>&1 || fail "$name" "tokend did not start: $(tail -3 "$work/tokend-mem.log")"
       sampler_start "$work/$v-mem.samples"
       rc=0
       memrun "$v-mem-tokend" "$bin/tokend-nix-hook" || rc=$?
       sampler_stop
       tokend_stop TERM
+      rmdir "$cg"
       sum=$work/$v-mem-tokend.summary
       waits=$(grep -c '"state": "waiting"' "$work/$v-mem.samples")
       if [ "$static_kills" -gt 0 ] && [ "$rc" = 0 ] && [ "$kills" = 0 ] && [ "$waits" -gt 0 ] \

@@ -1,10 +1,6 @@
 package broker
 
 import (
-	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/tokend/tokend/jobserver"
@@ -12,24 +8,24 @@ import (
 
 // adopt takes over the leases of the state file and cleans stale FIFOs.
 func (b *Broker) adopt() error {
-	st, err := loadState(b.opts.RuntimeDir)
+	st, err := loadState(b.run)
 	if err != nil {
 		return err
 	}
 	b.totals.reclaimed, b.totals.inflated = st.ReclaimedTotal, st.InflatedTotal
 	b.sources.operator = st.OperatorBudget
 	b.applyBudget()
-	for _, s := range st.Leases {
+	for _, s := range b.setAsideBad(st.Leases) {
 		if err := b.adoptLease(s); err != nil {
 			return err
 		}
 	}
-	return b.removeStaleFiles()
+	return b.removeStale()
 }
 
 // adoptLease takes over one lease of the state file as it was saved.
 func (b *Broker) adoptLease(s savedLease) error {
-	f, err := jobserver.Open(fifoPath(b.opts.RuntimeDir, s.ID), s.Granted)
+	f, err := jobserver.OpenOwnedBy(b.run.fifoPath(s.ID), s.Granted, fifoOwner(s.UID, s.Owner.Dir))
 	if err != nil {
 		// Its clients hold whatever they hold; the tokens are lost to
 		// the budget either way, so count them and go on.
@@ -43,7 +39,7 @@ func (b *Broker) adoptLease(s savedLease) error {
 		admitted: s.Admitted, ending: s.Ending, endReason: s.EndReason, joined: s.Joined, asked: s.Asked,
 	}
 	if s.Gate {
-		if l.gate, err = openGate(gatePath(b.opts.RuntimeDir, s.ID)); err != nil {
+		if l.gate, err = openGate(gatePath(b.run.path, s.ID)); err != nil {
 			// The build reads a stamp that no longer moves and goes on
 			// without waiting; admit it so it is counted as it runs.
 			b.log.Warn("lease lost its gate; admitting it", "lease", s.ID, "name", s.Name, "error", err)
@@ -58,26 +54,5 @@ func (b *Broker) adoptLease(s savedLease) error {
 	l.closeSeen = time.Now()
 	free, _ := f.Free()
 	b.log.Info("lease adopted", "lease", l.ID, "name", l.Name, "granted", s.Granted, "free", free)
-	return nil
-}
-
-// removeStaleFiles removes the FIFOs and gates in the runtime directory
-// that no lease owns.
-func (b *Broker) removeStaleFiles() error {
-	entries, err := os.ReadDir(filepath.Join(b.opts.RuntimeDir, "leases"))
-	if err != nil {
-		return fmt.Errorf("list leases in %s: %w", b.opts.RuntimeDir, err)
-	}
-	for _, e := range entries {
-		ext := filepath.Ext(e.Name())
-		if _, ok := b.leases[strings.TrimSuffix(e.Name(), ext)]; ok {
-			continue
-		}
-		path := filepath.Join(b.opts.RuntimeDir, "leases", e.Name())
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("remove stale file %s: %w", path, err)
-		}
-		b.log.Info("removed stale lease file", "path", path)
-	}
 	return nil
 }

@@ -151,17 +151,13 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 		}
 		gid = *req.GID
 	}
-	if req.Cgroup != "" && p.uid != 0 {
-		fail(w, http.StatusForbidden, errors.New("only root may name the cgroup a lease runs in"))
-		return
-	}
 	l, err := s.broker.Register(LeaseRequest{
 		Name: req.Name, Owner: api.Owner{PID: req.OwnerPID, Dir: req.OwnerDir},
 		UID: p.uid, GID: gid, Features: req.Features, Wait: req.Wait,
 		NewCgroup: req.NewCgroup, Cgroup: req.Cgroup, Gate: req.Gate,
 	})
 	if err != nil {
-		fail(w, http.StatusBadRequest, err)
+		fail(w, errorStatus(err), err)
 		return
 	}
 	out := api.Registered{ID: l.ID, Name: l.Name, FIFO: l.fifo.Path(), Cgroup: l.Cgroup, OOMScoreAdj: s.broker.opts.OOMScoreAdj}
@@ -177,12 +173,8 @@ func (s *Server) end(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusForbidden, fmt.Errorf("uid %d may not end leases: run as root or as a member of tokend's lease_group", p.uid))
 		return
 	}
-	if err := s.broker.End(r.PathValue("id"), fmt.Sprintf("ended by uid %d", p.uid)); err != nil {
-		code := http.StatusBadRequest
-		if errors.Is(err, ErrNotFound) {
-			code = http.StatusNotFound
-		}
-		fail(w, code, err)
+	if err := s.broker.End(p.uid, r.PathValue("id"), fmt.Sprintf("ended by uid %d", p.uid)); err != nil {
+		fail(w, errorStatus(err), err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -224,6 +216,19 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 		return false
 	}
 	return true
+}
+
+// errorStatus is the HTTP status of a refused request.
+func errorStatus(err error) int {
+	switch {
+	case errors.Is(err, ErrForbidden):
+		return http.StatusForbidden
+	case errors.Is(err, ErrQuota):
+		return http.StatusTooManyRequests
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	}
+	return http.StatusBadRequest
 }
 
 func reply(w http.ResponseWriter, code int, v any) {

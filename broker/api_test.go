@@ -7,14 +7,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -84,6 +82,9 @@ func TestAPIRejectsMalformedRequestsAndChangesNothing(t *testing.T) {
 		{"POST", api.PathLeases, `{"name": "x"`, "malformed"},
 		{"POST", api.PathLeases, `{"name": "x", "owner_pid": 1} {}`, "more than one"},
 		{"POST", api.PathLeases, `{"name": ""}`, "needs a name"},
+		{"POST", api.PathLeases, `{"name": "` + strings.Repeat("x", MaxNameBytes+1) + `", "owner_pid": 1}`, "more than the limit of 128"},
+		{"POST", api.PathLeases, `{"name": "ok\u001b[2K\rforged 0 0", "owner_pid": 1}`, "unprintable character U+001B"},
+		{"POST", api.PathLeases, `{"name": "line\nbreak", "owner_pid": 1}`, "unprintable character U+000A"},
 		{"POST", api.PathLeases, `{"name": "x"}`, "needs an owner"},
 		{"POST", api.PathLeases, `{"name": "x", "owner_dir": "relative"}`, "absolute"},
 		{"POST", api.PathLeases, `{"name": "x", "owner_pid": 999999999}`, "owner process"},
@@ -92,6 +93,12 @@ func TestAPIRejectsMalformedRequestsAndChangesNothing(t *testing.T) {
 		{"PUT", api.PathBudget, `{}`, "needs \"tokens\""},
 		{"PUT", api.PathBudget, `{"tokens": -1}`, "outside"},
 		{"PUT", api.PathBudget, `{"tokens": "many"}`, "malformed"},
+		{"PUT", api.PathBudget, `{"tokens": NaN}`, "malformed"},
+		{"PUT", api.PathBudget, `{"tokens": Infinity}`, "malformed"},
+		{"PUT", api.PathBudget, `{"tokens": 1e400}`, "malformed"},
+		{"PUT", api.PathBudget, `{"tokens": 2.5}`, "malformed"},
+		{"POST", api.PathLeases, `{"name": "x", "owner_pid": NaN}`, "malformed"},
+		{"POST", api.PathLeases, `{"name": "x", "owner_pid": 1e400}`, "malformed"},
 	}
 	for _, tc := range cases {
 		req, _ := http.NewRequest(tc.method, "http://tokend"+tc.path, strings.NewReader(tc.body))
@@ -112,53 +119,17 @@ func TestAPIRejectsMalformedRequestsAndChangesNothing(t *testing.T) {
 	}
 }
 
-// callAPIAs runs the test binary as a client with the given credentials,
-// trying every kind of call on socket, and returns what each call got.
-func callAPIAs(t *testing.T, socket string, cred *syscall.Credential) map[string]string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	// The test binary lives in a directory only root may enter.
-	bin := filepath.Join(filepath.Dir(socket), "broker.test")
-	raw, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, raw, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	child := exec.CommandContext(ctx, bin, "-test.run=^$")
-	child.Env = append(os.Environ(), "TOKEND_BROKER_TEST_CHILD=api", "TOKEND_SOCKET="+socket)
-	child.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	child.Dir = "/"
-	child.Stderr = os.Stderr
-	raw, err = child.Output()
-	if err != nil {
-		t.Fatalf("client as uid %d gid %d: %v", cred.Uid, cred.Gid, err)
-	}
-	var got map[string]string
-	if err := json.Unmarshal(raw, &got); err != nil {
-		t.Fatalf("client output %q: %v", raw, err)
-	}
-	return got
-}
-
 // A real second user, not a field in a request, must be refused.
 func TestAPIPermissionsFollowPeerCredentials(t *testing.T) {
-	buildtest.Require(t, os.Geteuid() == 0, "root, to run a client as another uid")
 	b := startBroker(t, t.TempDir(), 4)
-	socket := serve(t, b, "")
-
-	got := callAPIAs(t, socket, &syscall.Credential{Uid: 65534, Gid: 65534})
-	if got["status"] != "ok" {
-		t.Errorf("status as uid 65534: %s, want ok", got["status"])
-	}
-	if !strings.Contains(got["register"], "403") || !strings.Contains(got["register"], "uid 65534 may not register") {
-		t.Errorf("register as uid 65534: %s, want 403", got["register"])
-	}
-	if !strings.Contains(got["budget"], "403") {
-		t.Errorf("set budget as uid 65534: %s, want 403", got["budget"])
-	}
+	answers := asNobody(t, serve(t, b, ""),
+		apiCall{"GET", api.PathStatus, ""},
+		register(`{"name": "intruder", "owner_pid": $SELF}`),
+		apiCall{"PUT", api.PathBudget, `{"tokens": 1}`},
+	)
+	expect(t, "status as uid 65534", answers[0], 200, `"budget":4`)
+	expect(t, "register as uid 65534", answers[1], 403, "uid 65534 may not register")
+	expect(t, "set budget as uid 65534", answers[2], 403, "may not set the budget")
 	if st := b.Status(); len(st.Leases) != 0 || st.Budget != 4 {
 		t.Fatalf("another user changed the broker: %+v", st)
 	}
@@ -171,7 +142,6 @@ func TestAPIPermissionsFollowPeerCredentials(t *testing.T) {
 // as nobody under another gid still belongs to; a group nobody is not in
 // stays closed to it.
 func TestAPILeaseGroupMemberUnderAnotherGID(t *testing.T) {
-	buildtest.Require(t, os.Geteuid() == 0, "root, to run a client as another uid and gid")
 	nobody, err := user.LookupId(strconv.Itoa(buildtest.Nobody))
 	if err != nil {
 		t.Fatal(err)
@@ -184,24 +154,19 @@ func TestAPILeaseGroupMemberUnderAnotherGID(t *testing.T) {
 	const otherGID = 1 // daemon on Debian; any gid but nobody's own will do
 	buildtest.Require(t, ownGID != otherGID, "nobody's own group to be another than gid 1")
 	cred := &syscall.Credential{Uid: buildtest.Nobody, Gid: otherGID, Groups: []uint32{uint32(ownGID)}}
+	calls := []apiCall{register(`{"name": "member", "owner_pid": $SELF}`), {"PUT", api.PathBudget, `{"tokens": 1}`}}
 
 	b := startBroker(t, t.TempDir(), 4)
-	got := callAPIAs(t, serve(t, b, own.Name), cred)
-	if got["register"] != "ok" {
-		t.Errorf("register as nobody under gid %d, lease group %s: %s, want ok", otherGID, own.Name, got["register"])
+	answers := asUser(t, serve(t, b, own.Name), cred, calls...)
+	expect(t, "register as nobody under gid 1, lease group "+own.Name, answers[0], 201, `"name":"member"`)
+	if st := b.Status(); len(st.Leases) != 1 || st.Leases[0].UID != buildtest.Nobody {
+		t.Errorf("leases %+v, want nobody's", st.Leases)
 	}
-	if st := b.Status(); len(st.Leases) != 1 || st.Leases[0].UID != buildtest.Nobody || st.Leases[0].GID != otherGID {
-		t.Errorf("leases %+v, want nobody's, its fifo in gid %d", st.Leases, otherGID)
-	}
-	if !strings.Contains(got["budget"], "403") {
-		t.Errorf("set budget as a lease group member: %s, want 403", got["budget"])
-	}
+	expect(t, "set budget as a lease group member", answers[1], 403, "may not set the budget")
 
 	closed := startBroker(t, t.TempDir(), 4)
-	got = callAPIAs(t, serve(t, closed, "root"), cred)
-	if !strings.Contains(got["register"], "403") {
-		t.Errorf("register as nobody, lease group root: %s, want 403", got["register"])
-	}
+	answers = asUser(t, serve(t, closed, "root"), cred, calls...)
+	expect(t, "register as nobody, lease group root", answers[0], 403, "uid 65534 may not register")
 }
 
 func TestAPIAdmissionWaitWakesWhenRoomAppears(t *testing.T) {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -32,6 +30,9 @@ type Options struct {
 	ProcDir string
 	// Cgroups, if set, makes a cgroup for each lease that asks for one.
 	Cgroups LeaseCgroups
+	// LeasesPerUser is how many leases one user other than root may hold.
+	// Default DefaultLeasesPerUser.
+	LeasesPerUser int
 	// OOMScoreAdj is the oom_score_adj every lease's processes take, so
 	// that when the kernel's OOM killer fires anyway it takes a build job
 	// and not the desktop; 0 leaves them alone. Clients apply it (the
@@ -49,6 +50,7 @@ type Options struct {
 type Broker struct {
 	opts       Options
 	log        hclog.Logger
+	run        *runDir
 	watch      *fifoWatch
 	wake       chan struct{}
 	collectors *collectors
@@ -65,6 +67,9 @@ type Broker struct {
 	admissions    chan struct{} // closed and replaced when a lease is admitted or removed
 	dirty         bool          // state differs from the state file
 	ownersChecked time.Time
+	scans         chan scanResult // the holder scan's answer
+	scanSince     time.Time       // when the scan under way started; zero when none is
+	scanReported  bool            // a stuck scan was logged
 }
 
 // totals are the broker's counts over every lease it ever had.
@@ -93,19 +98,25 @@ func New(opts Options) (*Broker, error) {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
+	if opts.LeasesPerUser <= 0 {
+		opts.LeasesPerUser = DefaultLeasesPerUser
+	}
 	if opts.Budget < 0 {
 		return nil, fmt.Errorf("broker: budget %d is negative", opts.Budget)
 	}
-	if err := os.MkdirAll(filepath.Join(opts.RuntimeDir, "leases"), 0o755); err != nil {
-		return nil, fmt.Errorf("create runtime directory %s: %w", opts.RuntimeDir, err)
+	run, err := openRunDir(opts.RuntimeDir)
+	if err != nil {
+		return nil, err
 	}
 	watch, err := newFIFOWatch()
 	if err != nil {
+		run.close()
 		return nil, err
 	}
 	b := &Broker{
 		opts:       opts,
 		log:        opts.Logger,
+		run:        run,
 		watch:      watch,
 		wake:       make(chan struct{}, 1),
 		collectors: newCollectors(),
@@ -113,9 +124,11 @@ func New(opts Options) (*Broker, error) {
 		byWatch:    map[int]watched{},
 		sources:    budgetSources{configured: opts.Budget},
 		admissions: make(chan struct{}),
+		scans:      make(chan scanResult, 1),
 	}
 	if err := b.adopt(); err != nil {
 		watch.close()
+		run.close()
 		b.collectors.stop()
 		return nil, err
 	}
@@ -147,6 +160,8 @@ func (b *Broker) Run(ctx context.Context) error {
 			b.mu.Lock()
 			b.pass()
 			b.mu.Unlock()
+		case r := <-b.scans:
+			b.reclaim(r)
 		case <-tick.C:
 			b.tick()
 		}
@@ -157,14 +172,7 @@ func (b *Broker) Run(ctx context.Context) error {
 func (b *Broker) tick() {
 	b.mu.Lock()
 	b.endOrphans(time.Now())
-	scan := b.dueScans()
-	b.mu.Unlock()
-
-	if len(scan) > 0 {
-		b.reclaim(scan)
-	}
-
-	b.mu.Lock()
+	b.startScan(b.dueScans())
 	defer b.mu.Unlock()
 	b.pass()
 	b.beat()
@@ -184,14 +192,14 @@ func (b *Broker) shutdown() error {
 	b.collectors.stop()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	err := saveState(b.opts.RuntimeDir, b.snapshot(nil))
+	err := saveState(b.run, b.snapshot(nil))
 	for _, l := range b.leases {
 		err = errors.Join(err, l.fifo.Close())
 		if l.gate != nil {
 			err = errors.Join(err, l.gate.close())
 		}
 	}
-	err = errors.Join(err, b.watch.close())
+	err = errors.Join(err, b.watch.close(), b.run.close())
 	b.log.Info("stopped; leases stay on disk for the next start", "leases", len(b.leases))
 	return err
 }

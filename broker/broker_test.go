@@ -24,13 +24,14 @@ import (
 )
 
 // The test binary doubles as the child processes some tests need: a build
-// that holds tokens and is then killed, and a client run as another user.
+// that holds tokens and is then killed, and a client run as another user
+// (sendRequests).
 func TestMain(m *testing.M) {
 	switch os.Getenv("TOKEND_BROKER_TEST_CHILD") {
 	case "hold":
 		holdTokens()
-	case "api":
-		callAPI()
+	case "requests":
+		sendRequests()
 	default:
 		os.Exit(m.Run())
 	}
@@ -54,27 +55,6 @@ func holdTokens() {
 	}
 	fmt.Println("held")
 	time.Sleep(time.Hour)
-}
-
-// callAPI tries every kind of call on the socket in TOKEND_SOCKET and
-// prints what happened to each as JSON.
-func callAPI() {
-	c := api.NewClient(os.Getenv("TOKEND_SOCKET"))
-	ctx := context.Background()
-	out := map[string]string{}
-	result := func(err error) string {
-		if err != nil {
-			return err.Error()
-		}
-		return "ok"
-	}
-	_, err := c.Status(ctx)
-	out["status"] = result(err)
-	_, err = c.Register(ctx, api.RegisterRequest{Name: "intruder", OwnerPID: os.Getpid()})
-	out["register"] = result(err)
-	_, err = c.SetBudget(ctx, 1)
-	out["budget"] = result(err)
-	json.NewEncoder(os.Stdout).Encode(out)
 }
 
 // startBroker runs a broker with a fixed budget in a fresh runtime
@@ -331,7 +311,7 @@ func TestEndedLeaseGivesBackAllItsTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.End(l.ID, "test"); err != nil {
+	if err := b.End(0, l.ID, "test"); err != nil {
 		t.Fatal(err)
 	}
 	st := waitStatus(t, b, "free tokens back, the held one owed", func(st api.Status) bool {
@@ -419,8 +399,12 @@ func TestRestartAdoptsLeasesAndCleansStaleFIFOs(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	stale := filepath.Join(dir, "leases", "deadbeef.fifo")
+	stale := filepath.Join(dir, "leases", "deadbeef0000.fifo")
 	if err := syscall.Mkfifo(stale, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	notOurs := filepath.Join(dir, "leases", "notes.txt")
+	if err := os.WriteFile(notOurs, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
@@ -432,6 +416,9 @@ func TestRestartAdoptsLeasesAndCleansStaleFIFOs(t *testing.T) {
 	}
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
 		t.Fatalf("stale fifo not removed: %v", err)
+	}
+	if _, err := os.Stat(notOurs); err != nil {
+		t.Fatalf("a file tokend did not make was removed: %v", err)
 	}
 }
 

@@ -12,6 +12,9 @@ type LeaseCgroups interface {
 	// Remove removes a directory Make returned. It never kills: a group
 	// still holding processes is removed once they have left.
 	Remove(dir string) error
+	// Owns tells whether dir is a group Make made: a saved lease naming
+	// any other as its own is refused.
+	Owns(dir string) bool
 }
 
 // removeCgroup removes the cgroup made for l, if one was.

@@ -123,7 +123,7 @@ func TestWaitingGateBeatsAndSurvivesARestart(t *testing.T) {
 	if _, s4, _ := readGate(t, gate); s4 <= s3 {
 		t.Fatalf("adopted gate's stamp stuck at %d", s3)
 	}
-	if err := second.End(a.ID, "test"); err != nil {
+	if err := second.End(0, a.ID, "test"); err != nil {
 		t.Fatal(err)
 	}
 	waitStatus(t, second, "the nix build admitted once a is gone", func(st api.Status) bool { return leaseByID(st, n.ID).Admitted })

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -17,10 +19,20 @@ import (
 // processes have open on it. A process inside a nix sandbox sees the FIFO
 // under another path, but it is the same inode, so files are matched by
 // identity, not name. Processes that exit during the scan are skipped.
+//
+// It never stats what a descriptor leads to: a stat of a file on a hung
+// FUSE or NFS mount never returns. Everything it reads is procfs's own:
+// the link of /proc/PID/fd/N (the path, or "pipe:[N]" and the like for
+// files that have none), the inode and mount ID in /proc/PID/fdinfo/N,
+// and the mount's device in /proc/PID/mountinfo.
 func countHolders(procDir string, want map[fileid.ID]bool) (map[fileid.ID]int, error) {
 	pids, err := os.ReadDir(procDir)
 	if err != nil {
 		return nil, fmt.Errorf("scan %s for jobserver holders: %w", procDir, err)
+	}
+	inodes := make(map[uint64]bool, len(want))
+	for id := range want {
+		inodes[id.Ino] = true
 	}
 	self := os.Getpid()
 	counts := make(map[fileid.ID]int, len(want))
@@ -29,19 +41,87 @@ func countHolders(procDir string, want map[fileid.ID]bool) (map[fileid.ID]int, e
 		if err != nil || pid == self {
 			continue
 		}
-		fdDir := filepath.Join(procDir, p.Name(), "fd")
-		fds, err := os.ReadDir(fdDir)
+		dir := filepath.Join(procDir, p.Name())
+		fds, err := os.ReadDir(filepath.Join(dir, "fd"))
 		if err != nil {
 			continue
 		}
+		var devs map[int]uint64 // mount ID to device, read once a candidate shows
 		for _, fd := range fds {
-			id, err := fileid.Of(filepath.Join(fdDir, fd.Name()))
-			if err == nil && want[id] {
+			link, err := os.Readlink(filepath.Join(dir, "fd", fd.Name()))
+			if err != nil || !strings.HasPrefix(link, "/") {
+				continue // gone, or a pipe, socket or other file without a path
+			}
+			ino, mnt, err := fdInode(filepath.Join(dir, "fdinfo", fd.Name()))
+			if err != nil || !inodes[ino] {
+				continue
+			}
+			if devs == nil {
+				if devs, err = mountDevices(filepath.Join(dir, "mountinfo")); err != nil {
+					break
+				}
+			}
+			if id := (fileid.ID{Dev: devs[mnt], Ino: ino}); want[id] {
 				counts[id]++
 			}
 		}
 	}
 	return counts, nil
+}
+
+// fdInode reads the inode and mount ID of a descriptor from its fdinfo.
+func fdInode(path string) (ino uint64, mnt int, err error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	var haveIno, haveMnt bool
+	for line := range strings.Lines(string(raw)) {
+		key, value, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok {
+			continue
+		}
+		switch key {
+		case "ino":
+			ino, err = strconv.ParseUint(strings.TrimSpace(value), 10, 64)
+			haveIno = err == nil
+		case "mnt_id":
+			mnt, err = strconv.Atoi(strings.TrimSpace(value))
+			haveMnt = err == nil
+		}
+	}
+	if !haveIno || !haveMnt {
+		return 0, 0, fmt.Errorf("%s: no ino or mnt_id (Linux 5.14 or later has both)", path)
+	}
+	return ino, mnt, nil
+}
+
+// mountDevices maps the mount IDs of a mountinfo file to their devices.
+func mountDevices(path string) (map[int]uint64, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	devs := map[int]uint64{}
+	for line := range strings.Lines(string(raw)) {
+		// 36 25 0:32 / /run rw,nosuid - tmpfs tmpfs rw
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		id, err := strconv.Atoi(f[0])
+		if err != nil {
+			continue
+		}
+		major, minor, ok := strings.Cut(f[2], ":")
+		maj, err1 := strconv.ParseUint(major, 10, 32)
+		mnr, err2 := strconv.ParseUint(minor, 10, 32)
+		if !ok || err1 != nil || err2 != nil {
+			continue
+		}
+		devs[id] = unix.Mkdev(uint32(maj), uint32(mnr))
+	}
+	return devs, nil
 }
 
 // fifoEvent is a client opening or closing a lease's FIFO.
@@ -116,3 +196,42 @@ func (w *fifoWatch) run(ctx context.Context) {
 }
 
 func (w *fifoWatch) close() error { return w.f.Close() }
+
+// scanResult is what one holder scan found for the leases it was asked
+// about.
+type scanResult struct {
+	due    []scanRequest
+	counts map[fileid.ID]int
+	err    error
+}
+
+// scanStuck is how long a holder scan may take before the log says so.
+// /proc is read only through procfs, so a scan should never hang; if one
+// does anyway, the broker's loop goes on (tokens move, leases come and go)
+// and only reclaiming waits.
+const scanStuck = 10 * time.Second
+
+// startScan looks for holders of the due leases in a goroutine of its
+// own, off the broker's lock and loop, unless a scan is still under way;
+// Run hands its answer to reclaim. Called with b.mu held.
+func (b *Broker) startScan(due []scanRequest) {
+	if !b.scanSince.IsZero() {
+		if time.Since(b.scanSince) > scanStuck && !b.scanReported {
+			b.scanReported = true
+			b.log.Error("the scan for jobserver holders has not returned; leaked tokens are not reclaimed until it does", "since", b.scanSince)
+		}
+		return
+	}
+	if len(due) == 0 {
+		return
+	}
+	b.scanSince, b.scanReported = time.Now(), false
+	want := make(map[fileid.ID]bool, len(due))
+	for _, s := range due {
+		want[s.lease.inode] = true
+	}
+	go func() {
+		counts, err := countHolders(b.opts.ProcDir, want)
+		b.scans <- scanResult{due: due, counts: counts, err: err}
+	}()
+}

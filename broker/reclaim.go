@@ -3,7 +3,6 @@ package broker
 import (
 	"time"
 
-	"github.com/tokend/tokend/internal/fileid"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -82,21 +81,18 @@ func (b *Broker) dueScans() []scanRequest {
 	return due
 }
 
-// reclaim writes off the tokens of leases that nobody holds open any more:
-// whatever they were granted and is not in the FIFO will never come back.
-// It scans /proc without the lock.
-func (b *Broker) reclaim(due []scanRequest) {
-	want := make(map[fileid.ID]bool, len(due))
-	for _, s := range due {
-		want[s.lease.inode] = true
-	}
-	counts, err := countHolders(b.opts.ProcDir, want)
-	if err != nil {
-		b.log.Error("cannot look for jobserver holders", "error", err)
-		return
-	}
+// reclaim writes off the tokens of leases that nobody holds open any more,
+// from the answer of a holder scan (startScan): whatever they were granted
+// and is not in the FIFO will never come back.
+func (b *Broker) reclaim(r scanResult) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.scanSince = time.Time{}
+	if r.err != nil {
+		b.log.Error("cannot look for jobserver holders", "error", r.err)
+		return
+	}
+	due, counts := r.due, r.counts
 	for _, s := range due {
 		l := s.lease
 		if l.opens != s.opens {
@@ -165,14 +161,7 @@ func (b *Broker) removeEnded() {
 			b.totals.reclaimed += n
 		}
 		b.untrack(l)
-		if err := l.fifo.Remove(); err != nil {
-			b.log.Warn("cannot remove fifo", "lease", id, "error", err)
-		}
-		if l.gate != nil {
-			if err := l.gate.remove(); err != nil {
-				b.log.Warn("cannot remove gate", "lease", id, "error", err)
-			}
-		}
+		b.removeFiles(l)
 		b.removeCgroup(l)
 		b.dirty = true
 		b.announce()

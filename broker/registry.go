@@ -51,20 +51,17 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 		ID: newLeaseID(), Name: req.Name, Created: time.Now(), Owner: owner,
 		UID: req.UID, GID: req.GID, Features: req.Features, Cgroup: req.Cgroup, Gate: req.Gate,
 	}
-	f, err := jobserver.Create(fifoPath(b.opts.RuntimeDir, reg.ID), jobserver.FIFOOptions{Mode: 0o660, GID: req.GID})
+	f, err := jobserver.Create(b.run.fifoPath(reg.ID), fifoAccess(req.UID, req.GID, req.Owner.Dir))
 	if err != nil {
 		return nil, err
 	}
 	l := &Lease{Registration: reg, fifo: f, admitted: !req.Wait && !req.Gate}
 	if req.Gate {
-		if l.gate, err = createGate(gatePath(b.opts.RuntimeDir, reg.ID), req.GID); err == nil {
+		if l.gate, err = createGate(gatePath(b.run.path, reg.ID), req.GID); err == nil {
 			err = l.gate.write(false, b.opts.OOMScoreAdj, l.Created)
 		}
 		if err != nil {
-			if l.gate != nil {
-				l.gate.remove()
-			}
-			f.Remove()
+			b.removeFiles(l)
 			return nil, err
 		}
 	}
@@ -77,11 +74,14 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 		}
 	}
 	b.mu.Lock()
-	err = b.track(l)
+	err = b.checkQuota(req.UID)
+	if err == nil {
+		err = b.track(l)
+	}
 	if err == nil {
 		// Saved before the caller hears of the lease, so a broker killed
 		// right after still knows the FIFO a build may be using.
-		err = saveState(b.opts.RuntimeDir, b.snapshot(nil))
+		err = saveState(b.run, b.snapshot(nil))
 		if err != nil {
 			b.untrack(l)
 		} else {
@@ -90,10 +90,7 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	}
 	b.mu.Unlock()
 	if err != nil {
-		f.Remove()
-		if l.gate != nil {
-			l.gate.remove()
-		}
+		b.removeFiles(l)
 		b.removeCgroup(l)
 		return nil, err
 	}
@@ -105,15 +102,19 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 // and returns its owner with the owner process's start time.
 func checkRequest(req LeaseRequest) (api.Owner, error) {
 	owner := req.Owner
+	if err := checkName(req.Name); err != nil {
+		return owner, err
+	}
 	switch {
-	case req.Name == "":
-		return owner, errors.New("lease needs a name")
 	case owner.PID <= 0 && owner.Dir == "":
 		return owner, errors.New("lease needs an owner: a process ID or a directory whose end ends the lease")
 	case owner.Dir != "" && !filepath.IsAbs(owner.Dir):
 		return owner, fmt.Errorf("owner directory %q is not an absolute path", owner.Dir)
 	case req.Cgroup != "" && (req.NewCgroup || !filepath.IsAbs(req.Cgroup)):
 		return owner, fmt.Errorf("cgroup %q: want an absolute path, and not together with a new cgroup", req.Cgroup)
+	}
+	if err := checkOwner(req.UID, req); err != nil {
+		return owner, err
 	}
 	if owner.PID > 0 {
 		start, err := processStart(owner.PID)
@@ -137,12 +138,16 @@ func newLeaseID() string {
 
 // End ends a lease: it gets no more tokens, its free tokens go back to the
 // budget at once, and the rest when its clients return them or are gone.
-func (b *Broker) End(id, reason string) error {
+// uid is who asks: only the lease's own user or root may end it.
+func (b *Broker) End(uid int, id, reason string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	l, ok := b.leases[id]
 	if !ok {
 		return fmt.Errorf("end lease %s: %w", id, ErrNotFound)
+	}
+	if err := checkEnd(uid, l); err != nil {
+		return err
 	}
 	b.end(l, reason)
 	b.pass()

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -58,9 +59,29 @@ func Listen(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o666); err != nil {
+	if err := chmodSocket(path, 0o666); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("open socket %s to local users: %w", path, err)
 	}
 	return l, nil
+}
+
+// chmodSocket sets the mode of the socket at path without following a
+// symlink: chmod(2) follows one, fchmodat(2) cannot refuse to, so the
+// socket is opened as a path (O_PATH|O_NOFOLLOW), checked to be a socket,
+// and changed through its /proc/self/fd link, which names the file itself.
+func chmodSocket(path string, mode uint32) error {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("%s is no longer a socket (mode %o): something replaced it", path, st.Mode)
+	}
+	return unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode)
 }

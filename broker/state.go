@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/atomicfile"
+	"github.com/tokend/tokend/jobserver"
 )
 
 // stateVersion changes when the state file's meaning does; a file of
@@ -73,7 +73,7 @@ func (b *Broker) persist(leases []*Lease, gives []int) bool {
 	if len(extra) == 0 && !b.dirty {
 		return true
 	}
-	if err := saveState(b.opts.RuntimeDir, b.snapshot(extra)); err != nil {
+	if err := saveState(b.run, b.snapshot(extra)); err != nil {
 		b.log.Error("cannot save state; handing out no tokens until it can", "error", err)
 		return false
 	}
@@ -86,23 +86,28 @@ func (b *Broker) checkpoint() {
 	if !b.dirty {
 		return
 	}
-	if err := saveState(b.opts.RuntimeDir, b.snapshot(nil)); err != nil {
+	if err := saveState(b.run, b.snapshot(nil)); err != nil {
 		b.log.Error("cannot save state; a restart will lose track of leases", "error", err)
 		return
 	}
 	b.dirty = false
 }
 
-func statePath(dir string) string { return filepath.Join(dir, "state.json") }
+// stateFile is the state's name in the runtime directory.
+const stateFile = "state.json"
 
-func loadState(dir string) (savedState, error) {
-	path := statePath(dir)
-	raw, err := os.ReadFile(path)
+// maxStateBytes bounds what is read: leases are bounded by the per-user
+// quota and names by MaxNameBytes, so a real state file is far smaller.
+const maxStateBytes = 16 << 20
+
+func loadState(r *runDir) (savedState, error) {
+	path := filepath.Join(r.path, stateFile)
+	raw, err := r.readFile(stateFile, maxStateBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		return savedState{Version: stateVersion}, nil
 	}
 	if err != nil {
-		return savedState{}, fmt.Errorf("read state %s: %w", path, err)
+		return savedState{}, fmt.Errorf("read state %s: %w; move it aside to start without the leases it records", path, err)
 	}
 	var s savedState
 	if err := json.Unmarshal(raw, &s); err != nil {
@@ -111,7 +116,45 @@ func loadState(dir string) (savedState, error) {
 	if s.Version != stateVersion {
 		return savedState{}, fmt.Errorf("read state %s: version %d, this tokend reads version %d; move it aside to start without the leases it records", path, s.Version, stateVersion)
 	}
+	if s.OperatorBudget < 0 || s.OperatorBudget > jobserver.MaxTokens || s.ReclaimedTotal < 0 || s.InflatedTotal < 0 {
+		return savedState{}, fmt.Errorf("read state %s: operator budget %d, reclaimed %d, inflated %d: counts out of range; move it aside to start without the leases it records", path, s.OperatorBudget, s.ReclaimedTotal, s.InflatedTotal)
+	}
 	return s, nil
+}
+
+// check says what is wrong with a saved lease, so that a forged or damaged
+// entry is set aside instead of obeyed: its ID names a file tokend
+// creates and removes, and its cgroup a directory it writes and removes.
+// owns tells whether a directory is one of tokend's lease cgroups.
+func (s savedLease) check(owns func(string) bool) error {
+	if !leaseIDPattern.MatchString(s.ID) {
+		return fmt.Errorf("lease id %q is not one tokend makes", s.ID)
+	}
+	if err := checkName(s.Name); err != nil {
+		return err
+	}
+	if s.UID < 0 || s.GID < -1 || s.Owner.PID < 0 {
+		return fmt.Errorf("uid %d, gid %d, owner pid %d out of range", s.UID, s.GID, s.Owner.PID)
+	}
+	if d := s.Owner.Dir; d != "" && (s.UID != 0 || !filepath.IsAbs(d) || filepath.Clean(d) != d || d == "/") {
+		return fmt.Errorf("owner directory %q of uid %d: only root's leases have one, a clean absolute path other than /", d, s.UID)
+	}
+	if s.Owner.PID == 0 && s.Owner.Dir == "" {
+		return errors.New("no owner")
+	}
+	if s.Granted < 0 || s.Granted > jobserver.MaxTokens || s.Reclaimed < 0 || s.Inflated < 0 {
+		return fmt.Errorf("granted %d, reclaimed %d, inflated %d out of range", s.Granted, s.Reclaimed, s.Inflated)
+	}
+	switch {
+	case s.Cgroup == "":
+	case s.OwnCgroup:
+		if owns == nil || !owns(s.Cgroup) || filepath.Base(s.Cgroup) != s.ID {
+			return fmt.Errorf("cgroup %q is not this lease's group under tokend's lease cgroups", s.Cgroup)
+		}
+	case s.UID != 0 || !filepath.IsAbs(s.Cgroup) || filepath.Clean(s.Cgroup) != s.Cgroup:
+		return fmt.Errorf("cgroup %q of uid %d: only root names a lease's cgroup, as a clean absolute path", s.Cgroup, s.UID)
+	}
+	return nil
 }
 
 // saveState replaces the state file atomically: a crash of tokend leaves
@@ -120,12 +163,12 @@ func loadState(dir string) (savedState, error) {
 // build survives a reboot), and tokend saves it before every grant and on
 // every registration, where a sync would cost milliseconds each time
 // under the broker's lock.
-func saveState(dir string, s savedState) error {
+func saveState(r *runDir, s savedState) error {
 	raw, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	if err := atomicfile.Write(statePath(dir), append(raw, '\n'), atomicfile.CrashOfWriter); err != nil {
+	if err := atomicfile.WriteAt(r.dir, stateFile, append(raw, '\n'), atomicfile.CrashOfWriter); err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
 	return nil

@@ -62,6 +62,10 @@ type FIFOOptions struct {
 	// GID, when not -1, is the group given to the FIFO, so build users of
 	// that group can open it. Zero is a real group (root).
 	GID int
+	// UID, when positive, is the user given the FIFO (only root may), so
+	// that with Mode 0600 only that user's processes reach its tokens;
+	// 0 and -1 keep the creator.
+	UID int
 }
 
 // Create makes a new FIFO at path and opens it. It never follows a symlink
@@ -78,7 +82,7 @@ func Create(path string, opts FIFOOptions) (*FIFO, error) {
 		}
 		return nil, fmt.Errorf("create jobserver fifo %s: %w", path, err)
 	}
-	f, err := open(path, 0)
+	f, err := open(path, 0, uint32(os.Geteuid()))
 	if err != nil {
 		// Do not leave a FIFO behind that nobody holds open: Create
 		// would refuse the path next time.
@@ -95,6 +99,12 @@ func Create(path string, opts FIFOOptions) (*FIFO, error) {
 			return nil, fmt.Errorf("set group %d on jobserver fifo %s (needs root or membership of that group): %w", opts.GID, path, err)
 		}
 	}
+	if opts.UID > 0 {
+		if err := unix.Fchown(f.fd, opts.UID, -1); err != nil {
+			f.Remove()
+			return nil, fmt.Errorf("give jobserver fifo %s to uid %d (needs root): %w", path, opts.UID, err)
+		}
+	}
 	return f, nil
 }
 
@@ -103,19 +113,25 @@ func Create(path string, opts FIFOOptions) (*FIFO, error) {
 // that belong to it. Clients may still hold some; Free tells how many are in
 // the pipe. Open refuses anything that is not a FIFO owned by this user.
 func Open(path string, granted int) (*FIFO, error) {
+	return OpenOwnedBy(path, granted, os.Geteuid())
+}
+
+// OpenOwnedBy is Open for a FIFO this process created and gave to uid
+// (FIFOOptions.UID); it refuses one owned by anyone else.
+func OpenOwnedBy(path string, granted, uid int) (*FIFO, error) {
 	if granted < 0 || granted > MaxTokens {
 		return nil, fmt.Errorf("adopt jobserver fifo %s: granted %d is outside 0..%d", path, granted, MaxTokens)
 	}
-	return open(path, granted)
+	return open(path, granted, uint32(uid))
 }
 
-func open(path string, granted int) (*FIFO, error) {
+func open(path string, granted int, owner uint32) (*FIFO, error) {
 	// Look before opening: opening a device node can have side effects,
 	// and a directory or socket would only fail with a less useful error.
 	// The checks are repeated on the open descriptor below.
 	var lst unix.Stat_t
 	if err := unix.Lstat(path, &lst); err == nil {
-		if err := checkFIFO(path, &lst); err != nil {
+		if err := checkFIFO(path, &lst, owner); err != nil {
 			return nil, err
 		}
 	}
@@ -134,7 +150,7 @@ func open(path string, granted int) (*FIFO, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("stat jobserver fifo %s: %w", path, err)
 	}
-	if err := checkFIFO(path, &st); err != nil {
+	if err := checkFIFO(path, &st, owner); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
@@ -169,8 +185,8 @@ func (f *FIFO) grow() error {
 	return nil
 }
 
-// checkFIFO refuses anything but a FIFO owned by this process's user.
-func checkFIFO(path string, st *unix.Stat_t) error {
+// checkFIFO refuses anything but a FIFO owned by uid owner.
+func checkFIFO(path string, st *unix.Stat_t, owner uint32) error {
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFIFO:
 	case unix.S_IFLNK:
@@ -178,8 +194,8 @@ func checkFIFO(path string, st *unix.Stat_t) error {
 	default:
 		return fmt.Errorf("open jobserver fifo %s: not a FIFO (mode %o); remove it or choose another path", path, st.Mode)
 	}
-	if uid := uint32(os.Geteuid()); st.Uid != uid {
-		return fmt.Errorf("open jobserver fifo %s: owned by uid %d, not by this process's uid %d; remove it or run as its owner", path, st.Uid, uid)
+	if st.Uid != owner {
+		return fmt.Errorf("open jobserver fifo %s: owned by uid %d, not by uid %d; remove it or run as its owner", path, st.Uid, owner)
 	}
 	return nil
 }

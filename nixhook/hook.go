@@ -57,6 +57,8 @@ type Options struct {
 	Socket string
 	// Timeout bounds the whole run. Zero means DefaultTimeout.
 	Timeout time.Duration
+	// NixStateDir is Nix's state directory. "" means DefaultNixStateDir.
+	NixStateDir string
 }
 
 // Result is what one run of the hook prints.
@@ -88,10 +90,13 @@ func Run(ctx context.Context, opts Options, drvPath, sandboxDir string) Result {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
 	}
+	if opts.NixStateDir == "" {
+		opts.NixStateDir = DefaultNixStateDir()
+	}
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 
-	drv, err := Describe(drvPath, sandboxDir)
+	drv, err := describeBounded(ctx, opts.Timeout, drvPath, sandboxDir)
 	if err != nil {
 		return problem("%v", err)
 	}
@@ -110,24 +115,46 @@ func Run(ctx context.Context, opts Options, drvPath, sandboxDir string) Result {
 	c := api.NewClient(opts.Socket)
 	reg, err := c.Register(ctx, api.RegisterRequest{
 		Name: drv.Name, OwnerDir: sandboxDir, GID: &gid, Features: drv.Features, Gate: true,
-		Cgroup: buildCgroup(sandboxDir, gid),
+		Cgroup: buildCgroup(opts.NixStateDir, gid),
 	})
 	if err != nil {
 		return unreachable(opts, err)
 	}
-	if err := checkMapped(reg.FIFO, os.ModeNamedPipe); err != nil {
+	leases := filepath.Join(filepath.Dir(opts.Socket), "leases")
+	if err := checkMapped(reg.FIFO, os.ModeNamedPipe, leases); err != nil {
 		// tokend ends the lease when the sandbox goes; ending it now
 		// gives its slot back for the build's whole run.
 		c.End(ctx, reg.ID)
 		return problem("lease %s from tokend: fifo: %v", reg.ID, err)
 	}
 	if reg.Gate != "" {
-		if err := checkMapped(reg.Gate, 0); err != nil {
+		if err := checkMapped(reg.Gate, 0, leases); err != nil {
 			c.End(ctx, reg.ID)
 			return problem("lease %s from tokend: gate: %v", reg.ID, err)
 		}
 	}
 	return Result{Stdout: Command(reg), Lease: reg}
+}
+
+// describeBounded is Describe within the hook's deadline: a slow disk or
+// a huge .drv makes the hook give up on the jobserver, saying it was the
+// derivation and not tokend that took the time.
+func describeBounded(ctx context.Context, timeout time.Duration, drvPath, sandboxDir string) (Derivation, error) {
+	type described struct {
+		drv Derivation
+		err error
+	}
+	done := make(chan described, 1)
+	go func() {
+		d, err := Describe(drvPath, sandboxDir)
+		done <- described{d, err}
+	}()
+	select {
+	case d := <-done:
+		return d.drv, d.err
+	case <-ctx.Done():
+		return Derivation{}, fmt.Errorf("reading the derivation %s took longer than the hook's %v", drvPath, timeout)
+	}
 }
 
 // unreachable turns a failure to talk to tokend into a Result: silence
@@ -141,29 +168,43 @@ func unreachable(opts Options, err error) Result {
 	case errors.Is(err, syscall.EAGAIN):
 		return problem("tokend at %s accepts no connections (its backlog is full: wedged or overloaded)", opts.Socket)
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
-		return problem("tokend at %s did not answer within %v", opts.Socket, opts.Timeout)
+		return problem("tokend at %s did not answer within %v (the hook's bound, reading the derivation included)", opts.Socket, opts.Timeout)
 	}
 	return problem("%v", err)
 }
 
-// checkMapped refuses a path Nix could not map, or that is not of the
-// file type want: Nix fails the build on a source that does not exist
-// here (tokend in another mount namespace, say), and a line break or '='
-// would break the command.
-func checkMapped(path string, want os.FileMode) error {
-	if !filepath.IsAbs(path) || strings.ContainsAny(path, "\n\r\x00=") {
+// checkMapped refuses a path Nix should not map into the sandbox: Nix
+// fails the build on a source that does not exist here (tokend in another
+// mount namespace, say), a line break or '=' would break the command, and
+// whatever answers on the socket must not get any file it names mounted
+// into a build. So the path must be a file of the wanted type directly in
+// tokend's leases directory (leases/ beside the socket), owned by root,
+// or by the hook's own user when it does not run as root.
+func checkMapped(path string, want os.FileMode, leases string) error {
+	if !filepath.IsAbs(path) || filepath.Clean(path) != path || strings.ContainsAny(path, "\n\r\x00=") {
 		return fmt.Errorf("unusable path %q", path)
 	}
-	st, err := os.Lstat(path)
-	if err != nil {
-		return err
+	if filepath.Dir(path) != leases {
+		return fmt.Errorf("%s is not in tokend's leases directory %s", path, leases)
 	}
-	if st.Mode().Type() != want {
-		kind := "regular file"
-		if want == os.ModeNamedPipe {
-			kind = "fifo"
+	for _, p := range []string{leases, path} {
+		st, err := os.Lstat(p)
+		if err != nil {
+			return err
 		}
-		return fmt.Errorf("%s is not a %s", path, kind)
+		if uid := st.Sys().(*syscall.Stat_t).Uid; uid != 0 && int(uid) != os.Geteuid() {
+			return fmt.Errorf("%s is owned by uid %d, not by root", p, uid)
+		}
+		if p == leases && !st.IsDir() {
+			return fmt.Errorf("%s is not a directory", p)
+		}
+		if p == path && st.Mode().Type() != want {
+			kind := "regular file"
+			if want == os.ModeNamedPipe {
+				kind = "fifo"
+			}
+			return fmt.Errorf("%s is not a %s", path, kind)
+		}
 	}
 	return nil
 }

@@ -377,24 +377,17 @@ func TestRunSlowTokendIsBounded(t *testing.T) {
 func TestRunRegistersNixsCgroupOfTheBuild(t *testing.T) {
 	socket, c := startTokend(t, 4)
 	const gid = 872415232 // auto-allocate-uids' first build id
-	root := t.TempDir()   // a chroot store: <root>/nix/store, <root>/nix/var/nix
-	store := filepath.Join(root, "nix", "store")
-	sandbox := filepath.Join(store, "4d4i2ijz9w4hfzhfzbzjdd567slr6zdd-tokend-e2e-1.drv.chroot", "root")
-	if err := os.MkdirAll(sandbox, 0o750); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(sandbox, 0, gid); err != nil {
-		t.Fatal(err)
-	}
-	cgroups := filepath.Join(root, "nix", "var", "nix", "cgroups")
+	_, sandbox := build(t, gid)
+	state := t.TempDir()
+	cgroups := filepath.Join(state, "cgroups")
 	if err := os.MkdirAll(cgroups, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	const cg = "/sys/fs/cgroup/system.slice/nix-daemon.service/nix-build-uid-872415232"
+	const cg = "/sys/fs/cgroup/unified/nix-build-uid-872415232" // as Nix 2.34 wrote it here
 	if err := os.WriteFile(filepath.Join(cgroups, strconv.Itoa(gid)), []byte(cg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := Run(context.Background(), Options{Socket: socket}, "/nix/store/4d4i2ijz9w4hfzhfzbzjdd567slr6zdd-tokend-e2e-1.drv", sandbox)
+	r := Run(context.Background(), Options{Socket: socket, NixStateDir: state}, "/nix/store/4d4i2ijz9w4hfzhfzbzjdd567slr6zdd-tokend-e2e-1.drv", sandbox)
 	if r.Problem != "" {
 		t.Fatalf("problem: %s", r.Problem)
 	}
@@ -402,7 +395,7 @@ func TestRunRegistersNixsCgroupOfTheBuild(t *testing.T) {
 		t.Fatalf("leases %+v, want one in cgroup %s", l, cg)
 	}
 	// Another build's record is not this one's.
-	if got := buildCgroup(sandbox, gid+65536); got != "" {
+	if got := buildCgroup(state, gid+65536); got != "" {
 		t.Fatalf("cgroup of another uid: %q, want none", got)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 
+	"github.com/tokend/tokend/broker"
 	"github.com/tokend/tokend/broker/memory"
 )
 
@@ -165,6 +166,44 @@ func setFrozen(dir string, on bool) error {
 		return fmt.Errorf("set %s/cgroup.freeze to %s: %w", dir, v, err)
 	}
 	return nil
+}
+
+// freeze freezes a group only if every process in it and below it is one
+// a lease of uid may reach (broker.Reachable): the group of a user's lease
+// must not stop a process of another user, a set-uid program, or tokend.
+// A process that turns unreachable while the group freezes (an exec of a
+// set-uid program) is seen by the check after, which thaws the group.
+func freeze(dir string, uid int) error {
+	if err := reachableGroup(dir, uid); err != nil {
+		return err
+	}
+	if err := setFrozen(dir, true); err != nil {
+		return err
+	}
+	if err := reachableGroup(dir, uid); err != nil {
+		return errors.Join(err, setFrozen(dir, false))
+	}
+	return nil
+}
+
+// reachableGroup says why a lease of uid must not freeze the group dir.
+func reachableGroup(dir string, uid int) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		in, err := members(path)
+		if err != nil {
+			return err
+		}
+		for pid := range in {
+			// A process that exited meanwhile needs no freezing.
+			if err := broker.Reachable(uid, pid); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("not freezing %s: %w", dir, err)
+			}
+		}
+		return nil
+	})
 }
 
 // isFrozen reads whether a group was asked to be frozen.

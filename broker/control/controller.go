@@ -60,7 +60,10 @@ type Controller struct {
 
 // brakeTarget is what the brake acts on for one lease: its cgroup when its
 // processes were sampled there, else its sandbox directory.
-type brakeTarget struct{ cgroup, sandbox string }
+type brakeTarget struct {
+	cgroup, sandbox string
+	uid             int // the lease's user, whose processes alone its group's freeze may reach
+}
 
 // New makes a controller for b. It checks that the domain's files can be
 // read, so that a misconfiguration stops tokend at start.
@@ -199,7 +202,7 @@ func (c *Controller) tick() {
 				c.log.Debug("cannot sample the lease's processes", "lease", l.ID, "error", err)
 			}
 		}
-		var target brakeTarget
+		target := brakeTarget{uid: l.UID}
 		switch {
 		case grouped:
 			target.cgroup = l.Cgroup
@@ -209,7 +212,7 @@ func (c *Controller) tick() {
 		targets[l.ID] = target
 		in.Leases = append(in.Leases, leaseInput{
 			ID: l.ID, Name: l.Name, Created: l.Created, Admitted: running, Ending: l.Ending,
-			Hungry: l.Hungry, Held: l.Held, Freezable: target != brakeTarget{}, Procs: procs,
+			Hungry: l.Hungry, Held: l.Held, Freezable: target.cgroup != "" || target.sandbox != "", Procs: procs,
 		})
 	}
 	for id := range c.placed {
@@ -219,9 +222,9 @@ func (c *Controller) tick() {
 	}
 	d := c.engine.step(in)
 	if d.Changed {
-		if err := c.b.Steer(d.Budget, d.Reason); err != nil {
-			c.log.Error("cannot steer the budget", "error", err)
-		}
+		c.steer(d)
+	} else {
+		c.log.Debug("memory controller keeps the budget", "budget", d.Budget, "reason", d.Reason, "detail", d.Status.Detail)
 	}
 	for _, a := range d.Actions {
 		if err := c.apply(a, targets[a.Lease]); err != nil {
@@ -234,6 +237,22 @@ func (c *Controller) tick() {
 	}
 	if err := c.hist.Save(); err != nil {
 		c.log.Warn("cannot save the job history", "error", err)
+	}
+}
+
+// steer hands a changed decision to the broker and logs what it did: a
+// budget pinned by the configuration or an operator stays, and then the
+// log says what memory would allow instead of a change that never was.
+func (c *Controller) steer(d decision) {
+	budget, pinnedBy, err := c.b.Steer(d.Budget, d.Reason)
+	switch {
+	case err != nil:
+		c.log.Error("cannot steer the budget", "error", err)
+	case pinnedBy == "":
+		c.log.Info("memory controller set the budget", "budget", budget, "reason", d.Reason, "detail", d.Status.Detail)
+	default:
+		c.log.Info(fmt.Sprintf("memory would allow %d; the budget stays fixed", d.Budget),
+			"budget", budget, "fixed_by", pinnedBy, "memory_would_allow", d.Budget, "reason", d.Reason, "detail", d.Status.Detail)
 	}
 }
 
@@ -265,6 +284,10 @@ func (c *Controller) place(l api.LeaseStatus, forest func() (memory.Forest, erro
 		if in[p.PID] {
 			continue
 		}
+		if err := broker.Reachable(l.UID, p.PID); err != nil {
+			c.log.Debug("leaving a process of the build outside its lease cgroup", "lease", l.ID, "reason", err)
+			continue
+		}
 		if err := move(l.Cgroup, p.PID); err != nil {
 			c.log.Warn("cannot move the build into its lease cgroup; it cannot be frozen", "lease", l.ID, "error", err)
 			c.placed[l.ID] = true
@@ -291,7 +314,7 @@ func (c *Controller) apply(a action, t brakeTarget) error {
 		return setFrozen(t.cgroup, false)
 	}
 	if t.cgroup != "" || t.sandbox == "" {
-		return setFrozen(t.cgroup, true)
+		return freeze(t.cgroup, t.uid)
 	}
 	c.stopped[a.Lease] = t.sandbox
 	n, err := stopSandbox(c.sandboxProcs, t.sandbox)

@@ -171,7 +171,7 @@ func TestControllerOnLiveBroker(t *testing.T) {
 	if st := b.Status(); st.BudgetReason == "config" || st.Budget != st.Memory.Target {
 		t.Errorf("after the configured budget was lifted: %d (%s), controller wants %d", st.Budget, st.BudgetReason, st.Memory.Target)
 	}
-	if err := b.End(l.ID, "test over"); err != nil {
+	if err := b.End(0, l.ID, "test over"); err != nil {
 		t.Fatal(err)
 	}
 	if v := b.Status().InvariantViolations; v != 0 {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/tokend/tokend/broker"
 	"github.com/tokend/tokend/broker/memory"
 )
 
@@ -34,7 +35,10 @@ func stopSandbox(list sandboxProcs, dir string) (int, error) {
 		}
 		fresh := 0
 		for _, p := range ps {
-			if stopped[p.PID] || p.PID == os.Getpid() || p.PID <= 1 {
+			// A sandbox lease is root's (only root owns a lease by a
+			// directory): it reaches the build users, never tokend,
+			// its ancestors or PID 1.
+			if stopped[p.PID] || broker.Reachable(0, p.PID) != nil {
 				continue
 			}
 			if err := syscall.Kill(p.PID, syscall.SIGSTOP); err != nil && !errors.Is(err, syscall.ESRCH) {

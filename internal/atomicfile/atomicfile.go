@@ -3,9 +3,14 @@
 package atomicfile
 
 import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // Durability is what a replaced file must survive.
@@ -23,45 +28,50 @@ const (
 	CrashOfHost
 )
 
-// Write replaces the file at path with data, mode 0600: it writes a
-// temporary file beside it and renames it over path, syncing both the
-// file and the directory when d asks for CrashOfHost.
+// Write replaces the file at path with data, mode 0600, as WriteAt does
+// in path's directory.
 func Write(path string, data []byte, d Durability) error {
-	dir, name := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp, err := os.CreateTemp(dir, "."+name+"-*")
+	dir, err := os.Open(filepath.Dir(path))
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	defer os.Remove(tmp.Name()) // a no-op once renamed
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
+	defer dir.Close()
+	return WriteAt(dir, filepath.Base(path), data, d)
+}
+
+// WriteAt replaces the file name in the open directory dir with data,
+// mode 0600. It writes a new file under a random name beside it and
+// renames it over name, both relative to dir and following no symlink, so
+// a directory path swapped meanwhile cannot send the write elsewhere. For
+// CrashOfHost it syncs the file before the rename and the directory
+// after.
+func WriteAt(dir *os.File, name string, data []byte, d Durability) error {
+	shown := filepath.Join(dir.Name(), name)
+	var raw [6]byte
+	rand.Read(raw[:])
+	tmp := "." + name + "-" + hex.EncodeToString(raw[:])
+	dirfd := int(dir.Fd())
+	fd, err := unix.Openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", shown, err)
+	}
+	f := os.NewFile(uintptr(fd), tmp)
+	_, err = f.Write(data)
+	if err == nil && d == CrashOfHost {
+		err = f.Sync()
+	}
+	if err := errors.Join(err, f.Close()); err != nil {
+		unix.Unlinkat(dirfd, tmp, 0)
+		return fmt.Errorf("write %s: %w", shown, err)
+	}
+	if err := unix.Renameat(dirfd, tmp, dirfd, name); err != nil {
+		unix.Unlinkat(dirfd, tmp, 0)
+		return fmt.Errorf("write %s: %w", shown, err)
 	}
 	if d == CrashOfHost {
-		if err := tmp.Sync(); err != nil {
-			tmp.Close()
-			return fmt.Errorf("write %s: sync: %w", path, err)
+		if err := dir.Sync(); err != nil {
+			return fmt.Errorf("write %s: sync its directory: %w", shown, err)
 		}
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d == CrashOfWriter {
-		return nil
-	}
-	parent, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("write %s: open its directory to sync the rename: %w", path, err)
-	}
-	defer parent.Close()
-	if err := parent.Sync(); err != nil {
-		return fmt.Errorf("write %s: sync its directory: %w", path, err)
 	}
 	return nil
 }

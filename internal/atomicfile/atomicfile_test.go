@@ -52,3 +52,29 @@ func TestFailedWriteKeepsTheOldFile(t *testing.T) {
 		t.Fatalf("a failed write left files behind: %v", entries)
 	}
 }
+
+// The file's name being a symlink sends the write nowhere else: the link
+// is replaced, what it pointed at is left as it was.
+func TestWriteAtReplacesASymlinkItself(t *testing.T) {
+	dir, elsewhere := t.TempDir(), filepath.Join(t.TempDir(), "target")
+	os.WriteFile(elsewhere, []byte("keep\n"), 0o644)
+	if err := os.Symlink(elsewhere, filepath.Join(dir, "state.json")); err != nil {
+		t.Fatal(err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := WriteAt(d, "state.json", []byte("new\n"), CrashOfHost); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(elsewhere); string(got) != "keep\n" {
+		t.Fatalf("the link's target now holds %q", got)
+	}
+	fi, err := os.Lstat(filepath.Join(dir, "state.json"))
+	if err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("state.json is %v, %v; want a regular file", fi.Mode(), err)
+	}
+}
+

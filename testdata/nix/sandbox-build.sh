@@ -21,6 +21,7 @@
 #   --job CMD          each job runs CMD instead of sleeping (a stand-in compiler)
 #   --sandbox-path P   one more sandbox-paths entry, TARGET=SOURCE (repeatable)
 #   --keep-going       nix-build --keep-going: a failed build does not stop the others
+#   --conf LINE        one more nix.conf line (repeatable; a later line wins)
 #   --delays MS        each builder first sleeps a random 0..MS ms, MS < 1000 (default 0)
 #   --setup-hook FILE  setup hook to source (default nix/setup-hook.sh)
 #   --timeout SEC      limit for nix-build (default 300)
@@ -49,7 +50,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
 nix_bin='' hook='' tools=${TOKEND_TOOLS_BIN:-} work='' store='' builds=1 jobs=6 cores=8 sleep=0.5
-name=tokend-jobserver-test parallel=true setup_hook=$repo/nix/setup-hook.sh timeout_s=300 features= delays_ms=0 job= extra_paths= keep_going=
+name=tokend-jobserver-test parallel=true setup_hook=$repo/nix/setup-hook.sh timeout_s=300 features= delays_ms=0 job= extra_paths= keep_going= extra_conf=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --nix-bin) nix_bin=$2; shift 2 ;;
@@ -68,6 +69,7 @@ while [ $# -gt 0 ]; do
     --job) job=$2; shift 2 ;;
     --sandbox-path) extra_paths="$extra_paths $2"; shift 2 ;;
     --keep-going) keep_going=--keep-going; shift ;;
+    --conf) extra_conf+=("$2"); shift 2 ;;
     --setup-hook) setup_hook=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     *) echo "sandbox-build.sh: unknown argument $1" >&2; exit 2 ;;
@@ -106,6 +108,7 @@ work=$(cd "$work" && pwd)
   echo "cores = $cores"
   echo "sandbox-paths = /bin/sh=$busybox /bin/busybox=$busybox /bin/bash=$bash_bin /lib/x86_64-linux-gnu=$libdir /lib64=$lib64 /tools/make=$(readlink -f "$tools/make") /tools/ninja=$(readlink -f "$tools/ninja")$extra_paths"
   if [ -n "$hook" ]; then echo "pre-build-hook = $hook"; fi
+  for line in ${extra_conf[@]+"${extra_conf[@]}"}; do echo "$line"; done
 } >"$work/conf/nix.conf"
 
 delays="[ ]"
