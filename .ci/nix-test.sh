@@ -569,19 +569,20 @@ EOF2
     why=
     cg=/sys/fs/cgroup/memory/tokend-nixtest-$$-$v
     job="/tools/fakecc -peak 300 -ramp 600 -hold 0.3"
-    memrun() { # LABEL HOOK: a harness run inside $cg; leaves kills in $kills
-      local rc=0
-      rmdir "$cg" 2>/dev/null
-      mkdir "$cg" && echo $((1 << 30)) >"$cg/memory.limit_in_bytes" || return 2
+    oom_kills() { sed -n 's/^oom_kill //p' "$cg/memory.oom_control"; }
+    memrun() { # LABEL HOOK: a harness run inside $cg; leaves its OOM kills in $kills
+      local rc=0 before
+      before=$(oom_kills)
       (echo "$BASHPID" >"$cg/cgroup.procs" && TOKEND_SOCKET=$sock bash testdata/nix/sandbox-build.sh --nix-bin "$nb" \
         ${2:+--hook "$2"} --tools "$tools" --work "$work/$1" --builds 3 --jobs 3 --cores 8 --name "tokend-$1" \
         --keep-going --job "$job" --sandbox-path "/tools/fakecc=$bin/fakecc" >"$work/$1.summary" 2>"$work/$1.err") || rc=$?
-      kills=$(sed -n 's/^oom_kill //p' "$cg/memory.oom_control")
-      rmdir "$cg"
+      kills=$(($(oom_kills) - before))
       return $rc
     }
     if [ ! -d /sys/fs/cgroup/memory ]; then
       missing "$name" "no cgroup v1 memory controller at /sys/fs/cgroup/memory"
+    elif ! { mkdir -p "$cg" && echo $((1 << 30)) >"$cg/memory.limit_in_bytes"; }; then
+      fail "$name" "cannot make the memory cgroup $cg"
     else
       static_rc=0
       memrun "$v-mem-static" "" || static_rc=$?
@@ -591,11 +592,13 @@ EOF2
       tokend_pid=$!
       sock=$mrt/tokend.sock
       for _ in $(seq 100); do "$bin/tokenctl" --socket "$sock" status >/dev/null 2>&1 && break; sleep 0.05; done
+      "$bin/tokenctl" --socket "$sock" status >/dev/null 2>&1 || fail "$name" "tokend did not start: $(tail -3 "$work/tokend-mem.log")"
       sampler_start "$work/$v-mem.samples"
       rc=0
       memrun "$v-mem-tokend" "$bin/tokend-nix-hook" || rc=$?
       sampler_stop
       tokend_stop TERM
+      rmdir "$cg"
       sum=$work/$v-mem-tokend.summary
       waits=$(grep -c '"state": "waiting"' "$work/$v-mem.samples")
       if [ "$static_kills" -gt 0 ] && [ "$rc" = 0 ] && [ "$kills" = 0 ] && [ "$waits" -gt 0 ] \

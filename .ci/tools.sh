@@ -2,7 +2,8 @@
 # Installs the real jobserver clients the test suite drives, idempotently:
 # GNU make 4.4.x and ninja 1.13.x built from Debian sid source packages into
 # a cache directory (Debian 12 ships make 4.3 and a ninja with no jobserver
-# client), plus Debian 12's own make 4.3, gcc and busybox.
+# client), plus Debian 12's own make 4.3, gcc and busybox, and the terminal
+# and shells tokenctl's terminal tests drive (tmux, bash-completion, zsh, fish).
 # Prints the cache directory's bin/ on the last line of stdout.
 set -euo pipefail
 
@@ -23,7 +24,7 @@ apt_update() {
 }
 
 need_pkgs=()
-for p in make gcc python3 dpkg-dev busybox-static; do
+for p in make gcc python3 dpkg-dev busybox-static tmux zsh fish bash-completion; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -62,20 +62,25 @@ func (b *Broker) Configure(budget int) error {
 // Steer sets the budget tokend decides for itself, with the reason shown
 // in status and logs. It takes effect unless an operator or the
 // configuration pins the budget; it is kept either way and applies as soon
-// as the pin is lifted.
-func (b *Broker) Steer(n int, reason string) error {
+// as the pin is lifted. It returns the budget in effect and, while a pin
+// holds, who pinned it ("operator" or "config"), so that the caller never
+// reports a change that did not happen.
+func (b *Broker) Steer(n int, reason string) (budget int, pinnedBy string, err error) {
 	if n < 1 || n > jobserver.MaxTokens {
-		return fmt.Errorf("steered budget %d is outside 1..%d", n, jobserver.MaxTokens)
+		return 0, "", fmt.Errorf("steered budget %d is outside 1..%d", n, jobserver.MaxTokens)
 	}
 	if reason == "" {
-		return fmt.Errorf("steered budget %d needs a reason", n)
+		return 0, "", fmt.Errorf("steered budget %d needs a reason", n)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.sources.steered, b.sources.steerReason = n, reason
 	b.applyBudget()
 	b.pass()
-	return nil
+	if b.sources.operator > 0 || b.sources.configured > 0 {
+		pinnedBy = b.budgetReason
+	}
+	return b.budget, pinnedBy, nil
 }
 
 // applyBudget makes the budget what the sources decide, logging a change.

@@ -15,7 +15,7 @@ var makeVersion = regexp.MustCompile(`GNU Make (\d+)\.(\d+)`)
 // else). It runs `command --version` when command is a make; a command
 // that cannot be run gets the fifo style, and running it reports why.
 func StyleFor(command string) Style {
-	if !isMake(command) {
+	if !IsMake(command) {
 		return StyleFIFO
 	}
 	out, err := exec.Command(command, "--version").Output()
@@ -35,13 +35,21 @@ func StyleFor(command string) Style {
 }
 
 // makeName matches the names GNU make is installed under: make, gmake and
-// versioned names such as make-4.3.
-var makeName = regexp.MustCompile(`^g?make(-?[0-9][0-9.]*)?$`)
+// versioned names such as make-4.3; ninjaName ninja and Fedora's ninja-build.
+var (
+	makeName  = regexp.MustCompile(`^g?make(-?[0-9][0-9.]*)?$`)
+	ninjaName = regexp.MustCompile(`^ninja(-build)?$`)
+)
 
-// isMake tells whether command is GNU make by its name, or by the name of
+// IsMake tells whether command is GNU make by its name, or by the name of
 // the file its symlinks lead to (make-4.3 -> /usr/bin/make).
-func isMake(command string) bool {
-	if makeName.MatchString(filepath.Base(command)) {
+func IsMake(command string) bool { return namedLike(command, makeName) }
+
+// IsNinja tells whether command is ninja, the same way.
+func IsNinja(command string) bool { return namedLike(command, ninjaName) }
+
+func namedLike(command string, name *regexp.Regexp) bool {
+	if name.MatchString(filepath.Base(command)) {
 		return true
 	}
 	path, err := exec.LookPath(command)
@@ -49,5 +57,5 @@ func isMake(command string) bool {
 		return false
 	}
 	real, err := filepath.EvalSymlinks(path)
-	return err == nil && makeName.MatchString(filepath.Base(real))
+	return err == nil && name.MatchString(filepath.Base(real))
 }

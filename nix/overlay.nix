@@ -18,6 +18,7 @@ final: prev:
 let
   lib = final.lib;
   hookFile = ./setup-hook.sh;
+  version = "0.1.0-dev";
   # go.mod asks for Go 1.26.
   buildGoModule =
     if lib.versionAtLeast final.go.version "1.26" then
@@ -28,7 +29,7 @@ in
 {
   tokend = buildGoModule {
     pname = "tokend";
-    version = "0.1.0-dev";
+    inherit version;
     src = lib.cleanSourceWith {
       src = lib.cleanSource ../.;
       filter =
@@ -41,12 +42,14 @@ in
     # The NAR hash of `go mod vendor` for go.mod/go.sum. .ci/nix-test.sh
     # recomputes it and fails when it is stale (TOKEND_UPDATE_VENDOR_HASH=1
     # rewrites it).
-    vendorHash = "sha256-ZeRLcw47ohjZU0uUTD3NKXSrd4Lvah/aNlDK1xyvjW8=";
+    vendorHash = "sha256-PLQ8KbzD6mzetz87z8zd5kCB7PhEEh9iz6J66TdqZX0=";
     subPackages = [ "cmd/..." ];
     env.CGO_ENABLED = "0";
+    # The version every program's --version says.
     ldflags = [
       "-s"
       "-w"
+      "-X github.com/tokend/tokend/internal/version.Version=${version}"
     ];
     # The test suite drives real make, ninja and Nix builds as root; it runs
     # in CI (.ci/test), not in the Nix sandbox.

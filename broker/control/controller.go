@@ -236,9 +236,9 @@ func (c *Controller) tick() {
 	}
 	d := c.engine.step(in)
 	if d.Changed {
-		if err := c.b.Steer(d.Budget, d.Reason); err != nil {
-			c.log.Error("cannot steer the budget", "error", err)
-		}
+		c.steer(d)
+	} else {
+		c.log.Debug("memory controller keeps the budget", "budget", d.Budget, "reason", d.Reason, "detail", d.Status.Detail)
 	}
 	for _, a := range d.Actions {
 		if err := c.apply(a, targets[a.Lease]); err != nil {
@@ -251,6 +251,22 @@ func (c *Controller) tick() {
 	}
 	if err := c.hist.Save(); err != nil {
 		c.log.Warn("cannot save the job history", "error", err)
+	}
+}
+
+// steer hands a changed decision to the broker and logs what it did: a
+// budget pinned by the configuration or an operator stays, and then the
+// log says what memory would allow instead of a change that never was.
+func (c *Controller) steer(d decision) {
+	budget, pinnedBy, err := c.b.Steer(d.Budget, d.Reason)
+	switch {
+	case err != nil:
+		c.log.Error("cannot steer the budget", "error", err)
+	case pinnedBy == "":
+		c.log.Info("memory controller set the budget", "budget", budget, "reason", d.Reason, "detail", d.Status.Detail)
+	default:
+		c.log.Info(fmt.Sprintf("memory would allow %d; the budget stays fixed", d.Budget),
+			"budget", budget, "fixed_by", pinnedBy, "memory_would_allow", d.Budget, "reason", d.Reason, "detail", d.Status.Detail)
 	}
 }
 

@@ -277,9 +277,6 @@ func (e *engine) publish(target int, reason string, m measure, d demand, acts []
 			e.lastChange = now
 		}
 		e.budget, e.reason, e.changed, e.started = target, reason, now, true
-		e.log.Info("memory controller set the budget", "budget", target, "reason", reason, "detail", detail)
-	} else {
-		e.log.Debug("memory controller keeps the budget", "budget", target, "reason", reason, "detail", detail)
 	}
 	dec.Status = api.MemoryStatus{
 		Domain: e.domain, PressureFile: e.pressureFile, Limit: m.limit, WorkingSet: m.ws, Headroom: m.head,

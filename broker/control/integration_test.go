@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -275,17 +276,17 @@ func checkStatusOutput(t *testing.T, d *daemon) {
 		}
 		return false
 	})
-	out, err := exec.Command(bins.tokenctl, "--socket", d.socket, "status").CombinedOutput()
+	out, err := exec.Command(bins.tokenctl, "--socket", d.socket, "status", "--explain").CombinedOutput()
 	if err != nil {
-		t.Fatalf("tokenctl status: %v\n%s", err, out)
+		t.Fatalf("tokenctl status --explain: %v\n%s", err, out)
 	}
 	st := d.status(t)
-	for _, want := range []string{
-		fmt.Sprintf("budget %d (%s)", st.Budget, st.BudgetReason),
-		"headroom ", "reserve ", "growth to come ", "pressure some ", "COMPILE EST", "LINK EST", "cpu cap ",
-	} {
+	if !regexp.MustCompile(fmt.Sprintf(`(?m)^budget +%d jobs +memory controller: %s`, st.Budget, st.BudgetReason)).Match(out) {
+		t.Errorf("tokenctl status --explain lacks the budget %d (%s):\n%s", st.Budget, st.BudgetReason, out)
+	}
+	for _, want := range []string{"headroom ", "reserve ", "growth ", "pressure ", "COMPILE", "LINK", "cpu cap "} {
 		if !strings.Contains(string(out), want) {
-			t.Errorf("tokenctl status lacks %q:\n%s", want, out)
+			t.Errorf("tokenctl status --explain lacks %q:\n%s", want, out)
 		}
 	}
 }

@@ -65,11 +65,7 @@ func (f finding) String() string {
 // commandTimeout bounds each program doctor runs (nix, make, ninja).
 const commandTimeout = 10 * time.Second
 
-func runDoctor(socket string, args []string) int {
-	if len(args) != 0 {
-		fmt.Fprintln(os.Stderr, "tokenctl doctor takes no arguments")
-		return 2
-	}
+func runDoctor(socket string) int {
 	d := &doctor{
 		socket: socket, client: api.NewClient(socket),
 		procDir: "/proc", cgroupRoot: "/sys/fs/cgroup",

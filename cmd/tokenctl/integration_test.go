@@ -112,9 +112,16 @@ type daemon struct {
 // accounting errors.
 func startDaemon(t *testing.T, dir string, budget int) *daemon {
 	t.Helper()
+	return startDaemonArgs(t, dir, "--tokens", strconv.Itoa(budget))
+}
+
+// startDaemonArgs runs tokend on dir with more arguments; see startDaemon.
+func startDaemonArgs(t *testing.T, dir string, args ...string) *daemon {
+	t.Helper()
 	tokend, tokenctl := binaries(t)
 	d := &daemon{dir: dir, sock: api.SocketPath(dir), tokenctl: tokenctl}
-	d.proc = buildtest.Start(t, exec.Command(tokend, "--runtime-dir", dir, "--tokens", strconv.Itoa(budget), "--lease-group", "", "--log-level", "debug"))
+	args = append([]string{"--runtime-dir", dir, "--lease-group", "", "--log-level", "debug"}, args...)
+	d.proc = buildtest.Start(t, exec.Command(tokend, args...))
 	deadline := time.Now().Add(testDeadline)
 	for {
 		if _, _, code := d.ctl(t, nil, "status"); code == 0 {

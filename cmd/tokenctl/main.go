@@ -1,31 +1,28 @@
 // Command tokenctl controls and inspects tokend.
 //
-//	tokenctl [--socket PATH] status [--json]
-//	tokenctl [--socket PATH] run [--name N] [--style auto|fifo|pipe] -- CMD ARGS...
+//	tokenctl [--socket PATH] status [--json] [--explain]
+//	tokenctl [--socket PATH] run [--name N] [--style auto|fifo|pipe] [--keep-jobs] -- CMD ARGS...
 //	tokenctl [--socket PATH] set budget N|auto
+//	tokenctl [--socket PATH] doctor
+//	tokenctl completion bash|zsh|fish
 //
-// The socket defaults to $TOKEND_SOCKET, else tokend's default.
+// The socket defaults to $TOKEND_SOCKET, else tokend's default. Every
+// command has --help with examples; tokenctl --version says which build it
+// is.
 package main
 
 import (
-	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
-	"strconv"
+	"strings"
 	"time"
 
-	"github.com/tokend/tokend/api"
-)
+	"github.com/spf13/cobra"
 
-const usage = `usage:
-  tokenctl [--socket PATH] status [--json]     the budget and every lease
-  tokenctl [--socket PATH] run [--name N] [--style auto|fifo|pipe] -- CMD ARGS...
-                                               run CMD under the broker
-  tokenctl [--socket PATH] set budget N|auto   pin the budget (root), or hand it back
-  tokenctl [--socket PATH] doctor              can tokend's Nix hook work on this host?
-`
+	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/version"
+)
 
 // callTimeout bounds every API call: tokend answers in milliseconds, and
 // tokenctl must never hang a user's build on a wedged broker.
@@ -35,79 +32,166 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
+// cli is one invocation: the global flags and the exit status the command
+// chose.
+type cli struct {
+	socket string
+	code   int
+}
+
+func (c *cli) client() *api.Client { return api.NewClient(c.socket) }
+
+// do adapts a command's action, which prints its own errors and returns
+// the exit status, to cobra, so that an error cobra sees is always one of
+// usage.
+func (c *cli) do(action func(cmd *cobra.Command, args []string) int) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		c.code = action(cmd, args)
+		return nil
+	}
+}
+
+// fail prints err as tokenctl's and returns the exit status of a failure.
+func fail(err error) int {
+	fmt.Fprintln(os.Stderr, "tokenctl:", err)
+	return 1
+}
+
 func run(args []string) int {
-	fs := flag.NewFlagSet("tokenctl", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
-	socket := fs.String("socket", api.DefaultSocket(), "tokend's control socket (also $TOKEND_SOCKET)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
+	c := &cli{}
+	root := newRoot(c)
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
+		msg := err.Error()
+		if !strings.Contains(msg, "--help") {
+			msg += "; see tokenctl --help"
 		}
+		fmt.Fprintln(os.Stderr, "tokenctl:", msg)
 		return 2
 	}
-	if fs.NArg() == 0 {
-		fs.Usage()
-		return 2
-	}
-	c := api.NewClient(*socket)
-	cmd, rest := fs.Arg(0), fs.Args()[1:]
-	var err error
-	switch cmd {
-	case "status":
-		err = status(c, rest)
-	case "run":
-		return runCommand(c, rest)
-	case "doctor":
-		return runDoctor(*socket, rest)
-	case "set":
-		err = set(c, rest)
-	default:
-		fmt.Fprintf(os.Stderr, "tokenctl: unknown command %q\n%s", cmd, usage)
-		return 2
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "tokenctl:", err)
-		return 1
-	}
-	return 0
+	return c.code
 }
 
-func status(c *api.Client, args []string) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print the status as JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
+// newRoot is tokenctl's command tree; c holds what the commands share.
+func newRoot(c *cli) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "tokenctl",
+		Short: "Inspect and steer tokend, the host's jobserver broker",
+		Long: `tokenctl inspects and steers tokend, the host-wide GNU make jobserver broker:
+it shows the budget of job slots and every build's lease, runs builds under
+the broker, and checks that tokend's Nix hook can work on this host.`,
+		Example: `  tokenctl status                  # the budget, memory and every lease
+  tokenctl run -- make             # a build under the host's budget
+  sudo tokenctl set budget 4       # pin the budget; "auto" hands it back
+  tokenctl completion bash > /etc/bash_completion.d/tokenctl`,
+		Version:       version.String(),
+		SilenceUsage:  true,
+		SilenceErrors: true,
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	defer cancel()
-	st, err := c.Status(ctx)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(os.Stdout, st)
-	}
-	return printStatus(os.Stdout, st, time.Now())
+	root.SetVersionTemplate("tokenctl {{.Version}}\n")
+	root.PersistentFlags().StringVar(&c.socket, "socket", api.DefaultSocket(), "tokend's control socket (also $TOKEND_SOCKET)")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return fmt.Errorf("%w; see tokenctl %s --help", err, cmd.Name())
+	})
+	root.AddCommand(statusCommand(c), runCommandCmd(c), setCommand(c), doctorCommand(c))
+	return root
 }
 
-func set(c *api.Client, args []string) error {
-	if len(args) != 2 || args[0] != "budget" {
-		return errors.New("usage: tokenctl set budget N|auto")
+// noArgs refuses arguments, naming the command.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("%s takes no arguments, got %q; see %s --help", cmd.CommandPath(), args[0], cmd.CommandPath())
 	}
-	tokens := 0
-	if args[1] != "auto" {
-		n, err := strconv.Atoi(args[1])
-		if err != nil || n <= 0 {
-			return fmt.Errorf("budget %q: want a positive number of jobs, or auto", args[1])
-		}
-		tokens = n
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	defer cancel()
-	st, err := c.SetBudget(ctx, tokens)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("budget %d (%s)\n", st.Budget, st.BudgetReason)
 	return nil
+}
+
+func statusCommand(c *cli) *cobra.Command {
+	var o statusOptions
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the budget, memory and every lease",
+		Long: `status shows the budget and why it is what it is, what memory allows, and one
+row per lease. Anyone may read it.`,
+		Example: `  tokenctl status
+  tokenctl status --explain          # with the arithmetic behind the budget
+  tokenctl status --json | jq .budget`,
+		Args: noArgs,
+	}
+	cmd.Flags().BoolVar(&o.json, "json", false, "print the status as JSON (docs/status-json.md)")
+	cmd.Flags().BoolVar(&o.explain, "explain", false, "add the arithmetic behind the budget and every lease's token account")
+	cmd.RunE = c.do(func(*cobra.Command, []string) int { return status(c.client(), o) })
+	return cmd
+}
+
+func runCommandCmd(c *cli) *cobra.Command {
+	var o runOptions
+	cmd := &cobra.Command{
+		Use:   "run [--name N] [--style auto|fifo|pipe] [--keep-jobs] -- CMD [ARGS...]",
+		Short: "Run a build under tokend's budget",
+		Long: `run takes a lease, waits until the host has room for one more build, points
+MAKEFLAGS (and CARGO_MAKEFLAGS) at the lease's jobserver, runs the command,
+forwards signals and returns its exit status. For make and ninja it drops a
+-j or -l that would take them out of the jobserver, and says so. If tokend
+is not reachable, the command runs unchanged.`,
+		Example: `  tokenctl run -- make
+  tokenctl run --name llvm -- ninja -C build
+  tokenctl run -- cargo build --release
+  tokenctl run --keep-jobs -- make -j2     # keep the -j2, outside the budget`,
+		DisableFlagsInUseLine: true,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return errors.New("run: no command given; see tokenctl run --help")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&o.name, "name", "", "lease name shown in status (default: the command's name)")
+	cmd.Flags().StringVar(&o.style, "style", "auto", "jobserver style: fifo (make >= 4.4, ninja, cargo), pipe (make 4.3, gcc 12), or auto")
+	cmd.Flags().BoolVar(&o.keepJobs, "keep-jobs", false, "keep a make or ninja command's -j and -l, which take it out of the jobserver")
+	// The command's own flags are its own: tokenctl run make -j8 works
+	// without "--".
+	cmd.Flags().SetInterspersed(false)
+	cmd.RegisterFlagCompletionFunc("style", cobra.FixedCompletions([]string{"auto", "fifo", "pipe"}, cobra.ShellCompDirectiveNoFileComp))
+	cmd.RunE = c.do(func(_ *cobra.Command, args []string) int { return runCommand(c.client(), o, args) })
+	return cmd
+}
+
+func setCommand(c *cli) *cobra.Command {
+	set := &cobra.Command{
+		Use:   "set",
+		Short: "Change tokend's settings (root)",
+		Args:  noArgs,
+	}
+	budget := &cobra.Command{
+		Use:   "budget N|auto",
+		Short: "Pin the budget at N jobs, or hand it back to tokend (root)",
+		Long: `set budget pins the budget at N jobs until set again; auto hands it back to
+the memory controller (or to tokend's configured tokens). Only root may.`,
+		Example: `  sudo tokenctl set budget 4
+  sudo tokenctl set budget auto`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return errors.New("set budget takes one argument, N or auto; see tokenctl set budget --help")
+			}
+			return nil
+		},
+		ValidArgs: []string{"auto"},
+	}
+	budget.RunE = c.do(func(_ *cobra.Command, args []string) int { return setBudget(c.client(), args[0]) })
+	set.AddCommand(budget)
+	return set
+}
+
+func doctorCommand(c *cli) *cobra.Command {
+	return &cobra.Command{
+		Use:   "doctor",
+		Short: "Check that tokend's Nix hook can work on this host",
+		Long: `doctor checks tokend, nix.conf's pre-build-hook and sandbox, the Nix version,
+cgroups and the hook's socket, and prints one line per finding: OK, WARN or
+FAIL, with the fix. It exits 1 when anything fails.`,
+		Example: `  tokenctl doctor
+  sudo tokenctl doctor               # as root, to read what tokend's hook reads`,
+		Args: noArgs,
+		RunE: c.do(func(*cobra.Command, []string) int { return runDoctor(c.socket) }),
+	}
 }

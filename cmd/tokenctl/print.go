@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -17,76 +19,208 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// printStatus writes the status as a table for people.
+// printStatus writes the status for people: the budget and why, memory,
+// and one row per lease, as aligned tables with units.
 func printStatus(w io.Writer, st api.Status, now time.Time) error {
-	fmt.Fprintf(w, "budget %d (%s), %d active leases, %d tokens granted of %d allowed",
-		st.Budget, st.BudgetReason, st.ActiveLeases, st.Granted, st.Allowance)
+	return writeStatus(w, st, now, false)
+}
+
+// printExplained is printStatus with the arithmetic behind the budget and
+// every lease's token account.
+func printExplained(w io.Writer, st api.Status, now time.Time) error {
+	return writeStatus(w, st, now, true)
+}
+
+func writeStatus(out io.Writer, st api.Status, now time.Time, explain bool) error {
+	w := &trimmed{w: out}
+	defer w.Flush()
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "budget\t%d jobs\t%s\n", st.Budget, budgetWhy(st))
+	fmt.Fprintf(tw, "leases\t%d\t%s\n", len(st.Leases), leaseCounts(st))
+	tokens := fmt.Sprintf("of %d allowed (the budget less one slot per active lease)", st.Allowance)
 	if st.Debt > 0 {
-		fmt.Fprintf(w, ", %d in debt", st.Debt)
+		tokens += fmt.Sprintf("; %d over it, kept as jobs return them", st.Debt)
 	}
-	fmt.Fprintf(w, "; %d reclaimed", st.ReclaimedTotal)
-	if st.InflatedTotal > 0 {
-		fmt.Fprintf(w, ", %d excess removed", st.InflatedTotal)
-	}
-	fmt.Fprintln(w)
+	fmt.Fprintf(tw, "tokens\t%d granted\t%s\n", st.Granted, tokens)
+	fmt.Fprintf(tw, "reclaimed\t%d tokens\tleaked by killed builds; %d excess removed\n", st.ReclaimedTotal, st.InflatedTotal)
 	if st.InvariantViolations > 0 {
-		fmt.Fprintf(w, "ACCOUNTING ERRORS: %d, last: %s\n", st.InvariantViolations, st.LastViolation)
+		fmt.Fprintf(tw, "ACCOUNTING ERRORS\t%d\tlast: %s\n", st.InvariantViolations, api.Printable(st.LastViolation))
 	}
 	if m := st.Memory; m != nil {
-		printMemory(w, m, now)
-	}
-	if len(st.Leases) == 0 {
-		_, err := fmt.Fprintln(w, "no leases")
-		return err
-	}
-	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tGRANTED\tFREE\tHELD\tOWED\tRECLAIMED\tAGE\tSTATE")
-	for _, l := range st.Leases {
-		state := l.State
-		switch {
-		case l.Ending:
-			state = "ending: " + api.Printable(l.EndReason)
-		case l.State == api.StateWaiting && !l.Asked.IsZero():
-			state = fmt.Sprintf("waiting for admission for %s", now.Sub(l.Asked).Round(100*time.Millisecond))
-		case l.State == api.StateWaiting:
-			state = "waiting for admission"
+		fmt.Fprintln(tw, "\t\t") // one blank line; the columns stay aligned across it
+		fmt.Fprintf(tw, "memory\t%s\t%s\n", bytesize.Human(m.Limit), api.Printable(m.Domain))
+		fmt.Fprintf(tw, "headroom\t%s\twhat the domain can still take\n", bytesize.Human(m.Headroom))
+		fmt.Fprintf(tw, "working set\t%s\tin use, less what the kernel drops cheaply\n", bytesize.Human(m.WorkingSet))
+		fmt.Fprintf(tw, "reserve\t%s\tnever handed out\n", bytesize.Human(m.Reserve))
+		fmt.Fprintf(tw, "growth\t%s\tstill to come from running jobs\n", bytesize.Human(m.Growth))
+		fmt.Fprintf(tw, "pressure\t%.1f%% some\t%.1f%% full, over %s (%s)\n", 100*m.PressureSome, 100*m.PressureFull,
+			m.PressureWindow.Round(100*time.Millisecond), api.Printable(m.PressureFile))
+		if m.SoftCap > 0 {
+			fmt.Fprintf(tw, "soft cap\t%s\tthe working set pressure appeared at\n", bytesize.Human(m.SoftCap))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n",
-			l.ID, api.Printable(l.Name), l.Granted, l.Free, l.Held, l.Owed, l.Reclaimed, now.Sub(l.Created).Round(time.Second), state)
+		if explain {
+			fmt.Fprintf(tw, "decided\t%d jobs\t%s, %s ago\n", m.Target, m.Reason, age(now.Sub(m.Changed)))
+			fmt.Fprintf(tw, "memory fits\t%d jobs\t%d running, next job %s; cpu cap %d\n", m.Fit, m.Jobs, bytesize.Human(m.NextJob), m.CPUCap)
+			fmt.Fprintf(tw, "arithmetic\t\t%s\n", m.Detail)
+		}
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	if st.Memory == nil {
+	fmt.Fprintln(w)
+	if len(st.Leases) == 0 {
+		_, err := fmt.Fprintln(w, "no leases")
+		return err
+	}
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tAGE\tSTATE\tJOBS\tHELD/GRANTED\tRSS\tPEAK\tCOMPILE\tLINK\tESTIMATES\tID")
+	for _, l := range st.Leases {
+		jobs, rss, peak, compile, link, source := "-", "-", "-", "-", "-", "-"
+		if m := l.Memory; m != nil {
+			jobs = fmt.Sprint(m.Jobs)
+			rss, peak = bytesize.Human(m.RSS), bytesize.Human(m.Peak)
+			compile, link, source = bytesize.Human(m.Estimates.Compile), bytesize.Human(m.Estimates.Link), dash(m.Source)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%s\n", api.Printable(l.Name), age(now.Sub(l.Created)),
+			leaseState(l, now), jobs, l.Held, l.Granted, rss, peak, compile, link, source, l.ID)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if !explain {
 		return nil
 	}
-	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tJOBS\tPROCS\tRSS\tPEAK\tGROWTH\tCOMPILE EST\tLINK EST\tFROM\tBRAKE")
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tFREE\tOWED\tRECLAIMED\tEXCESS\tPROCS\tGROWTH\tUID\tCGROUP\tEND")
 	for _, l := range st.Leases {
-		m := l.Memory
-		if m == nil {
-			continue
+		procs, growth := "-", "-"
+		if m := l.Memory; m != nil {
+			procs, growth = fmt.Sprint(m.Procs), bytesize.Human(m.Growth)
 		}
-		brake := "-"
-		if m.Frozen {
-			brake = "frozen"
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, m.Jobs, m.Procs, bytesize.Human(m.RSS), bytesize.Human(m.Peak),
-			bytesize.Human(m.Growth), bytesize.Human(m.Estimates.Compile), bytesize.Human(m.Estimates.Link), m.Source, brake)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\n", l.ID, l.Free, l.Owed, l.Reclaimed, l.Inflated,
+			procs, growth, l.UID, dash(api.Printable(l.Cgroup)), dash(api.Printable(l.EndReason)))
 	}
 	return tw.Flush()
 }
 
-// printMemory writes the memory controller's view: what the domain has,
-// what running jobs will still take, and why the budget is what it is.
-func printMemory(w io.Writer, m *api.MemoryStatus, now time.Time) {
-	fmt.Fprintf(w, "memory %s: headroom %s of %s (working set %s), reserve %s, growth to come %s, next job %s\n",
-		m.Domain, bytesize.Human(m.Headroom), bytesize.Human(m.Limit), bytesize.Human(m.WorkingSet), bytesize.Human(m.Reserve), bytesize.Human(m.Growth), bytesize.Human(m.NextJob))
-	fmt.Fprintf(w, "pressure some %.1f%% full %.1f%% over %s (%s)", 100*m.PressureSome, 100*m.PressureFull,
-		m.PressureWindow.Round(10*time.Millisecond), m.PressureFile)
-	if m.SoftCap > 0 {
-		fmt.Fprintf(w, ", soft cap %s", bytesize.Human(m.SoftCap))
+// budgetWhy says in words why the budget is what it is, and, while it is
+// fixed, what memory would allow.
+func budgetWhy(st api.Status) string {
+	var why string
+	switch st.BudgetReason {
+	case "config":
+		why = "fixed by the configuration (tokens)"
+	case "operator":
+		why = "pinned by an operator (tokenctl set budget)"
+	case "cpu count":
+		why = "the CPU count; no memory controller has decided"
+	default:
+		why = "memory controller: " + reasonWords(st.BudgetReason)
 	}
-	fmt.Fprintf(w, "\ncontroller: %d jobs running, memory fits %d, cpu cap %d, wants budget %d (%s, %s ago): %s\n",
-		m.Jobs, m.Fit, m.CPUCap, m.Target, m.Reason, now.Sub(m.Changed).Round(time.Second), m.Detail)
+	if m := st.Memory; m != nil && m.Target != st.Budget {
+		why += fmt.Sprintf("; memory would allow %d (%s)", m.Target, m.Reason)
+	}
+	return why
+}
+
+// reasonWords explains a memory controller's reason.
+func reasonWords(reason string) string {
+	switch reason {
+	case "headroom":
+		return "headroom, memory fits no more"
+	case "growth reserve":
+		return "growth reserve, running jobs will grow into the rest"
+	case "pressure":
+		return "pressure, memory stalls or the soft cap they left"
+	case "cpu cap":
+		return "cpu cap, the CPUs justify no more"
+	}
+	return api.Printable(reason)
+}
+
+// leaseCounts counts the leases by state: "2 running, 1 waiting".
+func leaseCounts(st api.Status) string {
+	counts := map[string]int{}
+	var order []string
+	for _, l := range st.Leases {
+		s := stateName(l)
+		if counts[s] == 0 {
+			order = append(order, s)
+		}
+		counts[s]++
+	}
+	parts := make([]string, len(order))
+	for i, s := range order {
+		parts[i] = fmt.Sprintf("%d %s", counts[s], s)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// stateName is the lease's state, with the memory brake's freeze.
+func stateName(l api.LeaseStatus) string {
+	if l.Memory != nil && l.Memory.Frozen && !l.Ending {
+		return "frozen"
+	}
+	return l.State
+}
+
+// leaseState is stateName with how long a waiting build has waited.
+func leaseState(l api.LeaseStatus, now time.Time) string {
+	s := stateName(l)
+	if s == api.StateWaiting {
+		since := l.Asked
+		if since.IsZero() {
+			since = l.Created
+		}
+		s += " " + age(now.Sub(since))
+	}
+	return s
+}
+
+// age writes a duration the way a table has room for: 45s, 3m12s, 2h05m.
+func age(d time.Duration) string {
+	d = max(d, 0).Round(time.Second)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	}
+	return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+}
+
+// trimmed cuts the blanks tabwriter pads the last cell of a line with.
+type trimmed struct {
+	w   io.Writer
+	buf []byte
+}
+
+func (t *trimmed) Write(p []byte) (int, error) {
+	t.buf = append(t.buf, p...)
+	for {
+		i := bytes.IndexByte(t.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		line := bytes.TrimRight(t.buf[:i], " ")
+		if _, err := fmt.Fprintf(t.w, "%s\n", line); err != nil {
+			return 0, err
+		}
+		t.buf = t.buf[i+1:]
+	}
+}
+
+// Flush writes what is left after the last line break.
+func (t *trimmed) Flush() error {
+	_, err := t.w.Write(t.buf)
+	t.buf = nil
+	return err
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

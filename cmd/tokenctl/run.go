@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,35 +14,29 @@ import (
 	"github.com/tokend/tokend/jobserver"
 )
 
+// runOptions are the flags of tokenctl run.
+type runOptions struct {
+	name, style string
+	keepJobs    bool
+}
+
 // runCommand runs a command under a lease and returns its exit status. If
 // tokend cannot give a lease, the command runs unchanged: the broker being
 // down must never fail a build.
-func runCommand(c *api.Client, args []string) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	name := fs.String("name", "", "lease name shown in status (default: the command's name)")
-	styleFlag := fs.String("style", "auto", "jobserver style: fifo (make >= 4.4, ninja, cargo), pipe (make 4.3, gcc 12), or auto")
-	if err := fs.Parse(args); err != nil {
-		return 2
+func runCommand(c *api.Client, o runOptions, argv []string) int {
+	name := o.name
+	if name == "" {
+		name = filepath.Base(argv[0])
 	}
-	argv := fs.Args()
-	if len(argv) == 0 {
-		fmt.Fprintln(os.Stderr, "tokenctl run: no command given; usage: tokenctl run [--name N] [--style auto|fifo|pipe] -- CMD ARGS...")
-		return 2
-	}
-	if *name == "" {
-		*name = filepath.Base(argv[0])
-	}
-	style, err := chooseStyle(*styleFlag, argv[0])
+	style, err := chooseStyle(o.style, argv[0])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tokenctl run:", err)
 		return 2
 	}
 
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-
+	cmd := command(argv)
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	lease, err := c.Register(ctx, api.RegisterRequest{Name: *name, OwnerPID: os.Getpid(), Wait: true, NewCgroup: true})
+	lease, err := c.Register(ctx, api.RegisterRequest{Name: name, OwnerPID: os.Getpid(), Wait: true, NewCgroup: true})
 	cancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "tokenctl: %v; running %s without a lease\n", err, argv[0])
@@ -60,6 +53,14 @@ func runCommand(c *api.Client, args []string) int {
 			fmt.Fprintf(os.Stderr, "tokenctl: ending lease %s: %v (tokend ends it when it sees this process gone)\n", lease.ID, err)
 		}
 	}()
+	if !o.keepJobs {
+		// Only under a lease: without one the command runs as typed.
+		forgiven := forgiveJobFlags(argv)
+		if msg := forgiven.message(); msg != "" {
+			fmt.Fprintln(os.Stderr, msg)
+			cmd = command(forgiven.argv)
+		}
+	}
 	raiseOOMScoreAdj(lease.OOMScoreAdj)
 	auth := jobserver.FIFOAuth(lease.FIFO)
 	if style == jobserver.StylePipe {
@@ -82,6 +83,12 @@ func runCommand(c *api.Client, args []string) int {
 		intoCgroup(cmd, lease.Cgroup)
 	}
 	return wait(cmd)
+}
+
+func command(argv []string) *exec.Cmd {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	return cmd
 }
 
 // awaitAdmission waits until the lease may start its first job, saying

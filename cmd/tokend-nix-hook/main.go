@@ -16,8 +16,25 @@ import (
 	"os"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/version"
 	"github.com/tokend/tokend/nixhook"
 )
+
+const usage = `tokend-nix-hook is tokend's Nix pre-build-hook. For each sandboxed build it
+registers a lease with tokend and maps the lease's jobserver FIFO into the
+sandbox at /run/tokend/jobserver.fifo. It never fails a build: with tokend
+down it prints nothing.
+
+Usage:
+  tokend-nix-hook DRV SANDBOXDIR     (nix runs it so)
+  tokend-nix-hook --version
+
+Example, in nix.conf:
+  pre-build-hook = /run/current-system/sw/bin/tokend-nix-hook
+  sandbox = true
+
+The socket is $TOKEND_SOCKET, else /run/tokend/tokend.sock.
+`
 
 func main() {
 	// A panic would exit 2 and fail the build; say it and exit 0 instead.
@@ -27,6 +44,16 @@ func main() {
 			os.Exit(0)
 		}
 	}()
+	if len(os.Args) == 2 {
+		switch os.Args[1] {
+		case "--version":
+			fmt.Println("tokend-nix-hook", version.String())
+			return
+		case "--help", "-h":
+			fmt.Print(usage)
+			return
+		}
+	}
 	if len(os.Args) != 3 {
 		fmt.Fprintf(os.Stderr, "tokend-nix-hook: got %d arguments, want DRV SANDBOXDIR (nix.conf: pre-build-hook = %s); doing nothing\n", len(os.Args)-1, os.Args[0])
 		return

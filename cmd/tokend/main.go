@@ -31,6 +31,7 @@ import (
 	"github.com/tokend/tokend/broker"
 	"github.com/tokend/tokend/broker/control"
 	"github.com/tokend/tokend/broker/memory"
+	"github.com/tokend/tokend/internal/version"
 )
 
 func main() {
@@ -40,9 +41,26 @@ func main() {
 	}
 }
 
+// usage heads tokend --help; the flags follow it.
+const usage = `tokend is the host's jobserver broker: it owns a budget of job slots, sized
+from memory headroom and pressure, and hands them to builds through one
+jobserver FIFO per build (tokenctl run, tokend-nix-hook).
+
+Usage:
+  tokend [--config FILE] [flags]
+
+Examples:
+  sudo tokend                                   # embedded defaults; socket /run/tokend/tokend.sock
+  tokend --tokens 6 --runtime-dir /tmp/tokend   # a fixed budget, as any user
+  sudo tokend --config /etc/tokend.toml         # TOML; every key has a flag of the same name
+
+Flags:
+`
+
 // options are the command line: the configuration file and the flags
 // given over it.
 type options struct {
+	version    bool
 	configPath string
 	flags      []given
 }
@@ -52,6 +70,11 @@ func parseFlags(args []string) (*options, error) {
 	fs := flag.NewFlagSet("tokend", flag.ContinueOnError)
 	fs.StringVar(&o.configPath, "config", "", "configuration file (TOML); flags given win over it")
 	defineFlags(fs, &o.flags)
+	fs.BoolVar(&o.version, "version", false, "print tokend's version and exit")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -80,6 +103,10 @@ func run(args []string) error {
 	}
 	if err != nil {
 		return err
+	}
+	if s.version {
+		fmt.Println("tokend", version.String())
+		return nil
 	}
 	cfg, err := s.load()
 	if err != nil {
