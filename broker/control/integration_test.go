@@ -3,6 +3,8 @@ package control
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -12,6 +14,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/buildtest"
@@ -291,6 +296,40 @@ func checkStatusOutput(t *testing.T, d *daemon) {
 	}
 }
 
+// checkBrakeCounted checks that tokend's metrics count the freezes and
+// thaws its events record, one each at least.
+func checkBrakeCounted(t *testing.T, d *daemon) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	evs, err := d.client.Events(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]float64{}
+	for _, e := range evs.Events {
+		count[e.Kind]++
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", d.socket)
+	}}}
+	resp, err := hc.Get("http://tokend/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	m, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, kind := range map[string]string{"tokend_freezes_total": api.EventFreeze, "tokend_thaws_total": api.EventThaw} {
+		if got := m[name].Metric[0].Counter.GetValue(); got < 1 || got != count[kind] || evs.Missed != 0 {
+			t.Errorf("%s = %v; %v %s events (%d missed)", name, got, count[kind], kind, evs.Missed)
+		}
+	}
+}
+
 // The memory brake: an old build holds 700 MiB of a 1.5 GiB v1 group while
 // a young one grows past the brake point (half the 512 MiB reserve). The
 // young lease's cgroup is frozen, never the old one's; once the old build
@@ -355,6 +394,7 @@ func TestBrakeFreezesTheYoungest(t *testing.T) {
 	}
 	r := log.Run(t)
 	r.Check(t, 2)
+	checkBrakeCounted(t, d)
 	t.Logf("young frozen at %v in %s, thawed at %v; both builds done at %v; %d OOM kills",
 		frozeAt.Round(10*time.Millisecond), youngCgroup, thawedAt.Round(10*time.Millisecond), time.Since(start).Round(10*time.Millisecond), kills)
 }
