@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/fileid"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -173,7 +174,7 @@ type watched struct {
 
 // track makes l known to the broker and watches its FIFO and gate.
 func (b *Broker) track(l *Lease) error {
-	id, err := statID(l.fifo.Path())
+	id, err := fileid.Of(l.fifo.Path())
 	if err != nil {
 		return fmt.Errorf("lease %s: %w", l.ID, err)
 	}

@@ -138,6 +138,56 @@ func finish(t *testing.T, builds []build) []error {
 	return errs
 }
 
+// brakeCycle watches status until the lease named "young" has been frozen
+// and thawed again, calling frozen once when it sees it frozen, and fails
+// the test if the lease named "old" is ever frozen or young ends first.
+func brakeCycle(ctx context.Context, t *testing.T, d *daemon, young build, start time.Time, frozen func(api.LeaseStatus)) (frozeAt, thawedAt time.Duration) {
+	t.Helper()
+	for frozeAt == 0 || thawedAt == 0 {
+		select {
+		case <-young.proc.Done():
+			t.Fatalf("young build ended (%v) before it was frozen and thawed (froze at %v)", young.proc.Err(), frozeAt)
+		case <-ctx.Done():
+			t.Fatalf("young build not frozen and thawed within a minute (froze at %v)", frozeAt)
+		case <-time.After(50 * time.Millisecond):
+		}
+		for _, l := range d.status(t).Leases {
+			if l.Memory == nil {
+				continue
+			}
+			switch {
+			case l.Name == "old" && l.Memory.Frozen:
+				t.Fatalf("the oldest lease was frozen: %+v", l)
+			case l.Name == "young" && l.Memory.Frozen && frozeAt == 0:
+				frozeAt = time.Since(start)
+				frozen(l)
+			case l.Name == "young" && !l.Memory.Frozen && frozeAt != 0:
+				thawedAt = time.Since(start)
+			}
+		}
+	}
+	return frozeAt, thawedAt
+}
+
+// finishWithoutOOMKills waits for the builds, failing the test on any
+// build's error or any OOM kill in group, and returns the kills.
+func finishWithoutOOMKills(t *testing.T, group cgtest.Group, builds ...build) int {
+	t.Helper()
+	for i, err := range finish(t, builds) {
+		if err != nil {
+			t.Errorf("build %d: %v", i, err)
+		}
+	}
+	kills, err := group.OOMKills()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kills != 0 {
+		t.Errorf("%d OOM kills", kills)
+	}
+	return kills
+}
+
 // Three make 4.4.1 builds, four 700 MiB jobs each, in a 3 GiB v1 memory
 // group. With a static -j8 each, twelve jobs start at once and the kernel
 // OOM-kills some of them. Under tokend, told only the memory group (and a
@@ -354,44 +404,12 @@ func TestBrakeFreezesTheYoungest(t *testing.T) {
 	log.WaitFor(ctx, t, "the old job to start", func(r buildtest.Run) bool { return r.Started() == 1 })
 	young := startBuild(t, group, d, gmake, filepath.Join(root, "young"), "young")
 
-	var frozeAt, thawedAt time.Duration
 	var youngCgroup string
-	for frozeAt == 0 || thawedAt == 0 {
-		select {
-		case <-young.proc.Done():
-			t.Fatalf("young build ended (%v) before it was frozen and thawed (froze at %v)", young.proc.Err(), frozeAt)
-		case <-ctx.Done():
-			t.Fatalf("young build not frozen and thawed within a minute (froze at %v)", frozeAt)
-		case <-time.After(50 * time.Millisecond):
-		}
-		for _, l := range d.status(t).Leases {
-			if l.Memory == nil {
-				continue
-			}
-			switch {
-			case l.Name == "old" && l.Memory.Frozen:
-				t.Fatalf("the oldest lease was frozen: %+v", l)
-			case l.Name == "young" && l.Memory.Frozen && frozeAt == 0:
-				frozeAt, youngCgroup = time.Since(start), l.Cgroup
-				waitUntil(t, "the kernel to freeze the young build", func() bool { return frozenState(t, youngCgroup) })
-			case l.Name == "young" && !l.Memory.Frozen && frozeAt != 0:
-				thawedAt = time.Since(start)
-			}
-		}
-	}
-	errs := finish(t, []build{old, young})
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("build %d: %v", i, err)
-		}
-	}
-	kills, err := group.OOMKills()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if kills != 0 {
-		t.Errorf("%d OOM kills", kills)
-	}
+	frozeAt, thawedAt := brakeCycle(ctx, t, d, young, start, func(l api.LeaseStatus) {
+		youngCgroup = l.Cgroup
+		waitUntil(t, "the kernel to freeze the young build", func() bool { return frozenState(t, youngCgroup) })
+	})
+	kills := finishWithoutOOMKills(t, group, old, young)
 	r := log.Run(t)
 	r.Check(t, 2)
 	checkBrakeCounted(t, d)
