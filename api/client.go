@@ -56,6 +56,15 @@ func (c *Client) AwaitAdmission(ctx context.Context, id string) (LeaseStatus, er
 	return l, err
 }
 
+// Events returns the events after the one numbered after; tokend holds
+// the request a couple of seconds when there is none yet. After 0 asks for
+// every event tokend still keeps.
+func (c *Client) Events(ctx context.Context, after uint64) (Events, error) {
+	var e Events
+	err := c.do(ctx, "GET", PathEvents+"?after="+strconv.FormatUint(after, 10), nil, &e)
+	return e, err
+}
+
 // End ends a lease.
 func (c *Client) End(ctx context.Context, id string) error {
 	return c.do(ctx, "DELETE", PathLeases+"/"+id, nil, nil)

@@ -51,6 +51,8 @@ func NewServer(b *Broker, leaseGroup string, log hclog.Logger) (*Server, error) 
 	mux.HandleFunc("GET "+api.PathLeases+"/{id}", s.lease)
 	mux.HandleFunc("DELETE "+api.PathLeases+"/{id}", s.end)
 	mux.HandleFunc("PUT "+api.PathBudget, s.setBudget)
+	mux.HandleFunc("GET "+api.PathEvents, s.events)
+	mux.Handle("GET /metrics", b.MetricsHandler())
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 2 * time.Second,

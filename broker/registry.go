@@ -85,6 +85,7 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 		if err != nil {
 			b.untrack(l)
 		} else {
+			b.Record(api.Event{Kind: api.EventStart, Lease: l.ID, Name: l.Name}) // before its admission, which the pass may record
 			b.pass()
 		}
 	}
@@ -162,6 +163,7 @@ func (b *Broker) end(l *Lease, reason string) {
 	l.closeSeen = time.Now()
 	b.dirty = true
 	b.log.Info("lease ending", "lease", l.ID, "name", l.Name, "reason", reason)
+	b.Record(api.Event{Kind: api.EventEnd, Lease: l.ID, Name: l.Name, Reason: reason})
 }
 
 // watched is what an inotify watch is on: a lease's FIFO, or its gate.

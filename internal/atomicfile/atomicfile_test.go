@@ -77,4 +77,3 @@ func TestWriteAtReplacesASymlinkItself(t *testing.T) {
 		t.Fatalf("state.json is %v, %v; want a regular file", fi.Mode(), err)
 	}
 }
-
