@@ -33,7 +33,9 @@ func statID(path string) (fileID, error) {
 // the link of /proc/PID/fd/N (the path, or "pipe:[N]" and the like for
 // files that have none), the inode and mount ID in /proc/PID/fdinfo/N,
 // and the mount's device in /proc/PID/mountinfo.
-func countHolders(procDir string, want map[fileID]bool) (map[fileID]int, error) {
+// ignore is the FIFO holder's pid (0 for none): it holds every FIFO, and
+// is no client.
+func countHolders(procDir string, want map[fileID]bool, ignore int) (map[fileID]int, error) {
 	pids, err := os.ReadDir(procDir)
 	if err != nil {
 		return nil, fmt.Errorf("scan %s for jobserver holders: %w", procDir, err)
@@ -46,7 +48,7 @@ func countHolders(procDir string, want map[fileID]bool) (map[fileID]int, error) 
 	counts := make(map[fileID]int, len(want))
 	for _, p := range pids {
 		pid, err := strconv.Atoi(p.Name())
-		if err != nil || pid == self {
+		if err != nil || pid == self || pid == ignore {
 			continue
 		}
 		dir := filepath.Join(procDir, p.Name())
@@ -238,8 +240,12 @@ func (b *Broker) startScan(due []scanRequest) {
 	for _, s := range due {
 		want[s.lease.inode] = true
 	}
+	holder := 0
+	if b.opts.Holder != nil {
+		holder = b.opts.Holder.PID()
+	}
 	go func() {
-		counts, err := countHolders(b.opts.ProcDir, want)
+		counts, err := countHolders(b.opts.ProcDir, want, holder)
 		b.scans <- scanResult{due: due, counts: counts, err: err}
 	}()
 }

@@ -69,7 +69,7 @@ func TestHolderScanDoesNotTouchHungFileSystems(t *testing.T) {
 	}
 	done := make(chan map[fileID]int, 1)
 	go func() {
-		counts, err := countHolders("/proc", map[fileID]bool{id: true})
+		counts, err := countHolders("/proc", map[fileID]bool{id: true}, 0)
 		if err != nil {
 			t.Error(err)
 		}
