@@ -57,6 +57,8 @@ type Broker struct {
 	watch      *fifoWatch
 	wake       chan struct{}
 	collectors *collectors
+	events     *events
+	metrics    *metrics
 
 	mu            sync.Mutex
 	leases        map[string]*Lease
@@ -123,12 +125,14 @@ func New(opts Options) (*Broker, error) {
 		watch:      watch,
 		wake:       make(chan struct{}, 1),
 		collectors: newCollectors(),
+		events:     newEvents(),
 		leases:     map[string]*Lease{},
 		byWatch:    map[int]watched{},
 		sources:    budgetSources{configured: opts.Budget},
 		admissions: make(chan struct{}),
 		scans:      make(chan scanResult, 1),
 	}
+	b.metrics = newMetrics(b)
 	if err := b.adopt(); err != nil {
 		watch.close()
 		run.close()

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/atomicfile"
 	"github.com/tokend/tokend/internal/buildtest"
 	"github.com/tokend/tokend/jobserver"
 )
@@ -33,7 +34,7 @@ func FuzzLoadState(f *testing.F) {
 	parent := "/sys/fs/cgroup/tokend"
 	owns := func(d string) bool { return filepath.Dir(d) == parent }
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if err := r.replaceFile(stateFile, data); err != nil {
+		if err := atomicfile.WriteAt(r.dir, stateFile, data, atomicfile.CrashOfWriter); err != nil {
 			t.Fatal(err)
 		}
 		st, err := loadState(r)

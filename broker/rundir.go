@@ -1,8 +1,6 @@
 package broker
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -128,30 +126,6 @@ func (r *runDir) readFile(name string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s is larger than %d bytes", f.Name(), limit)
 	}
 	return raw, nil
-}
-
-// replaceFile writes name atomically: a new file under a random name,
-// renamed over the old one, all relative to the directory.
-func (r *runDir) replaceFile(name string, data []byte) error {
-	var raw [6]byte
-	rand.Read(raw[:])
-	tmp := "." + name + "-" + hex.EncodeToString(raw[:])
-	dirfd := int(r.dir.Fd())
-	fd, err := unix.Openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", filepath.Join(r.path, name), err)
-	}
-	f := os.NewFile(uintptr(fd), tmp)
-	_, werr := f.Write(data)
-	if err := errors.Join(werr, f.Close()); err != nil {
-		unix.Unlinkat(dirfd, tmp, 0)
-		return fmt.Errorf("write %s: %w", filepath.Join(r.path, name), err)
-	}
-	if err := unix.Renameat(dirfd, tmp, dirfd, name); err != nil {
-		unix.Unlinkat(dirfd, tmp, 0)
-		return fmt.Errorf("write %s: %w", filepath.Join(r.path, name), err)
-	}
-	return nil
 }
 
 // setAside renames name to name.rejected-N, keeping what a bad file said

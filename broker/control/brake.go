@@ -1,6 +1,7 @@
 package control
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/tokend/tokend/internal/bytesize"
@@ -44,7 +45,8 @@ func (e *engine) brake(in []leaseInput, head, reserve uint64, free int64, frozen
 				continue
 			}
 			ls.frozen, ls.frozenAt = true, now
-			acts = append(acts, action{Lease: li.ID, Freeze: true})
+			acts = append(acts, action{Lease: li.ID, Name: li.Name, Freeze: true, Why: fmt.Sprintf("headroom %s, falling from %s, is below half the reserve of %s",
+				bytesize.Human(head), bytesize.Human(e.prevHead), bytesize.Human(reserve))})
 			e.log.Info("memory brake: froze the youngest lease", "lease", li.ID, "name", li.Name,
 				"headroom", bytesize.Human(head), "previous", bytesize.Human(e.prevHead), "reserve", bytesize.Human(reserve))
 			break
@@ -68,7 +70,11 @@ func (e *engine) brake(in []leaseInput, head, reserve uint64, free int64, frozen
 	if due && (f.ID == oldest || recovered && now.Sub(e.recoveredSince) >= dwell) {
 		ls.frozen = false
 		e.lastThaw = now
-		acts = append(acts, action{Lease: f.ID})
+		why := fmt.Sprintf("memory recovered: headroom %s", bytesize.Human(head))
+		if f.ID == oldest {
+			why = "it became the oldest lease, which must make progress"
+		}
+		acts = append(acts, action{Lease: f.ID, Name: f.Name, Why: why})
 		e.log.Info("memory brake: thawed a lease", "lease", f.ID, "name", f.Name,
 			"frozen_for", now.Sub(ls.frozenAt).Round(time.Millisecond), "headroom", bytesize.Human(head), "oldest", f.ID == oldest)
 	}

@@ -243,7 +243,13 @@ func (c *Controller) tick() {
 	for _, a := range d.Actions {
 		if err := c.apply(a, targets[a.Lease]); err != nil {
 			c.log.Error("memory brake failed", "lease", a.Lease, "error", err)
+			continue
 		}
+		kind := api.EventThaw
+		if a.Freeze {
+			kind = api.EventFreeze
+		}
+		c.b.Record(api.Event{Kind: kind, Lease: a.Lease, Name: a.Name, Detail: a.Why})
 	}
 	c.b.SetMemory(d.Status, d.Leases)
 	if c.cgroups != nil {
@@ -259,6 +265,9 @@ func (c *Controller) tick() {
 // log says what memory would allow instead of a change that never was.
 func (c *Controller) steer(d decision) {
 	budget, pinnedBy, err := c.b.Steer(d.Budget, d.Reason)
+	if err == nil {
+		c.b.Record(api.Event{Kind: api.EventDecision, Budget: d.Budget, Reason: d.Reason, FixedBy: pinnedBy, Detail: d.Status.Detail})
+	}
 	switch {
 	case err != nil:
 		c.log.Error("cannot steer the budget", "error", err)

@@ -39,10 +39,11 @@ type tickInput struct {
 	Leases  []leaseInput
 }
 
-// action freezes or thaws one lease's cgroup.
+// action freezes or thaws one lease's cgroup; Why says why, for people.
 type action struct {
-	Lease  string
-	Freeze bool
+	Lease, Name string
+	Freeze      bool
+	Why         string
 }
 
 // decision is what one tick decided.

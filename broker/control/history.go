@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"sort"
 	"time"
+
+	"github.com/tokend/tokend/internal/atomicfile"
 )
 
 // historyVersion changes when the history file's meaning does.
@@ -103,8 +104,9 @@ func (h *History) record(name string, compile, link uint64, now time.Time) {
 	}
 }
 
-// Save writes the history if it changed, atomically: a crash leaves the
-// old file or the new one.
+// Save writes the history if it changed, atomically and durably: a crash
+// of tokend or of the host leaves the old file or the new one. It changes
+// only when a lease ends, so the sync costs little.
 func (h *History) Save() error {
 	if !h.dirty {
 		return nil
@@ -113,24 +115,8 @@ func (h *History) Save() error {
 	if err != nil {
 		return fmt.Errorf("encode job history: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(h.path), ".history-*.json")
-	if err != nil {
-		return fmt.Errorf("write job history %s: %w", h.path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(raw, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write job history %s: %w", h.path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write job history %s: %w", h.path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write job history %s: %w", h.path, err)
-	}
-	if err := os.Rename(tmp.Name(), h.path); err != nil {
-		return fmt.Errorf("write job history %s: %w", h.path, err)
+	if err := atomicfile.Write(h.path, append(raw, '\n'), atomicfile.CrashOfHost); err != nil {
+		return fmt.Errorf("save job history: %w", err)
 	}
 	h.dirty = false
 	return nil

@@ -224,9 +224,7 @@ func TestLiveTree(t *testing.T) {
 func TestLiveRooted(t *testing.T) {
 	buildtest.Require(t, os.Geteuid() == 0, "root, to chroot a process")
 	busybox, err := os.ReadFile("/bin/busybox") // static, from busybox-static (.ci/tools.sh)
-	if err != nil {
-		t.Fatal(err)
-	}
+	buildtest.Require(t, err == nil, "a static busybox at /bin/busybox (busybox-static)")
 	sandbox, elsewhere := t.TempDir(), t.TempDir()
 	if err := os.WriteFile(filepath.Join(sandbox, "busybox"), busybox, 0o755); err != nil {
 		t.Fatal(err)

@@ -15,7 +15,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -93,7 +95,7 @@ the broker, and checks that tokend's Nix hook can work on this host.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return fmt.Errorf("%w; see tokenctl %s --help", err, cmd.Name())
 	})
-	root.AddCommand(statusCommand(c), runCommandCmd(c), setCommand(c), doctorCommand(c))
+	root.AddCommand(statusCommand(c), runCommandCmd(c), eventsCommand(c), setCommand(c), doctorCommand(c))
 	return root
 }
 
@@ -153,6 +155,33 @@ is not reachable, the command runs unchanged.`,
 	cmd.Flags().SetInterspersed(false)
 	cmd.RegisterFlagCompletionFunc("style", cobra.FixedCompletions([]string{"auto", "fifo", "pipe"}, cobra.ShellCompDirectiveNoFileComp))
 	cmd.RunE = c.do(func(_ *cobra.Command, args []string) int { return runCommand(c.client(), o, args) })
+	return cmd
+}
+
+func eventsCommand(c *cli) *cobra.Command {
+	var o eventsOptions
+	cmd := &cobra.Command{
+		Use:   "events",
+		Short: "Follow tokend's decisions as they happen",
+		Long: `events prints tokend's decisions as they happen, one line each: budget
+changes and their reasons, the memory controller's decisions, leases
+starting, admitted and ending, the memory brake freezing and thawing builds,
+leaked tokens reclaimed, OOM kills. --json prints one JSON object a line
+(fields: docs/events-json.md). It runs until interrupted, and waits out a
+restart of tokend.`,
+		Example: `  tokenctl events
+  tokenctl events --json | jq -r 'select(.kind == "freeze") | .name'
+  tokenctl events --json | jq --unbuffered -r 'select(.kind == "freeze" or .kind == "oom-kill") | "\(.kind) \(.name)"' |
+    while read -r what; do notify-send tokend "$what"; done`,
+		Args: noArgs,
+	}
+	cmd.Flags().BoolVar(&o.json, "json", false, "print one JSON object a line")
+	cmd.Flags().BoolVar(&o.backlog, "backlog", false, "start with the recent events tokend still keeps")
+	cmd.RunE = c.do(func(cmd *cobra.Command, _ []string) int {
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return followEvents(ctx, c.client(), o, os.Stdout)
+	})
 	return cmd
 }
 

@@ -19,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -165,6 +166,12 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	var metricsSrv *http.Server
+	if cfg.MetricsListen != "" {
+		if metricsSrv, err = serveMetrics(cfg.MetricsListen, b.MetricsHandler(), log.Named("metrics")); err != nil {
+			return err
+		}
+	}
 
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
@@ -192,6 +199,9 @@ func run(args []string) error {
 			notifySystemd(log, "STOPPING=1")
 			shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			serr := srv.Shutdown(shutdownCtx)
+			if metricsSrv != nil {
+				serr = errors.Join(serr, metricsSrv.Shutdown(shutdownCtx))
+			}
 			cancel()
 			stop()
 			return errors.Join(serr, <-controlDone, <-brokerDone)
@@ -249,8 +259,8 @@ func reload(s *options, old Config, b *broker.Broker, ctl *control.Controller, l
 		return
 	}
 	if cfg.RuntimeDir != old.RuntimeDir || cfg.LeaseGroup != old.LeaseGroup || cfg.MemoryCgroup != old.MemoryCgroup ||
-		cfg.MemoryPressure != old.MemoryPressure || cfg.LeaseCgroups != old.LeaseCgroups {
-		log.Warn("runtime_dir, lease_group, memory_cgroup, memory_pressure and lease_cgroups change only at restart")
+		cfg.MemoryPressure != old.MemoryPressure || cfg.LeaseCgroups != old.LeaseCgroups || cfg.MetricsListen != old.MetricsListen {
+		log.Warn("runtime_dir, lease_group, memory_cgroup, memory_pressure, lease_cgroups and metrics_listen change only at restart")
 	}
 	log.SetLevel(hclog.LevelFromString(cfg.LogLevel))
 	if err := ctl.Reconfigure(params(cfg)); err != nil {
