@@ -30,6 +30,9 @@ type Options struct {
 	ProcDir string
 	// Cgroups, if set, makes a cgroup for each lease that asks for one.
 	Cgroups LeaseCgroups
+	// Holder, if set, keeps every lease FIFO open in another process, so
+	// that tokens survive a crash of tokend.
+	Holder FIFOHolder
 	// LeasesPerUser is how many leases one user other than root may hold.
 	// Default DefaultLeasesPerUser.
 	LeasesPerUser int
