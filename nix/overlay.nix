@@ -42,7 +42,7 @@ in
     # The NAR hash of `go mod vendor` for go.mod/go.sum. .ci/nix-test.sh
     # recomputes it and fails when it is stale (TOKEND_UPDATE_VENDOR_HASH=1
     # rewrites it).
-    vendorHash = "sha256-vA/Xkyg/pe9xbLc0n1AagX1MbmCxdYOIzG/epr7lkCE=";
+    vendorHash = "sha256-yDfSHTFG4VSZmcaa06sdrs1LhlnRJRr/uP0fuNbFU7A=";
     subPackages = [ "cmd/..." ];
     env.CGO_ENABLED = "0";
     # The version every program's --version says.

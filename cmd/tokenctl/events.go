@@ -26,6 +26,24 @@ type eventsOptions struct {
 // restart of tokend.
 func followEvents(ctx context.Context, c *api.Client, o eventsOptions, w io.Writer) int {
 	enc := json.NewEncoder(w)
+	err := eachEvent(ctx, c, o.backlog, func(e api.Event) error {
+		if o.json {
+			return enc.Encode(e)
+		}
+		_, err := fmt.Fprintln(w, eventLine(e))
+		return err
+	}, func(msg string) { fmt.Fprintln(os.Stderr, "tokenctl:", msg) })
+	if err != nil && ctx.Err() == nil {
+		return fail(err)
+	}
+	return 0
+}
+
+// eachEvent calls fn with each event tokend records, from the ones it
+// still keeps when backlog is set, else from now on, until ctx ends or fn
+// fails. It tells warn, once each time, that tokend went away and came
+// back, and how many events it missed.
+func eachEvent(ctx context.Context, c *api.Client, backlog bool, fn func(api.Event) error, warn func(string)) error {
 	var after uint64
 	first, down := true, false
 	for ctx.Err() == nil {
@@ -37,39 +55,33 @@ func followEvents(ctx context.Context, c *api.Client, o eventsOptions, w io.Writ
 				break
 			}
 			if !down {
-				fmt.Fprintf(os.Stderr, "tokenctl: %v; still asking\n", err)
+				warn(fmt.Sprintf("%v; still asking", err))
 				down = true
 			}
 			sleep(ctx, time.Second)
 			continue
 		}
 		if down {
-			fmt.Fprintln(os.Stderr, "tokenctl: tokend answers again")
+			warn("tokend answers again")
 			down = false
 		}
 		if evs.Missed > 0 && !first {
-			fmt.Fprintf(os.Stderr, "tokenctl: missed %d events; tokend keeps only its last few hundred\n", evs.Missed)
+			warn(fmt.Sprintf("missed %d events; tokend keeps only its last few hundred", evs.Missed))
 		}
-		skip := first && !o.backlog
+		skip := first && !backlog
 		first = false
 		after = evs.Next // lower than before when tokend restarted: it numbers from 1 again
 		if skip {
 			continue
 		}
 		for _, e := range evs.Events {
-			if o.json {
-				err = enc.Encode(e)
-			} else {
-				_, err = fmt.Fprintln(w, eventLine(e))
-			}
-			if err != nil {
-				return fail(err)
+			if err := fn(e); err != nil {
+				return err
 			}
 		}
 	}
-	return 0
+	return ctx.Err()
 }
-
 func sleep(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
@@ -90,7 +102,7 @@ func eventText(e api.Event) string {
 		return fmt.Sprintf("%d → %d (%s)", e.From, e.Budget, api.Printable(e.Reason))
 	case api.EventDecision:
 		if e.FixedBy != "" {
-			return fmt.Sprintf("memory would allow %d (%s); the budget stays fixed by %s", e.Budget, api.Printable(e.Reason), api.Printable(e.FixedBy))
+			return fmt.Sprintf("memory would allow %d (%s); fixed by %s", e.Budget, api.Printable(e.Reason), api.Printable(e.FixedBy))
 		}
 		return fmt.Sprintf("memory controller: %d (%s)", e.Budget, api.Printable(e.Reason))
 	case api.EventStart:

@@ -1,6 +1,8 @@
 // Command tokenctl controls and inspects tokend.
 //
 //	tokenctl [--socket PATH] status [--json] [--explain]
+//	tokenctl [--socket PATH] top [--interval D] [--iterations N]
+//	tokenctl [--socket PATH] events [--json] [--backlog]
 //	tokenctl [--socket PATH] run [--name N] [--style auto|fifo|pipe] [--keep-jobs] -- CMD ARGS...
 //	tokenctl [--socket PATH] set budget N|auto
 //	tokenctl [--socket PATH] doctor
@@ -95,7 +97,7 @@ the broker, and checks that tokend's Nix hook can work on this host.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return fmt.Errorf("%w; see tokenctl %s --help", err, cmd.Name())
 	})
-	root.AddCommand(statusCommand(c), runCommandCmd(c), eventsCommand(c), setCommand(c), doctorCommand(c))
+	root.AddCommand(statusCommand(c), topCommand(c), runCommandCmd(c), eventsCommand(c), setCommand(c), doctorCommand(c))
 	return root
 }
 
@@ -155,6 +157,34 @@ is not reachable, the command runs unchanged.`,
 	cmd.Flags().SetInterspersed(false)
 	cmd.RegisterFlagCompletionFunc("style", cobra.FixedCompletions([]string{"auto", "fifo", "pipe"}, cobra.ShellCompDirectiveNoFileComp))
 	cmd.RunE = c.do(func(_ *cobra.Command, args []string) int { return runCommand(c.client(), o, args) })
+	return cmd
+}
+
+func topCommand(c *cli) *cobra.Command {
+	var o topOptions
+	cmd := &cobra.Command{
+		Use:   "top",
+		Short: "Watch the budget, memory and every lease, live",
+		Long: `top shows, refreshed every second, the budget and why, headroom and pressure
+with their recent history, one row per lease (name, age, state, jobs, tokens
+held of granted, RSS and peak, compile and link estimates, OOM kills) and
+tokend's last decisions. Keys: q quits; s cycles the sort, or j jobs, n name,
+a age, m RSS, t state. When stdout is no terminal it prints plain frames.`,
+		Example: `  tokenctl top
+  tokenctl top --iterations 1 | less     # one plain frame`,
+		Args: noArgs,
+	}
+	cmd.Flags().DurationVar(&o.interval, "interval", time.Second, "time between refreshes")
+	cmd.Flags().IntVar(&o.iterations, "iterations", 0, "stop after this many frames; 0 runs until q")
+	cmd.RunE = c.do(func(cmd *cobra.Command, _ []string) int {
+		if o.interval < 50*time.Millisecond || o.iterations < 0 {
+			fmt.Fprintln(os.Stderr, "tokenctl: top: --interval wants 50ms or more, --iterations 0 or more")
+			return 2
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return runTop(ctx, c.client(), o, os.Stdout)
+	})
 	return cmd
 }
 
