@@ -25,7 +25,9 @@ import (
 // the link of /proc/PID/fd/N (the path, or "pipe:[N]" and the like for
 // files that have none), the inode and mount ID in /proc/PID/fdinfo/N,
 // and the mount's device in /proc/PID/mountinfo.
-func countHolders(procDir string, want map[fileid.ID]bool) (map[fileid.ID]int, error) {
+// ignore is the FIFO holder's pid (0 for none): it holds every FIFO, and
+// is no client.
+func countHolders(procDir string, want map[fileid.ID]bool, ignore int) (map[fileid.ID]int, error) {
 	pids, err := os.ReadDir(procDir)
 	if err != nil {
 		return nil, fmt.Errorf("scan %s for jobserver holders: %w", procDir, err)
@@ -38,7 +40,7 @@ func countHolders(procDir string, want map[fileid.ID]bool) (map[fileid.ID]int, e
 	counts := make(map[fileid.ID]int, len(want))
 	for _, p := range pids {
 		pid, err := strconv.Atoi(p.Name())
-		if err != nil || pid == self {
+		if err != nil || pid == self || pid == ignore {
 			continue
 		}
 		dir := filepath.Join(procDir, p.Name())
@@ -230,8 +232,12 @@ func (b *Broker) startScan(due []scanRequest) {
 	for _, s := range due {
 		want[s.lease.inode] = true
 	}
+	holder := 0
+	if b.opts.Holder != nil {
+		holder = b.opts.Holder.PID()
+	}
 	go func() {
-		counts, err := countHolders(b.opts.ProcDir, want)
+		counts, err := countHolders(b.opts.ProcDir, want, holder)
 		b.scans <- scanResult{due: due, counts: counts, err: err}
 	}()
 }

@@ -70,7 +70,7 @@ func TestHolderScanDoesNotTouchHungFileSystems(t *testing.T) {
 	}
 	done := make(chan map[fileid.ID]int, 1)
 	go func() {
-		counts, err := countHolders("/proc", map[fileid.ID]bool{id: true})
+		counts, err := countHolders("/proc", map[fileid.ID]bool{id: true}, 0)
 		if err != nil {
 			t.Error(err)
 		}

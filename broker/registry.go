@@ -65,6 +65,10 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 			return nil, err
 		}
 	}
+	// Held elsewhere before any token goes in (after the state is saved
+	// below), and before it is watched: the holder's open is no client
+	// joining.
+	b.hold(l)
 	if req.NewCgroup && b.opts.Cgroups != nil {
 		// A build without a cgroup still runs; it only cannot be frozen.
 		if dir, err := b.opts.Cgroups.Make(reg.ID); err != nil {

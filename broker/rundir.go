@@ -85,6 +85,16 @@ func openCheckedDir(at int, name, shown string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), shown), nil
 }
 
+// CheckRuntimeDir creates the runtime directory if need be and refuses it
+// as New does, for what must run before the broker (the FIFO holder).
+func CheckRuntimeDir(path string) error {
+	r, err := openRunDir(path)
+	if err != nil {
+		return err
+	}
+	return r.close()
+}
+
 func (r *runDir) close() error {
 	return errors.Join(r.leases.Close(), r.dir.Close())
 }
@@ -239,6 +249,7 @@ func (b *Broker) removeStale() error {
 // removeFiles closes the lease's FIFO and gate and unlinks them by name,
 // relative to the leases directory.
 func (b *Broker) removeFiles(l *Lease) {
+	b.unhold(l)
 	err := errors.Join(l.fifo.Close(), b.run.removeLeaseFile(l.ID+".fifo"))
 	if l.gate != nil {
 		err = errors.Join(err, l.gate.close(), b.run.removeLeaseFile(l.ID+".gate"))

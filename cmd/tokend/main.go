@@ -36,6 +36,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == holderCommand {
+		if err := runHolder(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "tokend:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "tokend:", err)
 		os.Exit(1)
@@ -125,6 +132,16 @@ func run(args []string) error {
 	opts := broker.Options{RuntimeDir: cfg.RuntimeDir, Budget: cfg.Tokens, OOMScoreAdj: cfg.OOMScoreAdj, Logger: log}
 	if cgroups != nil {
 		opts.Cgroups = cgroups
+	}
+	// Started before the broker adopts, so it holds every FIFO there is,
+	// in a runtime directory checked first.
+	if err := broker.CheckRuntimeDir(cfg.RuntimeDir); err != nil {
+		return err
+	}
+	if holder, err := startHolder(cfg.RuntimeDir); err != nil {
+		log.Warn("no fifo holder; a crash of tokend loses the free tokens of leases no client holds", "error", err)
+	} else {
+		opts.Holder = holder
 	}
 	b, err := broker.New(opts)
 	if err != nil {
