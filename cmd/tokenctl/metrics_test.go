@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
@@ -15,7 +14,6 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/tokend/tokend/api"
-	"github.com/tokend/tokend/internal/buildtest"
 )
 
 // scrape GETs /metrics at url over client and parses it with Prometheus'
@@ -84,8 +82,6 @@ func unixClient(socket string) *http.Client {
 // tokend's own CPU and RSS; admissions and their wait, and the
 // controller's decisions, count what the events say happened.
 func TestMetricsMatchStatus(t *testing.T) {
-	make44 := buildtest.Make44(t)
-	p, log := buildtest.BuildProbe(t), buildtest.NewLog(t)
 	const budget = 4
 	d := startDaemonArgs(t, t.TempDir(), "--tokens", fmt.Sprint(budget), "--metrics-listen", "127.0.0.1:0")
 	addr := regexp.MustCompile(`serving metrics: address=(\S+)`).FindStringSubmatch(d.logLine(t, "serving metrics"))[1]
@@ -93,12 +89,7 @@ func TestMetricsMatchStatus(t *testing.T) {
 	defer cancel()
 
 	// holder keeps every slot; waiter then waits for admission.
-	dir := t.TempDir()
-	gate := filepath.Join(dir, "gate")
-	buildtest.WriteMakefile(t, dir, p, log, buildtest.Gated(buildtest.Independent("job", budget, 0), gate))
-	holder := &build{name: "holder", prefix: "job", jobs: budget, argv: []string{make44, "-s", "-C", dir}}
-	holder.start(t, d)
-	log.WaitFor(ctx, t, "every slot in use", func(r buildtest.Run) bool { return r.Running() == budget })
+	holder := holdSlots(ctx, t, d, "holder", budget)
 	waiter := &build{name: "waiter", argv: []string{"true"}}
 	waiter.start(t, d)
 	st, _ := d.waitStatus(t, "one lease running, one waiting", func(st api.Status) bool {
@@ -158,8 +149,7 @@ func TestMetricsMatchStatus(t *testing.T) {
 		t.Errorf("metrics_listen serves %d families, the socket %d", len(tcp), len(sock))
 	}
 
-	buildtest.OpenGate(t, gate)
-	holder.wait(ctx, t, log)
+	holder.release(ctx, t)
 	if err := waiter.proc.Wait(ctx, t); err != nil {
 		t.Fatalf("waiter: %v\n%s", err, waiter.proc.Output())
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -12,40 +11,30 @@ import (
 	"unicode/utf8"
 
 	"github.com/tokend/tokend/api"
-	"github.com/tokend/tokend/internal/buildtest"
 	"github.com/tokend/tokend/internal/termtest"
 )
 
 // topLeases runs two builds under a tokend with a budget of 4: zeta, a
-// make whose four jobs hold every slot until the gate opens, and beta,
-// which waits for admission meanwhile. It returns the daemon and the gate.
-func topLeases(t *testing.T) (*daemon, string, func()) {
+// make whose four jobs hold every slot until finish, and beta, which
+// waits for admission meanwhile.
+func topLeases(t *testing.T) (d *daemon, finish func()) {
 	t.Helper()
-	make44 := buildtest.Make44(t)
-	p, log := buildtest.BuildProbe(t), buildtest.NewLog(t)
-	d := startDaemon(t, t.TempDir(), 4)
+	d = startDaemon(t, t.TempDir(), 4)
 	ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
-	dir := t.TempDir()
-	gate := filepath.Join(dir, "gate")
-	buildtest.WriteMakefile(t, dir, p, log, buildtest.Gated(buildtest.Independent("job", 4, 0), gate))
-	zeta := &build{name: "zeta", prefix: "job", jobs: 4, argv: []string{make44, "-s", "-C", dir}}
-	zeta.start(t, d)
-	log.WaitFor(ctx, t, "every slot in use", func(r buildtest.Run) bool { return r.Running() == 4 })
+	zeta := holdSlots(ctx, t, d, "zeta", 4)
 	beta := &build{name: "beta", argv: []string{"true"}}
 	beta.start(t, d)
 	d.waitStatus(t, "zeta running and measured, beta waiting", func(st api.Status) bool {
 		return len(st.Leases) == 2 && st.Leases[0].Memory != nil && st.Leases[0].Memory.Jobs == 4 &&
 			st.Leases[1].State == api.StateWaiting && st.Memory != nil
 	})
-	finish := func() {
-		buildtest.OpenGate(t, gate)
-		zeta.wait(ctx, t, log)
+	return d, func() {
+		zeta.release(ctx, t)
 		if err := beta.proc.Wait(ctx, t); err != nil {
 			t.Errorf("beta: %v", err)
 		}
 		cancel()
 	}
-	return d, gate, finish
 }
 
 // checkWidth fails t for a line wider than 80 columns.
@@ -74,7 +63,7 @@ func row(screen, name string) string {
 // refreshes by itself, sorts on a key, follows the builds as they end,
 // quits on q and gives the terminal back.
 func TestTopInATerminal(t *testing.T) {
-	d, _, finish := topLeases(t)
+	d, finish := topLeases(t)
 	term := termtest.Start(t, 80, 24, nil, d.tokenctl, "--socket", d.sock, "top")
 	// The first frame comes at once, the events a moment later.
 	screen := term.WaitFor("both leases and their events", func(s string) bool {
@@ -125,7 +114,7 @@ func TestTopInATerminal(t *testing.T) {
 // Not on a terminal, top writes plain frames: no escape sequences, 80
 // columns, as many frames as asked for.
 func TestTopPlainText(t *testing.T) {
-	d, _, finish := topLeases(t)
+	d, finish := topLeases(t)
 	defer finish()
 	out, err := exec.Command(d.tokenctl, "--socket", d.sock, "top", "--iterations", "2", "--interval", "200ms").Output()
 	if err != nil {
