@@ -129,7 +129,9 @@ func startBuild(t *testing.T, group cgtest.Group, d *daemon, gmake, dir, name st
 // finish waits for the builds and reports each one's error.
 func finish(t *testing.T, builds []build) []error {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// A bound for a hung build, not a speed: static -j8 builds whose jobs
+	// the kernel kills took over 2 minutes at load 40.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	errs := make([]error, len(builds))
 	for i, b := range builds {

@@ -173,6 +173,11 @@ func run(args []string) error {
 		}
 	}
 
+	// Signals are ours before the socket answers: a SIGHUP sent as soon
+	// as tokend is seen up (a reload right after start) must reload, not
+	// kill it.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	brokerDone := make(chan error, 1)
@@ -186,8 +191,6 @@ func run(args []string) error {
 	log.Info("tokend ready", "socket", socket, "budget", st.Budget, "budget_reason", st.BudgetReason, "leases", len(st.Leases))
 	notifySystemd(log, "READY=1")
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	for {
 		select {
 		case sig := <-sigs:
