@@ -588,7 +588,7 @@ EOF2
       memrun "$v-mem-static" "" || static_rc=$?
       static_kills=$kills
       mrt=$work/rt-$v-mem
-      "$bin/tokend" --runtime-dir "$mrt" --memory-cgroup "$cg" --log-level debug >>"$work/tokend-mem.log" 2>&1 &
+      "$bin/tokend" --runtime-dir "$mrt" --state-dir "$work/state-mem" --memory-cgroup "$cg" --log-level debug >>"$work/tokend-mem.log" 2>&1 &
       tokend_pid=$!
       sock=$mrt/tokend.sock
       for _ in $(seq 100); do "$bin/tokenctl" --socket "$sock" status >/dev/null 2>&1 && break; sleep 0.05; done

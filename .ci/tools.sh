@@ -2,8 +2,9 @@
 # Installs the real jobserver clients the test suite drives, idempotently:
 # GNU make 4.4.x and ninja 1.13.x built from Debian sid source packages into
 # a cache directory (Debian 12 ships make 4.3 and a ninja with no jobserver
-# client), plus Debian 12's own make 4.3, gcc and busybox, and the terminal
-# and shells tokenctl's terminal tests drive (tmux, bash-completion, zsh, fish).
+# client), plus Debian 12's own make 4.3, gcc and busybox, the terminal and
+# shells tokenctl's terminal tests drive (tmux, bash-completion, zsh, fish),
+# and jq for the README's notifier.
 # Prints the cache directory's bin/ on the last line of stdout.
 set -euo pipefail
 
@@ -24,7 +25,7 @@ apt_update() {
 }
 
 need_pkgs=()
-for p in make gcc python3 dpkg-dev busybox-static tmux zsh fish bash-completion; do
+for p in make gcc python3 dpkg-dev busybox-static tmux zsh fish bash-completion jq; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -43,10 +43,16 @@ func jsonPaths(t reflect.Type, prefix string) []string {
 	return out
 }
 
-// docs/status-json.md documents every field of the status, and nothing
-// that is not one.
-func TestStatusJSONIsDocumented(t *testing.T) {
-	b, err := os.ReadFile("../docs/status-json.md")
+// docs/status-json.md documents every field of the status, and
+// docs/events-json.md every field of an event, and nothing that is not one.
+func TestJSONIsDocumented(t *testing.T) {
+	checkDocumented(t, "../docs/status-json.md", reflect.TypeFor[Status](), 40)
+	checkDocumented(t, "../docs/events-json.md", reflect.TypeFor[Event](), 13)
+}
+
+func checkDocumented(t *testing.T, doc string, typ reflect.Type, least int) {
+	t.Helper()
+	b, err := os.ReadFile(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,18 +63,18 @@ func TestStatusJSONIsDocumented(t *testing.T) {
 			documented = append(documented, name)
 		}
 	}
-	fields := jsonPaths(reflect.TypeFor[Status](), "")
-	if len(fields) < 40 {
-		t.Fatalf("found only %d fields in Status: %q", len(fields), fields)
+	fields := jsonPaths(typ, "")
+	if len(fields) < least {
+		t.Fatalf("found only %d fields in %s: %q", len(fields), typ, fields)
 	}
 	for _, f := range fields {
 		if !slices.Contains(documented, f) {
-			t.Errorf("status field %s is not in docs/status-json.md", f)
+			t.Errorf("%s field %s is not in %s", typ, f, doc)
 		}
 	}
 	for _, d := range documented {
 		if !slices.Contains(fields, d) {
-			t.Errorf("docs/status-json.md documents %s, which Status has not", d)
+			t.Errorf("%s documents %s, which %s has not", doc, d, typ)
 		}
 	}
 }

@@ -33,7 +33,9 @@ func (b *Broker) admit(leases []*Lease, granted int) {
 				b.log.Error("cannot open the gate of an admitted lease; its build goes on once it sees the stamp stop", "lease", l.ID, "error", err)
 			}
 		}
-		b.log.Info("lease admitted", "lease", l.ID, "name", l.Name, "waited", time.Since(since).Round(time.Millisecond))
+		waited := time.Since(since)
+		b.log.Info("lease admitted", "lease", l.ID, "name", l.Name, "waited", waited.Round(time.Millisecond))
+		b.Record(api.Event{Kind: api.EventAdmit, Lease: l.ID, Name: l.Name, Wait: waited})
 	}
 }
 

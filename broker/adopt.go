@@ -46,6 +46,8 @@ func (b *Broker) adoptLease(s savedLease) error {
 			l.admitted = true
 		}
 	}
+	// Held before it is watched: the holder's open is no client joining.
+	b.hold(l)
 	if err := b.track(l); err != nil {
 		f.Close()
 		return err

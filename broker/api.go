@@ -8,14 +8,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/user"
-	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/api"
 )
@@ -38,13 +35,6 @@ type Server struct {
 	http     *http.Server
 }
 
-type peerKey struct{}
-
-// peer is who is on the other end of a connection.
-type peer struct {
-	uid, gid, pid int
-}
-
 // NewServer makes the API for b. leaseGroup names the group whose members
 // may register leases ("" for root only).
 func NewServer(b *Broker, leaseGroup string, log hclog.Logger) (*Server, error) {
@@ -63,6 +53,8 @@ func NewServer(b *Broker, leaseGroup string, log hclog.Logger) (*Server, error) 
 	mux.HandleFunc("GET "+api.PathLeases+"/{id}", s.lease)
 	mux.HandleFunc("DELETE "+api.PathLeases+"/{id}", s.end)
 	mux.HandleFunc("PUT "+api.PathBudget, s.setBudget)
+	mux.HandleFunc("GET "+api.PathEvents, s.events)
+	mux.Handle("GET /metrics", b.MetricsHandler())
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 2 * time.Second,
@@ -76,72 +68,6 @@ func NewServer(b *Broker, leaseGroup string, log hclog.Logger) (*Server, error) 
 		ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
 	}
 	return s, nil
-}
-
-// peerOf reads the credentials of the process on the other end; a
-// connection whose credentials cannot be read is treated as nobody.
-func peerOf(c net.Conn) peer {
-	nobody := peer{uid: -1, gid: -1, pid: -1}
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return nobody
-	}
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return nobody
-	}
-	var cred *unix.Ucred
-	cerr := rc.Control(func(fd uintptr) {
-		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	})
-	if cerr != nil || err != nil {
-		return nobody
-	}
-	return peer{uid: int(cred.Uid), gid: int(cred.Gid), pid: int(cred.Pid)}
-}
-
-// Listen creates the socket at path, replacing a stale one, and makes it
-// reachable by every local user: permission is checked per request.
-func Listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("create socket directory: %w", err)
-	}
-	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("listen on %s: another tokend answers there; stop it first", path)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := chmodSocket(path, 0o666); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("open socket %s to local users: %w", path, err)
-	}
-	return l, nil
-}
-
-// chmodSocket sets the mode of the socket at path without following a
-// symlink: chmod(2) follows one, fchmodat(2) cannot refuse to, so the
-// socket is opened as a path (O_PATH|O_NOFOLLOW), checked to be a socket,
-// and changed through its /proc/self/fd link, which names the file itself.
-func chmodSocket(path string, mode uint32) error {
-	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return fmt.Errorf("%s is no longer a socket (mode %o): something replaced it", path, st.Mode)
-	}
-	return unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode)
 }
 
 // Serve answers requests on l until Shutdown.

@@ -7,8 +7,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
@@ -130,6 +133,40 @@ func TestAPIPermissionsFollowPeerCredentials(t *testing.T) {
 	if st := b.Status(); len(st.Leases) != 0 || st.Budget != 4 {
 		t.Fatalf("another user changed the broker: %+v", st)
 	}
+}
+
+// Membership of the lease group counts however the client runs: a member
+// whose process has another group as its own (a user whose primary group
+// is not the lease group, or who ran newgrp) may register. Membership comes
+// from the user database, here nobody's own group, which a process running
+// as nobody under another gid still belongs to; a group nobody is not in
+// stays closed to it.
+func TestAPILeaseGroupMemberUnderAnotherGID(t *testing.T) {
+	nobody, err := user.LookupId(strconv.Itoa(buildtest.Nobody))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := user.LookupGroupId(nobody.Gid)
+	if err != nil {
+		t.Fatalf("nobody's group %s: %v", nobody.Gid, err)
+	}
+	ownGID, _ := strconv.Atoi(own.Gid)
+	const otherGID = 1 // daemon on Debian; any gid but nobody's own will do
+	buildtest.Require(t, ownGID != otherGID, "nobody's own group to be another than gid 1")
+	cred := &syscall.Credential{Uid: buildtest.Nobody, Gid: otherGID, Groups: []uint32{uint32(ownGID)}}
+	calls := []apiCall{register(`{"name": "member", "owner_pid": $SELF}`), {"PUT", api.PathBudget, `{"tokens": 1}`}}
+
+	b := startBroker(t, t.TempDir(), 4)
+	answers := asUser(t, serve(t, b, own.Name), cred, calls...)
+	expect(t, "register as nobody under gid 1, lease group "+own.Name, answers[0], 201, `"name":"member"`)
+	if st := b.Status(); len(st.Leases) != 1 || st.Leases[0].UID != buildtest.Nobody {
+		t.Errorf("leases %+v, want nobody's", st.Leases)
+	}
+	expect(t, "set budget as a lease group member", answers[1], 403, "may not set the budget")
+
+	closed := startBroker(t, t.TempDir(), 4)
+	answers = asUser(t, serve(t, closed, "root"), cred, calls...)
+	expect(t, "register as nobody, lease group root", answers[0], 403, "uid 65534 may not register")
 }
 
 func TestAPIAdmissionWaitWakesWhenRoomAppears(t *testing.T) {

@@ -30,6 +30,9 @@ type Options struct {
 	ProcDir string
 	// Cgroups, if set, makes a cgroup for each lease that asks for one.
 	Cgroups LeaseCgroups
+	// Holder, if set, keeps every lease FIFO open in another process, so
+	// that tokens survive a crash of tokend.
+	Holder FIFOHolder
 	// LeasesPerUser is how many leases one user other than root may hold.
 	// Default DefaultLeasesPerUser.
 	LeasesPerUser int
@@ -43,10 +46,13 @@ type Options struct {
 }
 
 // Broker owns the host's budget of job tokens and the leases it feeds.
-// Its work is split by what it does: registry.go and adopt.go hold the
-// leases, budget.go decides the budget, pass.go moves tokens, admission.go
-// lets waiting builds start (gate.go for nix builds), collect.go takes owed tokens back, reclaim.go
-// writes off leaked ones, state.go saves it all and status.go reports it.
+// Its work is split by what it does: registry.go, adopt.go and permit.go
+// hold the leases and say who may have one, budget.go decides the budget,
+// pass.go (with share.go) moves tokens, admission.go lets waiting builds
+// start (gate.go for nix builds), collect.go takes owed tokens back,
+// holders.go and reclaim.go write off leaked ones, state.go and rundir.go
+// keep it all on disk, status.go reports it, and api.go and socket.go
+// serve the control API.
 type Broker struct {
 	opts       Options
 	log        hclog.Logger
@@ -54,6 +60,8 @@ type Broker struct {
 	watch      *fifoWatch
 	wake       chan struct{}
 	collectors *collectors
+	events     *events
+	metrics    *metrics
 
 	mu            sync.Mutex
 	leases        map[string]*Lease
@@ -120,12 +128,14 @@ func New(opts Options) (*Broker, error) {
 		watch:      watch,
 		wake:       make(chan struct{}, 1),
 		collectors: newCollectors(),
+		events:     newEvents(),
 		leases:     map[string]*Lease{},
 		byWatch:    map[int]watched{},
 		sources:    budgetSources{configured: opts.Budget},
 		admissions: make(chan struct{}),
 		scans:      make(chan scanResult, 1),
 	}
+	b.metrics = newMetrics(b)
 	if err := b.adopt(); err != nil {
 		watch.close()
 		run.close()

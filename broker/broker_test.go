@@ -3,11 +3,14 @@ package broker
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -420,11 +423,32 @@ func TestRestartAdoptsLeasesAndCleansStaleFIFOs(t *testing.T) {
 }
 
 func TestCorruptStateIsRefused(t *testing.T) {
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "state.json"), []byte("{not json"), 0o600)
-	_, err := New(Options{RuntimeDir: dir})
-	if err == nil {
-		t.Fatal("a corrupt state file was accepted")
+	for name, text := range map[string]string{
+		"not json":      "{not json",
+		"other version": `{"version": 99, "leases": []}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "state.json")
+			os.WriteFile(path, []byte(text), 0o600)
+			_, err := New(Options{RuntimeDir: dir})
+			if err == nil {
+				t.Fatal("a corrupt state file was accepted")
+			}
+			// The error names the file and the way out, and is about the
+			// state: not some other failure of New.
+			for _, want := range []string{"read state " + path, "move it aside"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			var syntax *json.SyntaxError
+			if isJSON := errors.As(err, &syntax); isJSON != (name == "not json") {
+				t.Errorf("error %q: a JSON syntax error is %v, want %v", err, isJSON, name == "not json")
+			}
+			if raw, _ := os.ReadFile(path); string(raw) != text {
+				t.Errorf("the refused state file was changed to %q", raw)
+			}
+		})
 	}
-	t.Log(err)
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -88,6 +89,7 @@ func (b *Broker) applyBudget() {
 	n, reason := b.sources.decide()
 	if n != b.budget || reason != b.budgetReason {
 		b.log.Info("budget changed", "from", b.budget, "to", n, "reason", reason)
+		b.Record(api.Event{Kind: api.EventBudget, From: b.budget, Budget: n, Reason: reason})
 	}
 	b.budget, b.budgetReason = n, reason
 }

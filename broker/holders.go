@@ -11,17 +11,9 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-)
 
-// statID returns the identity of the file at path, following links. It
-// is used on tokend's own FIFOs only, never on what other processes hold.
-func statID(path string) (fileID, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return fileID{}, err
-	}
-	return fileID{dev: st.Dev, ino: st.Ino}, nil
-}
+	"github.com/tokend/tokend/internal/fileid"
+)
 
 // countHolders counts, for each file in want, the descriptors other
 // processes have open on it. A process inside a nix sandbox sees the FIFO
@@ -33,20 +25,22 @@ func statID(path string) (fileID, error) {
 // the link of /proc/PID/fd/N (the path, or "pipe:[N]" and the like for
 // files that have none), the inode and mount ID in /proc/PID/fdinfo/N,
 // and the mount's device in /proc/PID/mountinfo.
-func countHolders(procDir string, want map[fileID]bool) (map[fileID]int, error) {
+// ignore is the FIFO holder's pid (0 for none): it holds every FIFO, and
+// is no client.
+func countHolders(procDir string, want map[fileid.ID]bool, ignore int) (map[fileid.ID]int, error) {
 	pids, err := os.ReadDir(procDir)
 	if err != nil {
 		return nil, fmt.Errorf("scan %s for jobserver holders: %w", procDir, err)
 	}
 	inodes := make(map[uint64]bool, len(want))
 	for id := range want {
-		inodes[id.ino] = true
+		inodes[id.Ino] = true
 	}
 	self := os.Getpid()
-	counts := make(map[fileID]int, len(want))
+	counts := make(map[fileid.ID]int, len(want))
 	for _, p := range pids {
 		pid, err := strconv.Atoi(p.Name())
-		if err != nil || pid == self {
+		if err != nil || pid == self || pid == ignore {
 			continue
 		}
 		dir := filepath.Join(procDir, p.Name())
@@ -69,7 +63,7 @@ func countHolders(procDir string, want map[fileID]bool) (map[fileID]int, error) 
 					break
 				}
 			}
-			if id := (fileID{dev: devs[mnt], ino: ino}); want[id] {
+			if id := (fileid.ID{Dev: devs[mnt], Ino: ino}); want[id] {
 				counts[id]++
 			}
 		}
@@ -209,7 +203,7 @@ func (w *fifoWatch) close() error { return w.f.Close() }
 // about.
 type scanResult struct {
 	due    []scanRequest
-	counts map[fileID]int
+	counts map[fileid.ID]int
 	err    error
 }
 
@@ -234,12 +228,16 @@ func (b *Broker) startScan(due []scanRequest) {
 		return
 	}
 	b.scanSince, b.scanReported = time.Now(), false
-	want := make(map[fileID]bool, len(due))
+	want := make(map[fileid.ID]bool, len(due))
 	for _, s := range due {
 		want[s.lease.inode] = true
 	}
+	holder := 0
+	if b.opts.Holder != nil {
+		holder = b.opts.Holder.PID()
+	}
 	go func() {
-		counts, err := countHolders(b.opts.ProcDir, want)
+		counts, err := countHolders(b.opts.ProcDir, want, holder)
 		b.scans <- scanResult{due: due, counts: counts, err: err}
 	}()
 }

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/internal/buildtest"
+	"github.com/tokend/tokend/internal/fileid"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -63,13 +64,13 @@ func TestHolderScanDoesNotTouchHungFileSystems(t *testing.T) {
 	}
 	defer func() { holder.Process.Kill(); holder.Wait() }()
 
-	id, err := statID(f.Path())
+	id, err := fileid.Of(f.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan map[fileID]int, 1)
+	done := make(chan map[fileid.ID]int, 1)
 	go func() {
-		counts, err := countHolders("/proc", map[fileID]bool{id: true})
+		counts, err := countHolders("/proc", map[fileid.ID]bool{id: true}, 0)
 		if err != nil {
 			t.Error(err)
 		}

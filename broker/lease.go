@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/procfs"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/fileid"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -47,14 +48,11 @@ type Lease struct {
 	collector context.CancelFunc
 
 	// The search for leaked tokens (reclaim.go).
-	inode     fileID
+	inode     fileid.ID
 	opens     int       // clients' opens seen, so a scan racing an open is discarded
 	closeSeen time.Time // a client closed the FIFO; nobody may hold it any more
 	removing  bool      // ended and nobody holds it: removed at the end of the tick
 }
-
-// fileID is a file's identity, the same seen through any mount.
-type fileID struct{ dev, ino uint64 }
 
 // fifoPath is where lease id's FIFO lives in the runtime directory.
 func fifoPath(dir, id string) string { return filepath.Join(dir, "leases", id+".fifo") }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -83,6 +84,7 @@ func (b *Broker) trimExcess(l *Lease) {
 		b.totals.inflated += extra
 		b.dirty = true
 		b.log.Warn("lease fifo held more tokens than granted; took the excess", "lease", l.ID, "name", l.Name, "excess", extra)
+		b.Record(api.Event{Kind: api.EventTrim, Lease: l.ID, Name: l.Name, Tokens: extra})
 	}
 }
 

@@ -71,6 +71,12 @@ func sendRequests() {
 // real host.
 func asNobody(t *testing.T, socket string, calls ...apiCall) []apiAnswer {
 	t.Helper()
+	return asUser(t, socket, &syscall.Credential{Uid: buildtest.Nobody, Gid: buildtest.Nobody}, calls...)
+}
+
+// asUser is asNobody with the given credentials.
+func asUser(t *testing.T, socket string, cred *syscall.Credential, calls ...apiCall) []apiAnswer {
+	t.Helper()
 	buildtest.Require(t, os.Geteuid() == 0, "root, to run a client as another uid")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -91,19 +97,19 @@ func asNobody(t *testing.T, socket string, calls ...apiCall) []apiAnswer {
 	}
 	child := exec.CommandContext(ctx, bin, "-test.run=^$")
 	child.Env = append(os.Environ(), "TOKEND_BROKER_TEST_CHILD=requests", "TOKEND_SOCKET="+socket, "TOKEND_REQUESTS="+string(raw))
-	child.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: buildtest.Nobody, Gid: buildtest.Nobody}}
+	child.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	child.Dir = "/"
 	child.Stderr = os.Stderr
 	out, err := child.Output()
 	if err != nil {
-		t.Fatalf("client as uid %d: %v", buildtest.Nobody, err)
+		t.Fatalf("client as uid %d gid %d: %v", cred.Uid, cred.Gid, err)
 	}
 	var answers []apiAnswer
 	if err := json.Unmarshal(out, &answers); err != nil || len(answers) != len(calls) {
 		t.Fatalf("client output %q: %v", out, err)
 	}
 	for i, a := range answers {
-		t.Logf("uid %d: %s %s %s -> %d %s", buildtest.Nobody, calls[i].Method, calls[i].Path, calls[i].Body, a.Code, a.Body)
+		t.Logf("uid %d: %s %s %s -> %d %s", cred.Uid, calls[i].Method, calls[i].Path, calls[i].Body, a.Code, a.Body)
 	}
 	return answers
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"time"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -146,6 +147,7 @@ func (b *Broker) writeOffLeaked(l *Lease) {
 	b.totals.reclaimed += leaked
 	b.dirty = true
 	b.log.Info("reclaimed leaked tokens", "lease", l.ID, "name", l.Name, "tokens", leaked)
+	b.Record(api.Event{Kind: api.EventReclaim, Lease: l.ID, Name: l.Name, Tokens: leaked})
 }
 
 // removeEnded deletes ended leases once nothing holds them and their

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/fileid"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -64,6 +65,10 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 			return nil, err
 		}
 	}
+	// Held elsewhere before any token goes in (after the state is saved
+	// below), and before it is watched: the holder's open is no client
+	// joining.
+	b.hold(l)
 	if req.NewCgroup && b.opts.Cgroups != nil {
 		// A build without a cgroup still runs; it only cannot be frozen.
 		if dir, err := b.opts.Cgroups.Make(reg.ID); err != nil {
@@ -84,6 +89,7 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 		if err != nil {
 			b.untrack(l)
 		} else {
+			b.Record(api.Event{Kind: api.EventStart, Lease: l.ID, Name: l.Name}) // before its admission, which the pass may record
 			b.pass()
 		}
 	}
@@ -161,6 +167,7 @@ func (b *Broker) end(l *Lease, reason string) {
 	l.closeSeen = time.Now()
 	b.dirty = true
 	b.log.Info("lease ending", "lease", l.ID, "name", l.Name, "reason", reason)
+	b.Record(api.Event{Kind: api.EventEnd, Lease: l.ID, Name: l.Name, Reason: reason})
 }
 
 // watched is what an inotify watch is on: a lease's FIFO, or its gate.
@@ -171,7 +178,7 @@ type watched struct {
 
 // track makes l known to the broker and watches its FIFO and gate.
 func (b *Broker) track(l *Lease) error {
-	id, err := statID(l.fifo.Path())
+	id, err := fileid.Of(l.fifo.Path())
 	if err != nil {
 		return fmt.Errorf("lease %s: %w", l.ID, err)
 	}

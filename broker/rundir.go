@@ -1,8 +1,6 @@
 package broker
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -87,6 +85,16 @@ func openCheckedDir(at int, name, shown string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), shown), nil
 }
 
+// CheckRuntimeDir creates the runtime directory if need be and refuses it
+// as New does, for what must run before the broker (the FIFO holder).
+func CheckRuntimeDir(path string) error {
+	r, err := openRunDir(path)
+	if err != nil {
+		return err
+	}
+	return r.close()
+}
+
 func (r *runDir) close() error {
 	return errors.Join(r.leases.Close(), r.dir.Close())
 }
@@ -118,30 +126,6 @@ func (r *runDir) readFile(name string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s is larger than %d bytes", f.Name(), limit)
 	}
 	return raw, nil
-}
-
-// replaceFile writes name atomically: a new file under a random name,
-// renamed over the old one, all relative to the directory.
-func (r *runDir) replaceFile(name string, data []byte) error {
-	var raw [6]byte
-	rand.Read(raw[:])
-	tmp := "." + name + "-" + hex.EncodeToString(raw[:])
-	dirfd := int(r.dir.Fd())
-	fd, err := unix.Openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", filepath.Join(r.path, name), err)
-	}
-	f := os.NewFile(uintptr(fd), tmp)
-	_, werr := f.Write(data)
-	if err := errors.Join(werr, f.Close()); err != nil {
-		unix.Unlinkat(dirfd, tmp, 0)
-		return fmt.Errorf("write %s: %w", filepath.Join(r.path, name), err)
-	}
-	if err := unix.Renameat(dirfd, tmp, dirfd, name); err != nil {
-		unix.Unlinkat(dirfd, tmp, 0)
-		return fmt.Errorf("write %s: %w", filepath.Join(r.path, name), err)
-	}
-	return nil
 }
 
 // setAside renames name to name.rejected-N, keeping what a bad file said
@@ -265,6 +249,7 @@ func (b *Broker) removeStale() error {
 // removeFiles closes the lease's FIFO and gate and unlinks them by name,
 // relative to the leases directory.
 func (b *Broker) removeFiles(l *Lease) {
+	b.unhold(l)
 	err := errors.Join(l.fifo.Close(), b.run.removeLeaseFile(l.ID+".fifo"))
 	if l.gate != nil {
 		err = errors.Join(err, l.gate.close(), b.run.removeLeaseFile(l.ID+".gate"))

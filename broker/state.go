@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/atomicfile"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -157,13 +158,18 @@ func (s savedLease) check(owns func(string) bool) error {
 }
 
 // saveState replaces the state file atomically: a crash of tokend leaves
-// the old file or the new one, never a torn one. It does not fsync: the
+// the old file or the new one, never a torn one. It does not sync: the
 // file lives in /run and guards against tokend dying, not the host (no
-// build survives a reboot), and tokend saves it before every grant.
+// build survives a reboot), and tokend saves it before every grant and on
+// every registration, where a sync would cost milliseconds each time
+// under the broker's lock.
 func saveState(r *runDir, s savedState) error {
 	raw, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	return r.replaceFile(stateFile, append(raw, '\n'))
+	if err := atomicfile.WriteAt(r.dir, stateFile, append(raw, '\n'), atomicfile.CrashOfWriter); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	return nil
 }

@@ -10,6 +10,9 @@ let
   cfg = config.services.tokend;
   settingsFormat = pkgs.formats.toml { };
   configFile = "/etc/tokend/config.toml";
+  metricsOn = cfg.settings.metrics_listen != "";
+  # The port of HOST:PORT, for the firewall.
+  metricsPort = builtins.fromJSON (builtins.head (builtins.match ".*:([0-9]+)" cfg.settings.metrics_listen));
   inherit (lib)
     mkEnableOption
     mkIf
@@ -87,6 +90,17 @@ in
             default = "info";
             description = "Log level.";
           };
+          metrics_listen = mkOption {
+            type = types.str;
+            default = "";
+            example = "127.0.0.1:9464";
+            description = ''
+              TCP address (HOST:PORT) to serve Prometheus metrics on at
+              /metrics, besides the control socket; empty: none. Setting it
+              lets the service use the network; openFirewall opens
+              its port.
+            '';
+          };
         };
       };
     };
@@ -109,6 +123,15 @@ in
         sandboxed build its own jobserver FIFO at /run/tokend/jobserver.fifo.
         Builds join it only through the setup hook (pkgs.withJobserver, or
         the jobserverEverywhere overlay).
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Open settings.metrics_listen's port in the firewall, for a
+        Prometheus on another host. Nothing is opened by default.
       '';
     };
 
@@ -183,7 +206,8 @@ in
           ProtectHome = true;
           PrivateTmp = true;
           PrivateDevices = true;
-          PrivateNetwork = true;
+          # Only metrics_listen needs the network.
+          PrivateNetwork = !metricsOn;
           NoNewPrivileges = true;
           ProtectKernelModules = true;
           # tokend reads the OOM killer's reports of build jobs from
@@ -194,7 +218,10 @@ in
           DeviceAllow = [ "/dev/kmsg r" ];
           ProtectClock = true;
           ProtectHostname = true;
-          RestrictAddressFamilies = [ "AF_UNIX" ];
+          RestrictAddressFamilies = [ "AF_UNIX" ] ++ lib.optionals metricsOn [
+            "AF_INET"
+            "AF_INET6"
+          ];
           RestrictNamespaces = true;
           RestrictRealtime = true;
           RestrictSUIDSGID = true;
@@ -226,6 +253,10 @@ in
       # kernel's victim is a build job: the daemon and the other builds
       # go on, and make reports that one job.
       systemd.services.nix-daemon.serviceConfig.OOMPolicy = lib.mkDefault "continue";
+    })
+
+    (mkIf (metricsOn && cfg.openFirewall) {
+      networking.firewall.allowedTCPPorts = [ metricsPort ];
     })
 
     (mkIf cfg.useCgroups {

@@ -42,7 +42,7 @@ in
     # The NAR hash of `go mod vendor` for go.mod/go.sum. .ci/nix-test.sh
     # recomputes it and fails when it is stale (TOKEND_UPDATE_VENDOR_HASH=1
     # rewrites it).
-    vendorHash = "sha256-PLQ8KbzD6mzetz87z8zd5kCB7PhEEh9iz6J66TdqZX0=";
+    vendorHash = "sha256-yDfSHTFG4VSZmcaa06sdrs1LhlnRJRr/uP0fuNbFU7A=";
     subPackages = [ "cmd/..." ];
     env.CGO_ENABLED = "0";
     # The version every program's --version says.

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/tokend/tokend/internal/bytesize"
@@ -46,10 +47,8 @@ func (e *engine) brake(in []leaseInput, head, reserve, outsideGrowth uint64, fre
 	freeze := func(li leaseInput, why string) {
 		ls := e.leases[li.ID]
 		ls.frozen, ls.frozenAt = true, now
-		acts = append(acts, action{Lease: li.ID, Freeze: true})
-		e.log.Info("memory brake: froze a lease", "lease", li.ID, "name", li.Name, "why", why,
-			"headroom", bytesize.Human(head), "previous", bytesize.Human(e.prevHead), "reserve", bytesize.Human(reserve),
-			"outside_growth", bytesize.Human(outsideGrowth))
+		acts = append(acts, action{Lease: li.ID, Name: li.Name, Freeze: true, Why: why})
+		e.log.Info("memory brake: froze a lease", "lease", li.ID, "name", li.Name, "why", why)
 	}
 	var unknownLinks []leaseInput
 	for _, li := range in {
@@ -61,16 +60,22 @@ func (e *engine) brake(in []leaseInput, head, reserve, outsideGrowth uint64, fre
 	switch {
 	case !e.started:
 	case short:
+		why := fmt.Sprintf("headroom %s, falling from %s, is below half the reserve of %s",
+			bytesize.Human(head), bytesize.Human(e.prevHead), bytesize.Human(reserve))
+		if outsideGrowth > 0 {
+			why += fmt.Sprintf(" once memory outside the leases has grown by the %s expected", bytesize.Human(outsideGrowth))
+		}
 		for i := len(in) - 1; i >= 0 && in[i].ID != oldest; i-- {
 			if freezable(in[i]) {
-				freeze(in[i], "headroom")
+				freeze(in[i], why)
 				break
 			}
 		}
 	case len(unknownLinks) >= 2 && free < 0:
 		for i := len(unknownLinks) - 1; i >= 0; i-- {
 			if freezable(unknownLinks[i]) {
-				freeze(unknownLinks[i], "links of unknown size")
+				freeze(unknownLinks[i], fmt.Sprintf("%d links of unknown size run and memory does not fit their growth to come (%s short); this one waits for the older",
+					len(unknownLinks), bytesize.Human(uint64(-free))))
 				break
 			}
 		}
@@ -93,7 +98,11 @@ func (e *engine) brake(in []leaseInput, head, reserve, outsideGrowth uint64, fre
 	if due && (f.ID == oldest || recovered && now.Sub(e.recoveredSince) >= dwell) {
 		ls.frozen = false
 		e.lastThaw = now
-		acts = append(acts, action{Lease: f.ID})
+		why := fmt.Sprintf("memory recovered: headroom %s", bytesize.Human(head))
+		if f.ID == oldest {
+			why = "it became the oldest lease, which must make progress"
+		}
+		acts = append(acts, action{Lease: f.ID, Name: f.Name, Why: why})
 		e.log.Info("memory brake: thawed a lease", "lease", f.ID, "name", f.Name,
 			"frozen_for", now.Sub(ls.frozenAt).Round(time.Millisecond), "headroom", bytesize.Human(head), "oldest", f.ID == oldest)
 	}

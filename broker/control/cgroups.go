@@ -1,7 +1,6 @@
 package control
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
@@ -18,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/broker"
+	"github.com/tokend/tokend/broker/memory"
 )
 
 // Cgroups makes, freezes, thaws and removes the cgroup v2 groups of
@@ -218,17 +217,12 @@ func isFrozen(dir string) (bool, error) {
 
 // members lists the processes directly in a group.
 func members(dir string) (map[int]bool, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	pids, err := memory.CgroupProcs(dir)
 	if err != nil {
 		return nil, err
 	}
-	out := map[int]bool{}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		pid, err := strconv.Atoi(strings.TrimSpace(sc.Text()))
-		if err != nil {
-			return nil, fmt.Errorf("%s/cgroup.procs: %q is not a PID", dir, sc.Text())
-		}
+	out := make(map[int]bool, len(pids))
+	for _, pid := range pids {
 		out[pid] = true
 	}
 	return out, nil

@@ -33,8 +33,11 @@ type Config struct {
 	History *History
 	// CPUs is how many CPUs builds may use; 0 means runtime.NumCPU(),
 	// which counts those in this process's affinity mask.
-	CPUs   int
-	Logger hclog.Logger
+	CPUs int
+	// AbandonedGrace is how long a sandbox may hold no process before its
+	// lease ends; 0 means DefaultAbandonedGrace.
+	AbandonedGrace time.Duration
+	Logger         hclog.Logger
 }
 
 // Controller sizes the broker's budget from memory: it samples the domain
@@ -54,8 +57,10 @@ type Controller struct {
 	mu   sync.Mutex
 	next *Params // parameters to apply at the next tick
 
-	placed  map[string]bool   // leases whose build is known to run in its own group
-	stopped map[string]string // leases the brake stopped by signal: their sandbox
+	placed  map[string]bool      // leases whose build is known to run in its own group
+	empty   map[string]time.Time // since when a sandbox lease's directory has held no process
+	grace   time.Duration        // how long it may before the lease ends
+	stopped map[string]string    // leases the brake stopped by signal: their sandbox
 	lastErr string
 }
 
@@ -75,6 +80,9 @@ func New(b *broker.Broker, c Config) (*Controller, error) {
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
+	}
+	if c.AbandonedGrace <= 0 {
+		c.AbandonedGrace = DefaultAbandonedGrace
 	}
 	if c.CPUs <= 0 {
 		c.CPUs = runtime.NumCPU()
@@ -116,7 +124,7 @@ func New(b *broker.Broker, c Config) (*Controller, error) {
 		b: b, domain: domain, sampler: s, forests: forestCache{mem: s.mem}, cgroups: c.Cgroups, hist: hist,
 		oom: oom, engine: engine,
 		log:    c.Logger,
-		placed: map[string]bool{}, stopped: map[string]string{},
+		placed: map[string]bool{}, stopped: map[string]string{}, empty: map[string]time.Time{}, grace: c.AbandonedGrace,
 	}, nil
 }
 
@@ -194,6 +202,7 @@ func (c *Controller) tick() {
 	for _, l := range st.Leases {
 		live[l.ID] = true
 		c.place(l, forest)
+		c.endAbandoned(l, forest, time.Now())
 		var procs []proc
 		var grouped bool
 		// A nix build that has not asked for its slot yet runs all the
@@ -224,6 +233,11 @@ func (c *Controller) tick() {
 			delete(c.placed, id)
 		}
 	}
+	for id := range c.empty {
+		if !live[id] {
+			delete(c.empty, id)
+		}
+	}
 	// Read after the domain: a status updated at r.At has every kill the
 	// kernel reported before then, so a build that ended before it and
 	// asks finds its kills counted.
@@ -237,7 +251,13 @@ func (c *Controller) tick() {
 	for _, a := range d.Actions {
 		if err := c.apply(a, targets[a.Lease]); err != nil {
 			c.log.Error("memory brake failed", "lease", a.Lease, "error", err)
+			continue
 		}
+		kind := api.EventThaw
+		if a.Freeze {
+			kind = api.EventFreeze
+		}
+		c.b.Record(api.Event{Kind: kind, Lease: a.Lease, Name: a.Name, Detail: a.Why})
 	}
 	c.b.SetMemory(d.Status, d.Leases)
 	if c.cgroups != nil {
@@ -253,6 +273,9 @@ func (c *Controller) tick() {
 // log says what memory would allow instead of a change that never was.
 func (c *Controller) steer(d decision) {
 	budget, pinnedBy, err := c.b.Steer(d.Budget, d.Reason)
+	if err == nil {
+		c.b.Record(api.Event{Kind: api.EventDecision, Budget: d.Budget, Reason: d.Reason, FixedBy: pinnedBy, Detail: d.Status.Detail})
+	}
 	switch {
 	case err != nil:
 		c.log.Error("cannot steer the budget", "error", err)

@@ -53,10 +53,11 @@ type tickInput struct {
 	OOMCountedDomain int
 }
 
-// action freezes or thaws one lease's cgroup.
+// action freezes or thaws one lease's cgroup; Why says why, for people.
 type action struct {
-	Lease  string
-	Freeze bool
+	Lease, Name string
+	Freeze      bool
+	Why         string
 }
 
 // decision is what one tick decided.

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/atomicfile"
 )
 
 // historyVersion changes when the history file's meaning does. Version 1
@@ -154,28 +154,11 @@ func moveFile(old, path string) error {
 	if err := os.Rename(old, path); !errors.Is(err, syscall.EXDEV) {
 		return err
 	}
-	src, err := os.Open(old)
+	raw, err := os.ReadFile(old)
 	if err != nil {
 		return err
 	}
-	defer src.Close()
-	dst, err := os.CreateTemp(filepath.Dir(path), ".history-*.json")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(dst.Name())
-	if _, err := io.Copy(dst, src); err != nil {
-		dst.Close()
-		return err
-	}
-	if err := dst.Sync(); err != nil {
-		dst.Close()
-		return err
-	}
-	if err := dst.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(dst.Name(), path); err != nil {
+	if err := atomicfile.Write(path, raw, atomicfile.CrashOfHost); err != nil {
 		return err
 	}
 	return os.Remove(old)
@@ -351,24 +334,8 @@ func (h *History) Save() error {
 	if err != nil {
 		return fmt.Errorf("encode job history: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(h.path), ".history-*.json")
-	if err != nil {
-		return fmt.Errorf("write job history %s: %w", h.path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(raw, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write job history %s: %w", h.path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write job history %s: %w", h.path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write job history %s: %w", h.path, err)
-	}
-	if err := os.Rename(tmp.Name(), h.path); err != nil {
-		return fmt.Errorf("write job history %s: %w", h.path, err)
+	if err := atomicfile.Write(h.path, append(raw, '\n'), atomicfile.CrashOfHost); err != nil {
+		return fmt.Errorf("save job history: %w", err)
 	}
 	h.dirty = false
 	return nil

@@ -3,6 +3,8 @@ package control
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/buildtest"
@@ -158,13 +163,65 @@ func startBuild(t *testing.T, group cgtest.Group, d *daemon, gmake, dir, name st
 // finish waits for the builds and reports each one's error.
 func finish(t *testing.T, builds []build) []error {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// A bound for a hung build, not a speed: static -j8 builds whose jobs
+	// the kernel kills took over 2 minutes at load 40.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	errs := make([]error, len(builds))
 	for i, b := range builds {
 		errs[i] = b.proc.Wait(ctx, t)
 	}
 	return errs
+}
+
+// brakeCycle watches status until the lease named "young" has been frozen
+// and thawed again, calling frozen once when it sees it frozen, and fails
+// the test if the lease named "old" is ever frozen or young ends first.
+func brakeCycle(ctx context.Context, t *testing.T, d *daemon, young build, start time.Time, frozen func(api.LeaseStatus)) (frozeAt, thawedAt time.Duration) {
+	t.Helper()
+	for frozeAt == 0 || thawedAt == 0 {
+		select {
+		case <-young.proc.Done():
+			t.Fatalf("young build ended (%v) before it was frozen and thawed (froze at %v)", young.proc.Err(), frozeAt)
+		case <-ctx.Done():
+			t.Fatalf("young build not frozen and thawed within a minute (froze at %v)", frozeAt)
+		case <-time.After(50 * time.Millisecond):
+		}
+		for _, l := range d.status(t).Leases {
+			if l.Memory == nil {
+				continue
+			}
+			switch {
+			case l.Name == "old" && l.Memory.Frozen:
+				t.Fatalf("the oldest lease was frozen: %+v", l)
+			case l.Name == "young" && l.Memory.Frozen && frozeAt == 0:
+				frozeAt = time.Since(start)
+				frozen(l)
+			case l.Name == "young" && !l.Memory.Frozen && frozeAt != 0:
+				thawedAt = time.Since(start)
+			}
+		}
+	}
+	return frozeAt, thawedAt
+}
+
+// finishWithoutOOMKills waits for the builds, failing the test on any
+// build's error or any OOM kill in group, and returns the kills.
+func finishWithoutOOMKills(t *testing.T, group cgtest.Group, builds ...build) int {
+	t.Helper()
+	for i, err := range finish(t, builds) {
+		if err != nil {
+			t.Errorf("build %d: %v", i, err)
+		}
+	}
+	kills, err := group.OOMKills()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kills != 0 {
+		t.Errorf("%d OOM kills", kills)
+	}
+	return kills
 }
 
 // Three make 4.4.1 builds, four 700 MiB jobs each, in a 3 GiB v1 memory
@@ -323,6 +380,40 @@ func checkStatusOutput(t *testing.T, d *daemon) {
 	}
 }
 
+// checkBrakeCounted checks that tokend's metrics count the freezes and
+// thaws its events record, one each at least.
+func checkBrakeCounted(t *testing.T, d *daemon) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	evs, err := d.client.Events(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]float64{}
+	for _, e := range evs.Events {
+		count[e.Kind]++
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", d.socket)
+	}}}
+	resp, err := hc.Get("http://tokend/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	m, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, kind := range map[string]string{"tokend_freezes_total": api.EventFreeze, "tokend_thaws_total": api.EventThaw} {
+		if got := m[name].Metric[0].Counter.GetValue(); got < 1 || got != count[kind] || evs.Missed != 0 {
+			t.Errorf("%s = %v; %v %s events (%d missed)", name, got, count[kind], kind, evs.Missed)
+		}
+	}
+}
+
 // The memory brake: an old build holds 700 MiB of a 1.5 GiB v1 group while
 // a young one grows past the brake point (half the 512 MiB reserve). The
 // young lease's cgroup is frozen, never the old one's; once the old build
@@ -347,46 +438,15 @@ func TestBrakeFreezesTheYoungest(t *testing.T) {
 	log.WaitFor(ctx, t, "the old job to start", func(r buildtest.Run) bool { return r.Started() == 1 })
 	young := startBuild(t, group, d, gmake, filepath.Join(root, "young"), "young")
 
-	var frozeAt, thawedAt time.Duration
 	var youngCgroup string
-	for frozeAt == 0 || thawedAt == 0 {
-		select {
-		case <-young.proc.Done():
-			t.Fatalf("young build ended (%v) before it was frozen and thawed (froze at %v)", young.proc.Err(), frozeAt)
-		case <-ctx.Done():
-			t.Fatalf("young build not frozen and thawed within a minute (froze at %v)", frozeAt)
-		case <-time.After(50 * time.Millisecond):
-		}
-		for _, l := range d.status(t).Leases {
-			if l.Memory == nil {
-				continue
-			}
-			switch {
-			case l.Name == "old" && l.Memory.Frozen:
-				t.Fatalf("the oldest lease was frozen: %+v", l)
-			case l.Name == "young" && l.Memory.Frozen && frozeAt == 0:
-				frozeAt, youngCgroup = time.Since(start), l.Cgroup
-				waitUntil(t, "the kernel to freeze the young build", func() bool { return frozenState(t, youngCgroup) })
-			case l.Name == "young" && !l.Memory.Frozen && frozeAt != 0:
-				thawedAt = time.Since(start)
-			}
-		}
-	}
-	errs := finish(t, []build{old, young})
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("build %d: %v", i, err)
-		}
-	}
-	kills, err := group.OOMKills()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if kills != 0 {
-		t.Errorf("%d OOM kills", kills)
-	}
+	frozeAt, thawedAt := brakeCycle(ctx, t, d, young, start, func(l api.LeaseStatus) {
+		youngCgroup = l.Cgroup
+		waitUntil(t, "the kernel to freeze the young build", func() bool { return frozenState(t, youngCgroup) })
+	})
+	kills := finishWithoutOOMKills(t, group, old, young)
 	r := log.Run(t)
 	r.Check(t, 2)
+	checkBrakeCounted(t, d)
 	t.Logf("young frozen at %v in %s, thawed at %v; both builds done at %v; %d OOM kills",
 		frozeAt.Round(10*time.Millisecond), youngCgroup, thawedAt.Round(10*time.Millisecond), time.Since(start).Round(10*time.Millisecond), kills)
 }

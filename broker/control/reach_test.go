@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/broker"
 	"github.com/tokend/tokend/internal/buildtest"
 	"github.com/tokend/tokend/internal/cgtest"
 )
@@ -187,4 +188,107 @@ func TestFreezeOnlyReachableGroups(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// A process that double-forks out of a build (a daemon, `(cmd &)`) left the
+// owner's process tree for PID 1, and with it tokend's view: a user's
+// build started outside its lease cgroup kept it outside. tokenctl is the
+// subreaper of its command, so the orphan stays in the tree and is moved
+// in with the rest.
+func TestDoubleForkedProcessStaysInTheLease(t *testing.T) {
+	m := cgtest.Need(t)
+	buildBins(t)
+	if _, err := user.LookupGroup("nogroup"); err != nil {
+		t.Fatalf("needs the nogroup group (uid 65534's group on Debian): %v", err)
+	}
+	leases := cgtest.MakeT(t, m.V2, 0)
+	d := startTokend(t, "--lease-group", "nogroup", "--lease-cgroups", string(leases))
+	cmd := exec.Command(bins.tokenctl, "--socket", d.socket, "run", "--name", "forker", "--",
+		"/bin/sh", "-c", `/bin/sh -c 'sleep 60 >/dev/null 2>&1 & echo $!'; exec sleep 60`)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: buildtest.Nobody, Gid: buildtest.Nobody}}
+	p := buildtest.Start(t, cmd)
+	var orphan int
+	waitUntil(t, "the build to print its orphan's pid", func() bool {
+		for _, line := range strings.Split(p.Output(), "\n") {
+			if pid, err := strconv.Atoi(strings.TrimSpace(line)); err == nil {
+				orphan = pid
+			}
+		}
+		return orphan > 0
+	})
+	t.Cleanup(func() { syscall.Kill(orphan, syscall.SIGKILL) })
+	waitUntil(t, "tokend to move the orphan into the lease cgroup", func() bool {
+		for _, l := range d.status(t).Leases {
+			if l.Name == "forker" && l.Cgroup != "" {
+				in, err := members(l.Cgroup)
+				return err == nil && in[orphan]
+			}
+		}
+		return false
+	})
+	p.Kill()
+}
+
+// A lease owned by a sandbox directory a crashed nix-daemon left behind
+// held its slot for ever: the directory stays, and no process runs in it.
+// Such a lease ends after the grace; one whose sandbox runs a process
+// (here a chrooted sleep) stays.
+func TestAbandonedSandboxLeaseEnds(t *testing.T) {
+	buildtest.Require(t, os.Geteuid() == 0, "root, to chroot a process into a sandbox")
+	b, err := broker.New(broker.Options{RuntimeDir: t.TempDir(), Budget: 4, Tick: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl, err := New(b, Config{
+		Params: Params{Tick: 20 * time.Millisecond}, AbandonedGrace: 300 * time.Millisecond,
+		History: newTestHistory(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- b.Run(ctx) }()
+	go func() { done <- ctl.Run(ctx) }()
+	defer func() {
+		cancel()
+		for range 2 {
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+	left, busy := t.TempDir(), t.TempDir()
+	raw, err := os.ReadFile("/bin/busybox")
+	buildtest.Require(t, err == nil, "a static /bin/busybox (apt-get install busybox-static)")
+	if err := os.WriteFile(filepath.Join(busy, "busybox"), raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sleeper := exec.Command("/busybox", "sleep", "60")
+	sleeper.SysProcAttr = &syscall.SysProcAttr{Chroot: busy}
+	buildtest.Start(t, sleeper)
+	abandoned, err := b.Register(broker.LeaseRequest{Name: "left-behind", Owner: api.Owner{Dir: left}, GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running, err := b.Register(broker.LeaseRequest{Name: "building", Owner: api.Owner{Dir: busy}, GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reason string
+	waitUntil(t, "the abandoned sandbox's lease to end", func() bool {
+		for _, l := range b.Status().Leases {
+			if l.ID == abandoned.ID {
+				reason = l.EndReason
+				return l.Ending
+			}
+		}
+		return true // gone already
+	})
+	for _, l := range b.Status().Leases {
+		if l.ID == running.ID && l.Ending {
+			t.Errorf("the lease of a sandbox with a process in it ended: %s", l.EndReason)
+		}
+	}
+	t.Logf("abandoned lease: %s", reason)
 }

@@ -110,50 +110,18 @@ func TestBrakeStopsANixBuildWithoutACgroup(t *testing.T) {
 	}
 	young := build{name: "young", proc: buildtest.Start(t, cgtest.Command([]cgtest.Group{group}, "chroot", dir, "/make", "-C", "/", "-j8"))}
 
-	var frozeAt, thawedAt time.Duration
-	start := time.Now()
-	for frozeAt == 0 || thawedAt == 0 {
-		select {
-		case <-young.proc.Done():
-			t.Fatalf("young build ended (%v) before it was stopped and resumed (stopped at %v)", young.proc.Err(), frozeAt)
-		case <-ctx.Done():
-			t.Fatalf("young build not stopped and resumed within a minute (stopped at %v)", frozeAt)
-		case <-time.After(50 * time.Millisecond):
+	frozeAt, thawedAt := brakeCycle(ctx, t, d, young, time.Now(), func(l api.LeaseStatus) {
+		if l.ID != reg.ID || l.State != api.StateNotJoined || l.Cgroup != "" {
+			t.Fatalf("young lease %+v, want lease %s, not joined (nothing in it opened the fifo), no cgroup", l, reg.ID)
 		}
-		for _, l := range d.status(t).Leases {
-			if l.Memory == nil {
-				continue
-			}
-			switch {
-			case l.Name == "old" && l.Memory.Frozen:
-				t.Fatalf("the oldest lease was frozen: %+v", l)
-			case l.ID == reg.ID && l.State != api.StateNotJoined:
-				t.Fatalf("young lease is %q, want %q: nothing in it opened the fifo", l.State, api.StateNotJoined)
-			case l.ID == reg.ID && l.Memory.Frozen && frozeAt == 0:
-				frozeAt = time.Since(start)
-				waitUntil(t, "every process of the young sandbox to stop", func() bool {
-					procs, stopped := stoppedIn(t, dir)
-					return procs > 0 && stopped == procs
-				})
-			case l.ID == reg.ID && !l.Memory.Frozen && frozeAt != 0:
-				thawedAt = time.Since(start)
-			}
-		}
-	}
+		waitUntil(t, "every process of the young sandbox to stop", func() bool {
+			procs, stopped := stoppedIn(t, dir)
+			return procs > 0 && stopped == procs
+		})
+	})
 	if procs, stopped := stoppedIn(t, dir); stopped != 0 {
 		t.Errorf("%d of %d processes of the young sandbox still stopped after the thaw", stopped, procs)
 	}
-	for i, err := range finish(t, []build{old, young}) {
-		if err != nil {
-			t.Errorf("build %d: %v", i, err)
-		}
-	}
-	kills, err := group.OOMKills()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if kills != 0 {
-		t.Errorf("%d OOM kills", kills)
-	}
+	kills := finishWithoutOOMKills(t, group, old, young)
 	t.Logf("young sandbox stopped at %v, resumed at %v; %d OOM kills", frozeAt.Round(10*time.Millisecond), thawedAt.Round(10*time.Millisecond), kills)
 }

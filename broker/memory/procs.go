@@ -11,7 +11,8 @@ import (
 	"strings"
 
 	"github.com/prometheus/procfs"
-	"golang.org/x/sys/unix"
+
+	"github.com/tokend/tokend/internal/fileid"
 )
 
 // Proc is one process's memory at the moment it was sampled.
@@ -73,18 +74,7 @@ func (s Sampler) PIDs(pids ...int) ([]Proc, error) {
 type Forest struct {
 	s        Sampler
 	children map[int][]int
-	rooted   map[fileID][]int // processes by the identity of their root directory
-}
-
-// fileID is a file's identity, the same through any mount or namespace.
-type fileID struct{ dev, ino uint64 }
-
-func statID(path string) (fileID, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return fileID{}, err
-	}
-	return fileID{dev: st.Dev, ino: st.Ino}, nil
+	rooted   map[fileid.ID][]int // processes by the identity of their root directory
 }
 
 // Forest reads the parent of every process. It finds children by scanning
@@ -97,7 +87,7 @@ func (s Sampler) Forest() (Forest, error) {
 		return Forest{}, fmt.Errorf("memory: list processes: %w", err)
 	}
 	children := map[int][]int{}
-	rooted := map[fileID][]int{}
+	rooted := map[fileid.ID][]int{}
 	for _, p := range all {
 		st, err := p.Stat()
 		if err != nil {
@@ -110,7 +100,7 @@ func (s Sampler) Forest() (Forest, error) {
 		// Following /proc/PID/root reaches the directory itself: a
 		// process in a nix sandbox reads its root as "/" in its own mount
 		// namespace, but stat sees the sandbox directory on the host.
-		if root, err := statID(filepath.Join(s.root, strconv.Itoa(p.PID), "root")); err == nil {
+		if root, err := fileid.Of(filepath.Join(s.root, strconv.Itoa(p.PID), "root")); err == nil {
 			rooted[root] = append(rooted[root], p.PID)
 		}
 	}
@@ -121,7 +111,7 @@ func (s Sampler) Forest() (Forest, error) {
 // of a build confined there, as a nix build is to its sandbox. Reading
 // another user's root needs root; processes it cannot read are left out.
 func (f Forest) Rooted(dir string) ([]Proc, error) {
-	id, err := statID(dir)
+	id, err := fileid.Of(dir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil
@@ -159,17 +149,29 @@ func (s Sampler) Cgroup(dir string) ([]Proc, error) {
 	return s.PIDs(slices.Compact(pids)...)
 }
 
-func cgroupPIDs(dir string, pids []int) ([]int, error) {
+// CgroupProcs lists the processes directly in the cgroup directory dir, as
+// its cgroup.procs file does (v1 or v2), in the kernel's order.
+func CgroupProcs(dir string) ([]int, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 	if err != nil {
-		return pids, err
+		return nil, err
 	}
+	var pids []int
 	for f := range strings.FieldsSeq(string(b)) {
 		pid, err := strconv.Atoi(f)
 		if err != nil {
 			return pids, fmt.Errorf("%s/cgroup.procs: %q is not a PID", dir, f)
 		}
 		pids = append(pids, pid)
+	}
+	return pids, nil
+}
+
+func cgroupPIDs(dir string, pids []int) ([]int, error) {
+	here, err := CgroupProcs(dir)
+	pids = append(pids, here...)
+	if err != nil {
+		return pids, err
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {

@@ -474,7 +474,9 @@ func holders(t *testing.T, path string, tokend int) []string {
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
-		if err != nil || pid == tokend {
+		// tokend's fifo holder (tokend hold-fifos) holds every FIFO, and
+		// is no client.
+		if err != nil || pid == tokend || comm(pid) == "tokend" {
 			continue
 		}
 		fdDir := filepath.Join("/proc", p.Name(), "fd")
@@ -581,17 +583,28 @@ func TestTokendKilledMidBuild(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
 	defer cancel()
 	// Each build's first job holds a slot until the restarted tokend has
-	// been checked, so both builds are still running then.
-	gate := filepath.Join(t.TempDir(), "gate")
+	// been checked, so both builds are still running then. The others
+	// wait for both builds to be admitted, then hold their slots until
+	// tokend is killed, so that jobs are left to run while it is down
+	// however slowly the builds got going (a build that finished first,
+	// or a ninja that started while the other held every token, which it
+	// looks for only when a job of its own ends, would leave none).
+	tmp := t.TempDir()
+	gate, startGate, goGate := filepath.Join(tmp, "gate"), filepath.Join(tmp, "start"), filepath.Join(tmp, "go")
 	jobs := func(prefix string) []buildtest.Job {
-		return append([]buildtest.Job{{ID: prefix + "gate", Gate: gate}}, buildtest.Independent(prefix, 12, 250*time.Millisecond)...)
+		js := []buildtest.Job{{ID: prefix + "gate", Gate: gate}, {ID: prefix + "start", Gate: startGate}}
+		for _, j := range buildtest.Gated(buildtest.Independent(prefix, 12, 250*time.Millisecond), goGate) {
+			j.After = []string{prefix + "start"}
+			js = append(js, j)
+		}
+		return js
 	}
 	makeDir, ninjaDir := t.TempDir(), t.TempDir()
 	buildtest.WriteMakefile(t, makeDir, p, log, jobs("mk44-"))
 	buildtest.WriteNinja(t, ninjaDir, p, log, jobs("ninja-"))
 	builds := []*build{
-		{name: "make-4.4", prefix: "mk44-", jobs: 13, argv: []string{make44, "-s", "-C", makeDir}},
-		{name: "ninja", prefix: "ninja-", jobs: 13, argv: []string{ninja, "--quiet", "-C", ninjaDir}},
+		{name: "make-4.4", prefix: "mk44-", jobs: 14, argv: []string{make44, "-s", "-C", makeDir}},
+		{name: "ninja", prefix: "ninja-", jobs: 14, argv: []string{ninja, "--quiet", "-C", ninjaDir}},
 	}
 	for _, b := range builds {
 		b.start(t, first)
@@ -599,13 +612,15 @@ func TestTokendKilledMidBuild(t *testing.T) {
 	before, _ := first.waitStatus(t, "both builds admitted", func(st api.Status) bool {
 		return len(st.Leases) == 2 && st.Leases[0].Admitted && st.Leases[1].Admitted
 	})
-	log.WaitFor(ctx, t, "both builds running", func(r buildtest.Run) bool {
-		return builds[0].run(t, log).Running() > 0 && builds[1].run(t, log).Running() > 0
+	buildtest.OpenGate(t, startGate)
+	log.WaitFor(ctx, t, "both builds running, every slot in use", func(r buildtest.Run) bool {
+		return builds[0].run(t, log).Running() > 0 && builds[1].run(t, log).Running() > 0 && r.Running() == budget
 	})
 	// No waiting for a quiet moment: tokend saves its state before it
 	// answers a registration, after every take and before every grant.
 	first.kill9(t)
 	killed := log.Run(t)
+	buildtest.OpenGate(t, goGate)
 	log.WaitFor(ctx, t, "jobs to run while tokend is down", func(r buildtest.Run) bool { return r.Ended() >= killed.Ended()+3 })
 
 	t.Logf("%d jobs ended while tokend was down", log.Run(t).Ended()-killed.Ended())

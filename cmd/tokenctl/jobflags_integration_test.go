@@ -110,29 +110,22 @@ func TestForgivenFlagsMatchTheRealTools(t *testing.T) {
 		}
 		return !strings.Contains(string(out), "forced in submake")
 	}
-	for _, line := range []string{
-		"-j8", "-j 8 all", "-j", "-j all", "all -j8", "-sj8", "-kj 4 x", "--jobs 8", "--jobs=3 all", "-f Makefile -j2",
-		"-l4", "--max-load 3", "-O -j2", "-s", "x all",
+	for tool, lines := range map[string][]string{
+		make44: {"-j8", "-j 8 all", "-j", "-j all", "all -j8", "-sj8", "-kj 4 x", "--jobs 8", "--jobs=3 all", "-f Makefile -j2",
+			"-l4", "--max-load 3", "-O -j2", "-s", "x all"},
+		ninja: {"-j8", "-j 2 all", "all -j8", "-vj8", "-l 4", "-k 0 -j2", "all"},
 	} {
-		argv := append([]string{make44}, strings.Fields(line)...)
-		f := forgiveJobFlags(argv)
-		if !inJobserver(f.argv) {
-			t.Errorf("make %s: forgiven to %q, which is still out of the jobserver", line, f.argv)
-		}
-		hasJ := strings.Contains(strings.Join(f.dropped, " "), "-j")
-		if hasJ == inJobserver(argv) {
-			t.Errorf("make %s: dropped %q, but make as typed was in the jobserver: %v", line, f.dropped, !hasJ)
-		}
-	}
-	for _, line := range []string{"-j8", "-j 2 all", "all -j8", "-vj8", "-l 4", "-k 0 -j2", "all"} {
-		argv := append([]string{ninja}, strings.Fields(line)...)
-		f := forgiveJobFlags(argv)
-		if !inJobserver(f.argv) {
-			t.Errorf("ninja %s: forgiven to %q, which is still out of the jobserver", line, f.argv)
-		}
-		hasJ := strings.Contains(strings.Join(f.dropped, " "), "-j")
-		if hasJ == inJobserver(argv) {
-			t.Errorf("ninja %s: dropped %q, but ninja as typed was in the jobserver: %v", line, f.dropped, !hasJ)
+		name := filepath.Base(tool)
+		for _, line := range lines {
+			argv := append([]string{tool}, strings.Fields(line)...)
+			f := forgiveJobFlags(argv)
+			if !inJobserver(f.argv) {
+				t.Errorf("%s %s: forgiven to %q, which is still out of the jobserver", name, line, f.argv)
+			}
+			hasJ := strings.Contains(strings.Join(f.dropped, " "), "-j")
+			if hasJ == inJobserver(argv) {
+				t.Errorf("%s %s: dropped %q, but as typed it was in the jobserver: %v", name, line, f.dropped, !hasJ)
+			}
 		}
 	}
 }

@@ -1,6 +1,8 @@
 // Command tokenctl controls and inspects tokend.
 //
 //	tokenctl [--socket PATH] status [--json] [--explain]
+//	tokenctl [--socket PATH] top [--interval D] [--iterations N]
+//	tokenctl [--socket PATH] events [--json] [--backlog]
 //	tokenctl [--socket PATH] run [--name N] [--style auto|fifo|pipe] [--keep-jobs] [--retry-oom N] -- CMD ARGS...
 //	tokenctl [--socket PATH] set budget N|auto
 //	tokenctl [--socket PATH] history [--json] | history forget [--uid N] NAME
@@ -16,7 +18,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -94,7 +98,7 @@ the broker, and checks that tokend's Nix hook can work on this host.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return fmt.Errorf("%w; see tokenctl %s --help", err, cmd.Name())
 	})
-	root.AddCommand(statusCommand(c), runCommandCmd(c), setCommand(c), historyCommand(c), doctorCommand(c))
+	root.AddCommand(statusCommand(c), topCommand(c), runCommandCmd(c), eventsCommand(c), setCommand(c), historyCommand(c), doctorCommand(c))
 	return root
 }
 
@@ -158,6 +162,61 @@ times, once memory fits that job alone; it says so on stderr.`,
 	cmd.Flags().SetInterspersed(false)
 	cmd.RegisterFlagCompletionFunc("style", cobra.FixedCompletions([]string{"auto", "fifo", "pipe"}, cobra.ShellCompDirectiveNoFileComp))
 	cmd.RunE = c.do(func(_ *cobra.Command, args []string) int { return runCommand(c.client(), o, args) })
+	return cmd
+}
+
+func topCommand(c *cli) *cobra.Command {
+	var o topOptions
+	cmd := &cobra.Command{
+		Use:   "top",
+		Short: "Watch the budget, memory and every lease, live",
+		Long: `top shows, refreshed every second, the budget and why, headroom and pressure
+with their recent history, one row per lease (name, age, state, jobs, tokens
+held of granted, RSS and peak, compile and link estimates, OOM kills) and
+tokend's last decisions. Keys: q quits; s cycles the sort, or j jobs, n name,
+a age, m RSS, t state. When stdout is no terminal it prints plain frames.`,
+		Example: `  tokenctl top
+  tokenctl top --iterations 1 | less     # one plain frame`,
+		Args: noArgs,
+	}
+	cmd.Flags().DurationVar(&o.interval, "interval", time.Second, "time between refreshes")
+	cmd.Flags().IntVar(&o.iterations, "iterations", 0, "stop after this many frames; 0 runs until q")
+	cmd.RunE = c.do(func(cmd *cobra.Command, _ []string) int {
+		if o.interval < 50*time.Millisecond || o.iterations < 0 {
+			fmt.Fprintln(os.Stderr, "tokenctl: top: --interval wants 50ms or more, --iterations 0 or more")
+			return 2
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return runTop(ctx, c.client(), o, os.Stdout)
+	})
+	return cmd
+}
+
+func eventsCommand(c *cli) *cobra.Command {
+	var o eventsOptions
+	cmd := &cobra.Command{
+		Use:   "events",
+		Short: "Follow tokend's decisions as they happen",
+		Long: `events prints tokend's decisions as they happen, one line each: budget
+changes and their reasons, the memory controller's decisions, leases
+starting, admitted and ending, the memory brake freezing and thawing builds,
+leaked tokens reclaimed, OOM kills. --json prints one JSON object a line
+(fields: docs/events-json.md). It runs until interrupted, and waits out a
+restart of tokend.`,
+		Example: `  tokenctl events
+  tokenctl events --json | jq -r 'select(.kind == "freeze") | .name'
+  tokenctl events --json | jq --unbuffered -r 'select(.kind == "freeze" or .kind == "oom-kill") | "\(.kind) \(.name)"' |
+    while read -r what; do notify-send tokend "$what"; done`,
+		Args: noArgs,
+	}
+	cmd.Flags().BoolVar(&o.json, "json", false, "print one JSON object a line")
+	cmd.Flags().BoolVar(&o.backlog, "backlog", false, "start with the recent events tokend still keeps")
+	cmd.RunE = c.do(func(cmd *cobra.Command, _ []string) int {
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return followEvents(ctx, c.client(), o, os.Stdout)
+	})
 	return cmd
 }
 

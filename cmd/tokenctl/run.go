@@ -147,6 +147,7 @@ func wait(cmd *exec.Cmd) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	defer signal.Stop(sigs)
+	becomeSubreaper()
 	cmd, err := start(cmd)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tokenctl run:", err)
@@ -158,6 +159,9 @@ func wait(cmd *exec.Cmd) int {
 	for _, f := range cmd.ExtraFiles {
 		f.Close() // the child has its copies; ours would keep the fifo held
 	}
+	reaping, stopReaping := context.WithCancel(context.Background())
+	defer stopReaping()
+	go reapOrphans(reaping, cmd.Process.Pid)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	for {

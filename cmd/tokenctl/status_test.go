@@ -3,14 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tokend/tokend/api"
-	"github.com/tokend/tokend/internal/buildtest"
 )
 
 // table reads the aligned table whose header starts with first: for each
@@ -76,18 +74,11 @@ var unit = regexp.MustCompile(`^\d+(\.\d)?(MiB|GiB)$`)
 // and one aligned row per lease with what the JSON says; the arithmetic
 // only with --explain.
 func TestStatusTables(t *testing.T) {
-	make44 := buildtest.Make44(t)
-	p, log := buildtest.BuildProbe(t), buildtest.NewLog(t)
 	const budget = 4
 	d := startDaemon(t, t.TempDir(), budget)
 	ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
 	defer cancel()
-	dir := t.TempDir()
-	gate := filepath.Join(dir, "gate")
-	buildtest.WriteMakefile(t, dir, p, log, buildtest.Gated(buildtest.Independent("job", budget, 0), gate))
-	b := &build{name: "tables", prefix: "job", jobs: budget, argv: []string{make44, "-s", "-C", dir}}
-	b.start(t, d)
-	log.WaitFor(ctx, t, "every slot in use", func(r buildtest.Run) bool { return r.Running() == budget })
+	holder := holdSlots(ctx, t, d, "tables", budget)
 	st, _ := d.waitStatus(t, "the lease's memory sampled", func(st api.Status) bool {
 		return len(st.Leases) == 1 && st.Leases[0].Memory != nil && st.Leases[0].Memory.Jobs == budget && st.Memory != nil
 	})
@@ -151,8 +142,7 @@ func TestStatusTables(t *testing.T) {
 	if len(accounts) != 1 || accounts[0]["ID"] != l.ID || accounts[0]["OWED"] != "0" || accounts[0]["FREE"] != fmt.Sprint(l.Free) {
 		t.Errorf("token accounts %v, want lease %s with %d free and 0 owed", accounts, l.ID, l.Free)
 	}
-	buildtest.OpenGate(t, gate)
-	b.wait(ctx, t, log)
+	holder.release(ctx, t)
 	d.waitIdle(t)
 }
 

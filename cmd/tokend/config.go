@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -41,6 +42,9 @@ type Config struct {
 	GrowthInterval time.Duration
 	CPUMultiple    float64
 	JobEstimate    bytesize.Size
+	// MetricsListen is a TCP address to serve Prometheus metrics on too;
+	// "" serves them on the control socket only.
+	MetricsListen string
 }
 
 // DefaultOOMScoreAdj puts build jobs ahead of everything a desktop runs
@@ -154,6 +158,16 @@ var settings = []setting{
 		func(c Config) string {
 			return within(c.JobEstimate == 0 || c.JobEstimate >= control.MinJobEstimate,
 				fmt.Sprintf("want at least %v, or 0 for the default %v", bytesize.Size(control.MinJobEstimate), bytesize.Size(control.DefaultJobEstimate)))
+		}},
+	{"metrics_listen", `TCP address to serve Prometheus metrics on too, such as 127.0.0.1:9464; "" only on the control socket`,
+		func(c *Config) any { return &c.MetricsListen },
+		func(c Config) string {
+			if c.MetricsListen == "" {
+				return ""
+			}
+			_, port, err := net.SplitHostPort(c.MetricsListen)
+			_, perr := strconv.ParseUint(port, 10, 16) // 0: any free port, which the log names
+			return within(err == nil && perr == nil, `want HOST:PORT such as 127.0.0.1:9464 or [::1]:9464, or "" for none`)
 		}},
 }
 

@@ -21,6 +21,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -36,6 +37,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == holderCommand {
+		if err := runHolder(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "tokend:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "tokend:", err)
 		os.Exit(1)
@@ -126,6 +134,16 @@ func run(args []string) error {
 	if cgroups != nil {
 		opts.Cgroups = cgroups
 	}
+	// Started before the broker adopts, so it holds every FIFO there is,
+	// in a runtime directory checked first.
+	if err := broker.CheckRuntimeDir(cfg.RuntimeDir); err != nil {
+		return err
+	}
+	if holder, err := startHolder(cfg.RuntimeDir); err != nil {
+		log.Warn("no fifo holder; a crash of tokend loses the free tokens of leases no client holds", "error", err)
+	} else {
+		opts.Holder = holder
+	}
 	b, err := broker.New(opts)
 	if err != nil {
 		return err
@@ -154,7 +172,18 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	var metricsSrv *http.Server
+	if cfg.MetricsListen != "" {
+		if metricsSrv, err = serveMetrics(cfg.MetricsListen, b.MetricsHandler(), log.Named("metrics")); err != nil {
+			return err
+		}
+	}
 
+	// Signals are ours before the socket answers: a SIGHUP sent as soon
+	// as tokend is seen up (a reload right after start) must reload, not
+	// kill it.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	brokerDone := make(chan error, 1)
@@ -168,8 +197,6 @@ func run(args []string) error {
 	log.Info("tokend ready", "socket", socket, "budget", st.Budget, "budget_reason", st.BudgetReason, "leases", len(st.Leases))
 	notifySystemd(log, "READY=1")
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	for {
 		select {
 		case sig := <-sigs:
@@ -181,6 +208,9 @@ func run(args []string) error {
 			notifySystemd(log, "STOPPING=1")
 			shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			serr := srv.Shutdown(shutdownCtx)
+			if metricsSrv != nil {
+				serr = errors.Join(serr, metricsSrv.Shutdown(shutdownCtx))
+			}
 			cancel()
 			stop()
 			return errors.Join(serr, <-controlDone, <-brokerDone)
@@ -238,8 +268,8 @@ func reload(s *options, old Config, b *broker.Broker, ctl *control.Controller, l
 		return
 	}
 	if cfg.RuntimeDir != old.RuntimeDir || cfg.StateDir != old.StateDir || cfg.LeaseGroup != old.LeaseGroup || cfg.MemoryCgroup != old.MemoryCgroup ||
-		cfg.MemoryPressure != old.MemoryPressure || cfg.LeaseCgroups != old.LeaseCgroups {
-		log.Warn("runtime_dir, state_dir, lease_group, memory_cgroup, memory_pressure and lease_cgroups change only at restart")
+		cfg.MemoryPressure != old.MemoryPressure || cfg.LeaseCgroups != old.LeaseCgroups || cfg.MetricsListen != old.MetricsListen {
+		log.Warn("runtime_dir, state_dir, lease_group, memory_cgroup, memory_pressure, lease_cgroups and metrics_listen change only at restart")
 	}
 	log.SetLevel(hclog.LevelFromString(cfg.LogLevel))
 	if err := ctl.Reconfigure(params(cfg)); err != nil {

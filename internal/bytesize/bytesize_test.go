@@ -30,3 +30,21 @@ func TestHuman(t *testing.T) {
 		}
 	}
 }
+
+// FuzzSize: any text either parses to a size that String writes back as
+// the same size, or is refused; NaN and infinities are refused.
+func FuzzSize(f *testing.F) {
+	for _, s := range []string{"512MiB", "1.5GiB", "4096", "NaN", "+Inf", "-1K", "1e30T", " 2 G ", "0x10"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		var s Size
+		if err := s.UnmarshalText([]byte(text)); err != nil {
+			return
+		}
+		var back Size
+		if err := back.UnmarshalText([]byte(s.String())); err != nil || back != s {
+			t.Fatalf("%q read as %d, written %q, read back %d (%v)", text, uint64(s), s.String(), uint64(back), err)
+		}
+	})
+}

@@ -18,6 +18,7 @@ let
     cleanSourceWith = { src, filter }: { inherit src filter; };
     platforms.linux = [ "x86_64-linux" ];
     optional = c: x: if c then [ x ] else [ ];
+    optionals = c: xs: if c then xs else [ ];
     # The module system, reduced to what the module uses.
     mkOption = o: o // { _type = "option"; };
     mkEnableOption = d: mkOption {
@@ -166,6 +167,19 @@ let
     };
   };
   off = evalModule { user.enable = false; };
+  metrics = evalModule {
+    user = {
+      enable = true;
+      settings.metrics_listen = "0.0.0.0:9464";
+      openFirewall = true;
+    };
+  };
+  metricsClosed = evalModule {
+    user = {
+      enable = true;
+      settings.metrics_listen = "127.0.0.1:9464";
+    };
+  };
   elsewhere = evalModule {
     user = {
       enable = true;
@@ -247,7 +261,17 @@ let
         lease_group = "jobserver";
         lease_cgroups = "/sys/fs/cgroup/system.slice/tokend.service/leases";
         log_level = "info";
+        metrics_listen = "";
       };
+    "module: no network and no open port by default" =
+      sc.PrivateNetwork && sc.RestrictAddressFamilies == [ "AF_UNIX" ] && !(full ? networking);
+    "module: metrics_listen lets tokend reach the network, and openFirewall opens its port" =
+      !metrics.systemd.services.tokend.serviceConfig.PrivateNetwork
+      && builtins.elem "AF_INET" metrics.systemd.services.tokend.serviceConfig.RestrictAddressFamilies
+      && metrics.networking.firewall.allowedTCPPorts == [ 9464 ]
+      && metrics.environment.etc."tokend/config.toml".source.value.metrics_listen == "0.0.0.0:9464";
+    "module: metrics_listen alone opens no port" =
+      !metricsClosed.systemd.services.tokend.serviceConfig.PrivateNetwork && !(metricsClosed ? networking);
     "module: the service delegates its cgroup subtree to tokend" =
       full.systemd.services.tokend.serviceConfig.Delegate;
     "module: tokend is the OOM killer's last choice" = sc.OOMScoreAdjust == -900;
