@@ -259,6 +259,9 @@ func (c *Controller) tick() {
 		}
 		c.b.Record(api.Event{Kind: kind, Lease: a.Lease, Name: a.Name, Detail: a.Why})
 	}
+	for _, e := range d.OOMKills {
+		c.b.Record(e)
+	}
 	c.b.SetMemory(d.Status, d.Leases)
 	if c.cgroups != nil {
 		c.cgroups.Retry()

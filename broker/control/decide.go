@@ -68,6 +68,8 @@ type decision struct {
 	Actions []action
 	Status  api.MemoryStatus
 	Leases  map[string]api.LeaseMemory
+	// OOMKills are the kills laid on leases this tick, as events.
+	OOMKills []api.Event
 }
 
 // engine decides the budget from one tick's input at a time. It does no
@@ -81,6 +83,7 @@ type engine struct {
 	hist                 *History
 	log                  hclog.Logger
 	oom                  oomTally
+	kills                []api.Event // this tick's, for the decision
 
 	started        bool
 	budget         int
@@ -125,7 +128,9 @@ func (e *engine) step(in tickInput) decision {
 		lm.Frozen = a.Freeze
 		d.leases[a.Lease] = lm
 	}
-	return e.publish(target, reason, m, d, acts, now)
+	dec := e.publish(target, reason, m, d, acts, now)
+	dec.OOMKills, e.kills = e.kills, nil
+	return dec
 }
 
 // demand is what the leases run and still want at one tick.

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker/memory"
 	"github.com/tokend/tokend/internal/bytesize"
 )
@@ -186,9 +188,12 @@ func (e *engine) oomKilled(id string, p proc, rss uint64, from string, now time.
 	}
 	e.hist.recordOOM(ls.uid, ls.name, p.class, reached, now)
 	args := []any{"lease", id, "name", ls.name, "uid", ls.uid, "class", p.class.String(), "size", bytesize.Human(reached), "from", from}
+	detail := fmt.Sprintf("a %s job at %s (from the %s)", p.class, bytesize.Human(reached), from)
 	if p.PID > 0 {
 		args = append(args, "pid", p.PID, "task", p.Name)
+		detail = fmt.Sprintf("%s, pid %d (%s)", detail, p.PID, api.Printable(p.Name))
 	}
+	e.kills = append(e.kills, api.Event{Kind: api.EventOOMKill, Time: now, Lease: id, Name: ls.name, Kills: 1, Detail: detail})
 	e.log.Warn("a job of a lease was OOM-killed; its next build expects a job that size", args...)
 }
 

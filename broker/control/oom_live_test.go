@@ -94,6 +94,21 @@ func TestOOMKillCountedInStatus(t *testing.T) {
 	if !strings.Contains(line, fmt.Sprintf("size=%dMiB", l.Memory.OOMKilled>>20)) || !strings.Contains(line, "task=fakecc") {
 		t.Errorf("log line %q does not report the job with its size", line)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	evs, err := d.client.Events(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var killEvent *api.Event
+	for i, e := range evs.Events {
+		if e.Kind == api.EventOOMKill && e.Name == "victim" {
+			killEvent = &evs.Events[i]
+		}
+	}
+	if killEvent == nil || killEvent.Kills != 1 || killEvent.Lease != l.ID || !strings.Contains(killEvent.Detail, "fakecc") {
+		t.Errorf("oom-kill event %+v, want one kill of lease %s's fakecc", killEvent, l.ID)
+	}
 	out, err := exec.Command(bins.tokenctl, "--socket", d.socket, "status").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "oom kills  ") || !strings.Contains(string(out), fmt.Sprintf("1 (%dMiB)", l.Memory.OOMKilled>>20)) {
 		t.Errorf("tokenctl status (%v) does not show the kill:\n%s", err, out)

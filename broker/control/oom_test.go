@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker/memory"
 )
 
@@ -47,6 +48,10 @@ func TestOOMKillFromTheKernelLog(t *testing.T) {
 	if m.OOMKills != 1 || m.OOMKilled != 650*mib || m.Estimates.Compile != 650*mib {
 		t.Errorf("lease after the kill: %d kills, killed at %d MiB, compile estimate %d MiB; want 1, 650, 650",
 			m.OOMKills, m.OOMKilled/mib, m.Estimates.Compile/mib)
+	}
+	if len(d.OOMKills) != 1 || d.OOMKills[0].Kind != api.EventOOMKill || d.OOMKills[0].Lease != "a" || d.OOMKills[0].Kills != 1 ||
+		!strings.Contains(d.OOMKills[0].Detail, "650MiB") {
+		t.Errorf("events %+v, want one oom-kill of lease a at 650 MiB", d.OOMKills)
 	}
 	if d.Status.OOMKills != 1 || d.Status.OOMKillsOutside != 1 {
 		t.Errorf("status counts %d kills in leases and %d outside, want 1 and 1", d.Status.OOMKills, d.Status.OOMKillsOutside)
