@@ -45,14 +45,22 @@ func alloc(spec string) error {
 	if err != nil {
 		return err
 	}
+	_, err = touchAnon(n)
+	return err
+}
+
+// touchAnon maps n MiB of anonymous memory and touches every page of it.
+// The mapping lives outside the Go heap, so that under -race the race
+// detector keeps no shadow memory for it to inflate the memcg.
+func touchAnon(n int) ([]byte, error) {
 	anon, err := unix.Mmap(-1, 0, n<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for i := 0; i < len(anon); i += os.Getpagesize() {
 		anon[i] = 1
 	}
-	return nil
+	return anon, nil
 }
 
 func thrash(spec string) error {
@@ -61,16 +69,12 @@ func thrash(spec string) error {
 	if err != nil {
 		return err
 	}
-	// Both mappings live outside the Go heap, so that under -race the race
-	// detector keeps no shadow memory for them to inflate the memcg.
-	anon, err := unix.Mmap(-1, 0, n<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	anon, err := touchAnon(n)
 	if err != nil {
 		return err
 	}
 	page := os.Getpagesize()
-	for i := 0; i < len(anon); i += page {
-		anon[i] = 1
-	}
+	// The file's mapping too lives outside the Go heap.
 	f, err := os.Open(file)
 	if err != nil {
 		return err
