@@ -517,7 +517,7 @@ EOF2
     # without tokend.
     for _ in $(seq 300); do
       joined=$("$bin/tokenctl" --socket "$sock" status --json 2>/dev/null \
-        | python3 -c 'import json, sys; print(sum(1 for l in json.load(sys.stdin)["leases"] if l["state"] == "running"))' 2>/dev/null)
+        | python3 -c 'import json, sys; print(sum(1 for l in json.load(sys.stdin)["leases"] if l["state"] == "running" and l["name"] == sys.argv[1]))' "tokend-$v-killed" 2>/dev/null)
       [ "${joined:-0}" -ge 3 ] && break
       kill -0 "$harness" 2>/dev/null || break
       sleep 0.05
