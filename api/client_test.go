@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -136,6 +137,21 @@ func TestParseAnswer(t *testing.T) {
 			t.Errorf("%q: body %q", raw, body)
 		case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
 			t.Errorf("%q: %v, want an error saying %q", raw, err, want)
+		}
+	}
+}
+
+// The server decodes the segment with net/http's own unescaping; whatever a
+// name holds must come back whole, and one name must stay one segment.
+func TestEscapeSegmentRoundTrips(t *testing.T) {
+	for _, name := range []string{"hello", "gcc-13.2.0", "a/b", "a b%c", "?x=1#y", "naïve", "\x00\x7f"} {
+		got := escapeSegment(name)
+		if strings.Contains(got, "/") {
+			t.Errorf("escapeSegment(%q) = %q: holds a slash", name, got)
+		}
+		back, err := url.PathUnescape(got)
+		if err != nil || back != name {
+			t.Errorf("escapeSegment(%q) = %q, unescapes to %q (%v)", name, got, back, err)
 		}
 	}
 }
