@@ -402,8 +402,13 @@ func TestBudgetChangedMidBuild(t *testing.T) {
 
 	dir := t.TempDir()
 	gate1, gate2 := filepath.Join(dir, "hold1.gate"), filepath.Join(dir, "hold2.gate")
+	// The first eight jobs hold their tokens until the budget has shrunk:
+	// eight short jobs were not always seen running at once on a loaded
+	// machine (peak 7), and the test then waited out its deadline.
+	wave := filepath.Join(dir, "wave.gate")
 	const sleep = 150 * time.Millisecond
 	jobs := []buildtest.Job{{ID: "hold1", Gate: gate1}, {ID: "hold2", Gate: gate2}}
+	jobs = append(jobs, buildtest.Gated(buildtest.Independent("wave", 6, 0), wave)...)
 	jobs = append(jobs, buildtest.Independent("job", 20, sleep)...)
 	for _, j := range buildtest.Independent("mid", 12, sleep) {
 		j.After = []string{"hold1"}
@@ -420,6 +425,7 @@ func TestBudgetChangedMidBuild(t *testing.T) {
 	log.WaitFor(ctx, t, "8 jobs at once", func(r buildtest.Run) bool { return r.Peak() >= 8 })
 	shrunk := time.Now()
 	d.setBudget(t, 2)
+	buildtest.OpenGate(t, wave)
 	st, converged := d.waitStatus(t, "the debt to be paid", func(st api.Status) bool {
 		return st.Budget == 2 && st.Debt == 0
 	})
