@@ -16,7 +16,14 @@
 #      left and no token is missing; with tokend stopped the same builds run
 #      unbounded and the hook says nothing; with tokend killed (SIGKILL)
 #      mid-build they complete, and the next build runs without the
-#      jobserver, the hook saying why on one line.
+#      jobserver, the hook saying why on one line;
+#    - memory: three -j8 builds that static -j gets OOM-killed in a 1 GiB
+#      memory cgroup complete under tokend, builds waiting in their
+#      sandboxes; the brake stops the younger of two builds that grow past
+#      the brake point (SIGSTOP of its sandbox, or with use-cgroups on
+#      Nix >= 2.12 the freeze of Nix's cgroup), never the older, resumes
+#      it and both complete (testdata/nix/brake-watch.py checks the
+#      kernel's side).
 # Prints PASS/FAIL lines and ends with "N passed, N failed"; exits non-zero on
 # any failure. Under CI=true a missing tool is a failure, never a skip.
 # TOKEND_UPDATE_VENDOR_HASH=1 rewrites a stale vendorHash in nix/overlay.nix.
@@ -317,6 +324,56 @@ all_gt() { # KEY MIN: every build's KEY is above MIN
 }
 summary_val() { sed -n "s/^$1=//p" "$sum"; }
 
+# brake NIXBIN LABEL [harness args...]: the memory brake on two real nix
+# builds in a 1.5 GiB memory cgroup, started together as builds are: both
+# are admitted while small (tokend's default estimate of 128 MiB a job),
+# then their 700 MiB jobs grow past the brake point (headroom under half
+# of a 512 MiB reserve). tokend must stop or freeze the young build, never
+# the old one, resume it once the old job is done, and both complete
+# without an OOM kill. Sets why on failure.
+brake() {
+  local nb=$1 label=$2
+  shift 2
+  local cg=/sys/fs/cgroup/memory/tokend-nixbrake-$$-$label brt=$work/rt-$label rc_old=0 rc_young=0 old young _
+  if ! { mkdir "$cg" && echo $((1536 << 20)) >"$cg/memory.limit_in_bytes"; }; then
+    why="cannot make the memory cgroup $cg"
+    return 1
+  fi
+  "$bin/tokend" --runtime-dir "$brt" --state-dir "$work/state-$label" --memory-cgroup "$cg" --memory-reserve 512MiB \
+    --job-estimate 128MiB --growth-interval 1s --log-level debug >>"$work/tokend-$label.log" 2>&1 &
+  tokend_pid=$!
+  sock=$brt/tokend.sock
+  for _ in $(seq 100); do "$bin/tokenctl" --socket "$sock" status >/dev/null 2>&1 && break; sleep 0.05; done
+  build() { # ROLE JOB: one build of one job inside $cg, in the background
+    (echo "$BASHPID" >"$cg/cgroup.procs" && TOKEND_SOCKET=$sock exec bash testdata/nix/sandbox-build.sh --nix-bin "$nb" \
+      --hook "$bin/tokend-nix-hook" --tools "$tools" --work "$work/$label-$1" --builds 1 --jobs 1 --cores 8 \
+      --name "tokend-$label-$1" --job "$2" --sandbox-path "/tools/fakecc=$bin/fakecc" "${@:3}" \
+      >"$work/$label-$1.summary" 2>"$work/$label-$1.err") &
+  }
+  build old "/tools/fakecc -peak 700 -ramp 100 -hold 10" "$@"
+  old=$!
+  # The young build registers once the old one has: which is older is then
+  # known, and both are admitted while their jobs are still small.
+  for _ in $(seq 600); do
+    "$bin/tokenctl" --socket "$sock" status --json 2>/dev/null | python3 -c '
+import json, sys
+sys.exit(0 if any(l["name"] == sys.argv[1] for l in json.load(sys.stdin)["leases"]) else 1)' "tokend-$label-old" && break
+    kill -0 "$old" 2>/dev/null || break
+    sleep 0.1
+  done
+  build young "/tools/fakecc -peak 700 -ramp 200 -hold 1" "$@"
+  young=$!
+  watched=$(python3 testdata/nix/brake-watch.py "$bin/tokenctl" "$sock" "tokend-$label-old" "tokend-$label-young" "$old" "$young") || why="brake: $watched"
+  wait "$old" || rc_old=$?
+  wait "$young" || rc_young=$?
+  kills=$(sed -n 's/^oom_kill //p' "$cg/memory.oom_control")
+  tokend_stop TERM
+  rmdir "$cg"
+  [ -z "$why" ] || return 1
+  [ "$rc_old" = 0 ] && [ "$rc_young" = 0 ] || { why="builds exited $rc_old (old) and $rc_young (young): $(tail -3 "$work/$label-young.err")"; return 1; }
+  [ "$kills" = 0 ] || { why="$kills OOM kills; $watched"; return 1; }
+}
+
 if [ -n "$tools" ]; then
   for nb in ${nixes[@]+"${nixes[@]}"}; do
     ver=$(nix_version "$nb")
@@ -606,6 +663,26 @@ EOF2
         pass "$name: static -j8 had $static_kills OOM kills (nix-build exit $static_rc); under tokend 0 kills, all complete, a build waiting in $waits status samples, at most $(summary_val JOBS_MAX) jobs at once"
       else
         fail "$name" "static: $static_kills kills; tokend: exit $rc, ${kills:-?} kills, $waits waiting samples; $why $(tail -3 "$work/$v-mem-tokend.err")"
+      fi
+    fi
+
+    name="Nix $ver, brake: the young build is stopped and resumed, the old one never"
+    why=
+    if [ ! -d /sys/fs/cgroup/memory ]; then
+      missing "$name" "no cgroup v1 memory controller at /sys/fs/cgroup/memory"
+    elif brake "$nb" "$v-brake"; then
+      pass "$name: $watched; both complete, 0 OOM kills"
+    else
+      fail "$name" "$why"
+    fi
+    if [ -d /sys/fs/cgroup/memory ] && [ "$(printf '%s\n2.12\n' "$ver" | sort -V | head -1)" = 2.12 ]; then
+      name="Nix $ver, use-cgroups, brake: the young build's cgroup is frozen and thawed, the old one never"
+      why=
+      if brake "$nb" "$v-cgbrake" --store "/var/cache/tokend-nix-cg/$ver" --conf "build-users-group =" --conf "auto-allocate-uids = true" \
+        --conf "experimental-features = nix-command auto-allocate-uids cgroups" --conf "use-cgroups = true"; then
+        pass "$name: $watched; both complete, 0 OOM kills"
+      else
+        fail "$name" "$why"
       fi
     fi
   done
