@@ -21,9 +21,10 @@
 #      memory cgroup complete under tokend, builds waiting in their
 #      sandboxes; the brake stops the younger of two builds that grow past
 #      the brake point (SIGSTOP of its sandbox, or with use-cgroups on
-#      Nix >= 2.12 the freeze of Nix's cgroup), never the older, resumes
-#      it and both complete (testdata/nix/brake-watch.py checks the
-#      kernel's side).
+#      Nix >= 2.12 the freeze of Nix's cgroup), never the older, and lets
+#      it go again: itself, when tokend stops (Nix 2.8), or at the next
+#      start after a SIGKILL (use-cgroups); both complete
+#      (testdata/nix/brake-watch.py checks the kernel's side).
 # Prints PASS/FAIL lines and ends with "N passed, N failed"; exits non-zero on
 # any failure. Under CI=true a missing tool is a failure, never a skip.
 # TOKEND_UPDATE_VENDOR_HASH=1 rewrites a stale vendorHash in nix/overlay.nix.
@@ -324,32 +325,37 @@ all_gt() { # KEY MIN: every build's KEY is above MIN
 }
 summary_val() { sed -n "s/^$1=//p" "$sum"; }
 
-# brake NIXBIN LABEL [harness args...]: the memory brake on two real nix
-# builds in a 1.5 GiB memory cgroup, started together as builds are: both
-# are admitted while small (tokend's default estimate of 128 MiB a job),
-# then their 700 MiB jobs grow past the brake point (headroom under half
-# of a 512 MiB reserve). tokend must stop or freeze the young build, never
-# the old one, resume it once the old job is done, and both complete
-# without an OOM kill. Sets why on failure.
+# brake MODE NIXBIN LABEL [harness args...]: the memory brake on two real
+# nix builds in a 1.5 GiB memory cgroup, started together as builds are:
+# both are admitted while small (tokend's default estimate of 128 MiB a
+# job), then their jobs (700 and 600 MiB) grow past the brake point
+# (headroom under half of a 512 MiB reserve). tokend must stop or freeze
+# the young build, never the old one, and both complete without an OOM
+# kill. MODE says who lets the young build go on: thaw, the brake itself
+# once the old job is done; term, tokend stopping (SIGTERM); kill, the
+# next tokend after a SIGKILL. Sets watched, or why on failure.
 brake() {
-  local nb=$1 label=$2
-  shift 2
-  local cg=/sys/fs/cgroup/memory/tokend-nixbrake-$$-$label brt=$work/rt-$label rc_old=0 rc_young=0 old young _
+  local mode=$1 nb=$2 label=$3
+  shift 3
+  local cg=/sys/fs/cgroup/memory/tokend-nixbrake-$$-$label brt=$work/rt-$label rc_old=0 rc_young=0 old young held at since watcher _
   if ! { mkdir "$cg" && echo $((1536 << 20)) >"$cg/memory.limit_in_bytes"; }; then
     why="cannot make the memory cgroup $cg"
     return 1
   fi
-  "$bin/tokend" --runtime-dir "$brt" --state-dir "$work/state-$label" --memory-cgroup "$cg" --memory-reserve 512MiB \
-    --job-estimate 128MiB --growth-interval 1s --log-level debug >>"$work/tokend-$label.log" 2>&1 &
-  tokend_pid=$!
-  sock=$brt/tokend.sock
-  for _ in $(seq 100); do "$bin/tokenctl" --socket "$sock" status >/dev/null 2>&1 && break; sleep 0.05; done
+  brake_tokend() {
+    "$bin/tokend" --runtime-dir "$brt" --state-dir "$work/state-$label" --memory-cgroup "$cg" --memory-reserve 512MiB \
+      --job-estimate 128MiB --growth-interval 1s --log-level debug >>"$work/tokend-$label.log" 2>&1 &
+    tokend_pid=$!
+    sock=$brt/tokend.sock
+    for _ in $(seq 100); do "$bin/tokenctl" --socket "$sock" status >/dev/null 2>&1 && break; sleep 0.05; done
+  }
   build() { # ROLE JOB: one build of one job inside $cg, in the background
     (echo "$BASHPID" >"$cg/cgroup.procs" && TOKEND_SOCKET=$sock exec bash testdata/nix/sandbox-build.sh --nix-bin "$nb" \
       --hook "$bin/tokend-nix-hook" --tools "$tools" --work "$work/$label-$1" --builds 1 --jobs 1 --cores 8 \
       --name "tokend-$label-$1" --job "$2" --sandbox-path "/tools/fakecc=$bin/fakecc" "${@:3}" \
       >"$work/$label-$1.summary" 2>"$work/$label-$1.err") &
   }
+  brake_tokend
   build old "/tools/fakecc -peak 700 -ramp 100 -hold 10" "$@"
   old=$!
   # The young build registers once the old one has: which is older is then
@@ -361,13 +367,49 @@ sys.exit(0 if any(l["name"] == sys.argv[1] for l in json.load(sys.stdin)["leases
     kill -0 "$old" 2>/dev/null || break
     sleep 0.1
   done
-  build young "/tools/fakecc -peak 700 -ramp 200 -hold 1" "$@"
+  build young "/tools/fakecc -peak 600 -ramp 200 -hold 1" "$@"
   young=$!
-  watched=$(python3 testdata/nix/brake-watch.py "$bin/tokenctl" "$sock" "tokend-$label-old" "tokend-$label-young" "$old" "$young") || why="brake: $watched"
+  local watch=testdata/nix/brake-watch.py
+  case $mode in
+    thaw)
+      watched=$(python3 "$watch" watch "$bin/tokenctl" "$sock" "tokend-$label-old" "tokend-$label-young" "$old" "$young") || why="brake: $watched"
+      ;;
+    term)
+      if held=$(python3 "$watch" frozen "$bin/tokenctl" "$sock" "tokend-$label-young" 120); then
+        since=$(date +%s%3N)
+        tokend_stop TERM
+        at=$(python3 "$watch" resumed "$held" 10) || why="after tokend stopped: $at"
+        watched="young build held ($held), running again $((at - since)) ms after SIGTERM to tokend"
+      else
+        why=$held
+      fi
+      ;;
+    kill)
+      if held=$(python3 "$watch" frozen "$bin/tokenctl" "$sock" "tokend-$label-young" 120); then
+        tokend_stop KILL
+        sleep 1
+        if python3 "$watch" resumed "$held" 0 >/dev/null; then
+          why="the young build ran again with tokend dead, before any restart"
+        else
+          # Watched from before the start: once the next tokend has let it
+          # go, its brake may well hold it again a tick later.
+          python3 "$watch" resumed "$held" 15 >"$work/$label.resumed" &
+          watcher=$!
+          sleep 0.5
+          since=$(date +%s%3N)
+          brake_tokend
+          wait "$watcher" || why="after the restart: $(cat "$work/$label.resumed")"
+          watched="young build held ($held), still held 1 s after tokend was killed (SIGKILL), running again $(($(cat "$work/$label.resumed") - since)) ms after the next tokend was started"
+        fi
+      else
+        why=$held
+      fi
+      ;;
+  esac
   wait "$old" || rc_old=$?
   wait "$young" || rc_young=$?
   kills=$(sed -n 's/^oom_kill //p' "$cg/memory.oom_control")
-  tokend_stop TERM
+  [ -z "$tokend_pid" ] || tokend_stop TERM
   rmdir "$cg"
   [ -z "$why" ] || return 1
   [ "$rc_old" = 0 ] && [ "$rc_young" = 0 ] || { why="builds exited $rc_old (old) and $rc_young (young): $(tail -3 "$work/$label-young.err")"; return 1; }
@@ -471,14 +513,14 @@ if [ -n "$tools" ]; then
     # use-cgroups (Nix >= 2.12, with auto-allocate-uids): Nix records the
     # build's cgroup before the hook runs; the lease must carry it and be
     # sampled from it, so the brake freezes that group.
+    cgroups=(--store "/var/cache/tokend-nix-cg/$ver" --conf "build-users-group =" --conf "auto-allocate-uids = true"
+      --conf "experimental-features = nix-command auto-allocate-uids cgroups" --conf "use-cgroups = true")
     if [ "$(printf '%s\n2.12\n' "$ver" | sort -V | head -1)" = 2.12 ]; then
       name="Nix $ver, use-cgroups: the lease carries the build's cgroup and is sampled from it"
       why=
       sampler_start "$work/$v-cg.samples"
       rc=0
-      real "$nb" "$v-cg" 1 --jobs 4 --sleep 0.5 --store "/var/cache/tokend-nix-cg/$ver" \
-        --conf "build-users-group =" --conf "auto-allocate-uids = true" \
-        --conf "experimental-features = nix-command auto-allocate-uids cgroups" --conf "use-cgroups = true" || rc=$?
+      real "$nb" "$v-cg" 1 --jobs 4 --sleep 0.5 "${cgroups[@]}" || rc=$?
       sampler_stop
       seen=$(python3 - "$work/$v-cg.samples" <<'EOF2'
 import json, sys
@@ -666,24 +708,27 @@ EOF2
       fi
     fi
 
-    name="Nix $ver, brake: the young build is stopped and resumed, the old one never"
-    why=
-    if [ ! -d /sys/fs/cgroup/memory ]; then
-      missing "$name" "no cgroup v1 memory controller at /sys/fs/cgroup/memory"
-    elif brake "$nb" "$v-brake"; then
-      pass "$name: $watched; both complete, 0 OOM kills"
-    else
-      fail "$name" "$why"
-    fi
-    if [ -d /sys/fs/cgroup/memory ] && [ "$(printf '%s\n2.12\n' "$ver" | sort -V | head -1)" = 2.12 ]; then
-      name="Nix $ver, use-cgroups, brake: the young build's cgroup is frozen and thawed, the old one never"
+    # The brake: on every version it stops a build without a cgroup; with
+    # use-cgroups it freezes Nix's cgroup. The young build is let go by the
+    # brake, by tokend stopping (Nix 2.8) and by the next tokend after a
+    # SIGKILL (use-cgroups).
+    brake_case() { # MODE LABEL TITLE [harness args...]
+      name="Nix $ver, $3"
       why=
-      if brake "$nb" "$v-cgbrake" --store "/var/cache/tokend-nix-cg/$ver" --conf "build-users-group =" --conf "auto-allocate-uids = true" \
-        --conf "experimental-features = nix-command auto-allocate-uids cgroups" --conf "use-cgroups = true"; then
+      if [ ! -d /sys/fs/cgroup/memory ]; then
+        missing "$name" "no cgroup v1 memory controller at /sys/fs/cgroup/memory"
+      elif brake "$1" "$nb" "$v-$2" "${@:4}"; then
         pass "$name: $watched; both complete, 0 OOM kills"
       else
         fail "$name" "$why"
       fi
+    }
+    brake_case thaw brake "brake: the young build is stopped and resumed, the old one never"
+    if [ "$(printf '%s\n2.12\n' "$ver" | sort -V | head -1)" = 2.12 ]; then
+      brake_case thaw cgbrake "use-cgroups, brake: the young build's cgroup is frozen and thawed, the old one never" "${cgroups[@]}"
+      brake_case kill cgkill "use-cgroups, brake: a build tokend froze before a SIGKILL is thawed by the next tokend" "${cgroups[@]}"
+    else
+      brake_case term stopterm "brake: a build tokend stopped is resumed when tokend stops"
     fi
   done
 fi
