@@ -66,6 +66,11 @@ func Main(ctx context.Context, c Config) (err error) {
 	if err != nil {
 		return err
 	}
+	if c.Quick && (c.Strategies == "" || c.Strategies == "all") {
+		// The smoke test keeps to cold starts, to stay short; a warm run
+		// can still be asked for by name.
+		strategies = slices.DeleteFunc(strategies, func(st Strategy) bool { return st.Warm })
+	}
 	sources, err := fetchSources(ctx, scenarios, c.Log)
 	if err != nil {
 		return err
@@ -74,7 +79,8 @@ func Main(ctx context.Context, c Config) (err error) {
 	if err := os.MkdirAll(logs, 0o755); err != nil {
 		return fmt.Errorf("log dir: %w", err)
 	}
-	env := Env{Mounts: mounts, Bin: bin, Work: work, LimitMiB: c.LimitMiB, CPUs: cpus, Sample: c.Sample, Sources: sources, Logs: logs}
+	env := Env{Mounts: mounts, Bin: bin, Work: work, LimitMiB: c.LimitMiB, CPUs: cpus, Sample: c.Sample, Sources: sources, Logs: logs,
+		Warm: slices.ContainsFunc(strategies, func(st Strategy) bool { return st.Warm })}
 	order := Plan(scenarios, strategies, c.Reps, c.Seed)
 
 	meta := Meta{Command: c.Command, Started: time.Now().UTC(), LoadStart: loadavg(), CPUs: cpus, Quick: c.Quick,

@@ -165,25 +165,29 @@ func TestTokendStateWarm(t *testing.T) {
 	work := t.TempDir()
 	sc := Scenario{Name: "s"}
 	cold, warm := Strategy{Name: ColdName, Kind: Tokend}, Strategy{Name: "tokend-warm", Kind: Tokend, Warm: true}
-	if _, err := tokendState(work, sc, warm, 1); err == nil || !strings.Contains(err.Error(), "left none") {
+	if _, _, err := tokendState(work, sc, warm, 1); err == nil || !strings.Contains(err.Error(), "left none") {
 		t.Fatalf("warm state without a cold run: %v, want an error", err)
 	}
-	dir, err := tokendState(work, sc, cold, 1)
+	dir, names, err := tokendState(work, sc, cold, 1)
+	if err != nil || names != nil {
+		t.Fatal(names, err)
+	}
+	const hist = `{"version":2,"users":{"0":{"json-b":{"runs":1},"json-a":{"runs":1}}}}`
+	if err := os.WriteFile(filepath.Join(dir, "history.json"), []byte(hist), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wdir, names, err := tokendState(work, sc, warm, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "history.json"), []byte(`{"version":2}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	wdir, err := tokendState(work, sc, warm, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b, err := os.ReadFile(filepath.Join(wdir, "history.json")); err != nil || string(b) != `{"version":2}` {
+	if b, err := os.ReadFile(filepath.Join(wdir, "history.json")); err != nil || string(b) != hist {
 		t.Errorf("warm history %q, %v: want the cold run's", b, err)
 	}
+	if strings.Join(names, ",") != "json-a,json-b" {
+		t.Errorf("warm run starts from %v, want json-a,json-b", names)
+	}
 	// A second cold run of the same cell starts empty again.
-	if dir, err = tokendState(work, sc, cold, 1); err != nil {
+	if dir, _, err = tokendState(work, sc, cold, 1); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "history.json")); !os.IsNotExist(err) {

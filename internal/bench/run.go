@@ -2,11 +2,13 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker/control"
 	"github.com/tokend/tokend/jobserver"
 )
@@ -42,6 +45,9 @@ type Env struct {
 	// Sources are the unpacked trees of the real scenarios' sources, by
 	// Debian source package name.
 	Sources map[string]string
+	// Warm tells that warm tokend runs follow cold ones: a cold tokend is
+	// stopped only once it has recorded the packages in its history.
+	Warm bool
 	// Logs, if set, keeps each run's tokend log, which the scratch
 	// directory would lose: what the controller decided, for reading a
 	// surprising run afterwards.
@@ -80,11 +86,14 @@ type Result struct {
 	// OtherCPU is the CPU that processes outside the run (other users of
 	// the machine) used during it, in cores, averaged over the makespan;
 	// Loaded marks a run where it exceeded OtherLoadLimit.
-	OtherCPU   float64  `json:"other_cpu_cores"`
-	Loaded     bool     `json:"loaded,omitempty"`
-	Load1Start float64  `json:"load1_start"` // the 1-minute load average
-	Load1End   float64  `json:"load1_end"`
-	Samples    []Sample `json:"samples"`
+	OtherCPU   float64 `json:"other_cpu_cores"`
+	Loaded     bool    `json:"loaded,omitempty"`
+	Load1Start float64 `json:"load1_start"` // the 1-minute load average
+	Load1End   float64 `json:"load1_end"`
+	// WarmFrom are the lease names the history of a warm tokend run held
+	// when it started: the packages it had seen.
+	WarmFrom []string `json:"warm_from,omitempty"`
+	Samples  []Sample `json:"samples"`
 }
 
 // OtherLoadLimit is the CPU, in cores, that other processes may use during
@@ -141,10 +150,11 @@ func Run(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int) (
 	outsideCPU := selfCPU
 	switch st.Kind {
 	case Tokend:
-		state, err := tokendState(env.Work, sc, st, rep)
+		state, names, err := tokendState(env.Work, sc, st, rep)
 		if err != nil {
 			return res, err
 		}
+		res.WarmFrom = names
 		td, err := startTokend(ctx, env.Bin, filepath.Join(dir, "tokend"), state, lim, sc.TokendInside)
 		if err != nil {
 			return res, err
@@ -155,7 +165,13 @@ func Run(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int) (
 				err = errors.Join(err, keepLog(td.log.Name(), filepath.Join(env.Logs, fmt.Sprintf("%03d-%s-%s-rep%d-tokend.log", seq, sc.Name, st.Name, rep))))
 			}()
 		}
-		defer func() { err = errors.Join(err, td.stop()) }()
+		var built []string
+		if env.Warm && !st.Warm {
+			for _, p := range pkgs {
+				built = append(built, p.Name)
+			}
+		}
+		defer func() { err = errors.Join(err, td.stop(built)) }()
 		defer func() {
 			if err == nil {
 				res.TokendCPU, res.TokendRSSMiB, err = procUsage(td.cmd.Process.Pid)
@@ -596,36 +612,53 @@ func isJob(comm string) bool {
 
 // tokendState is the state directory of a tokend run: empty for a cold
 // run; for a warm one, holding the job history the cold run of the same
-// scenario and repetition left (Main runs that first).
-func tokendState(work string, sc Scenario, st Strategy, rep int) (string, error) {
+// scenario and repetition left (Main runs that first), whose lease names
+// it returns.
+func tokendState(work string, sc Scenario, st Strategy, rep int) (string, []string, error) {
 	dir := func(name string) string {
 		return filepath.Join(work, "state", fmt.Sprintf("%s-rep%d-%s", sc.Name, rep, name))
 	}
 	state := dir(st.Name)
 	if err := os.RemoveAll(state); err != nil {
-		return "", fmt.Errorf("tokend state dir: %w", err)
+		return "", nil, fmt.Errorf("tokend state dir: %w", err)
 	}
 	if err := os.MkdirAll(state, 0o755); err != nil {
-		return "", fmt.Errorf("tokend state dir: %w", err)
+		return "", nil, fmt.Errorf("tokend state dir: %w", err)
 	}
 	if !st.Warm {
-		return state, nil
+		return state, nil, nil
 	}
 	hist, err := os.ReadFile(filepath.Join(dir(ColdName), control.HistoryFile))
 	if err != nil {
-		return "", fmt.Errorf("history for %s of %s rep %d: the %s run left none: %w", st.Name, sc.Name, rep, ColdName, err)
+		return "", nil, fmt.Errorf("history for %s of %s rep %d: the %s run left none: %w", st.Name, sc.Name, rep, ColdName, err)
 	}
+	// Only the names are read here; tokend reads the rest.
+	var file struct {
+		Users map[string]map[string]json.RawMessage `json:"users"`
+	}
+	if err := json.Unmarshal(hist, &file); err != nil {
+		return "", nil, fmt.Errorf("history for %s: %w", st.Name, err)
+	}
+	var names []string
+	for _, byName := range file.Users {
+		for n := range byName {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
 	if err := os.WriteFile(filepath.Join(state, control.HistoryFile), hist, 0o644); err != nil {
-		return "", fmt.Errorf("history for %s: %w", st.Name, err)
+		return "", nil, fmt.Errorf("history for %s: %w", st.Name, err)
 	}
-	return state, nil
+	return state, names, nil
 }
 
 // tokend is a tokend started for one run.
 type tokend struct {
-	cmd    *exec.Cmd
-	socket string
-	log    *os.File
+	cmd      *exec.Cmd
+	socket   string
+	tokenctl string
+	started  time.Time
+	log      *os.File
 }
 
 // startTokend starts tokend on its defaults in its own runtime and state
@@ -657,7 +690,7 @@ func startTokend(ctx context.Context, bin Binaries, runtimeDir, stateDir string,
 		// The shell execs tokend: its PID is tokend's.
 		cmd = exec.Command("/bin/sh", append([]string{"-c", lim.Enter() + ` && exec "$@"`, "sh", bin.Tokend}, args...)...)
 	}
-	t := &tokend{cmd: cmd, socket: filepath.Join(runtimeDir, "tokend.sock"), log: logf}
+	t := &tokend{cmd: cmd, socket: filepath.Join(runtimeDir, "tokend.sock"), tokenctl: bin.Tokenctl, started: time.Now(), log: logf}
 	t.cmd.Stdout, t.cmd.Stderr = logf, logf
 	t.cmd.Env = cleanEnv()
 	if err := t.cmd.Start(); err != nil {
@@ -672,29 +705,86 @@ func startTokend(ctx context.Context, bin Binaries, runtimeDir, stateDir string,
 			return t, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return nil, errors.Join(fmt.Errorf("tokend did not answer on %s within 10 s (log: %s.log)", t.socket, runtimeDir), ctx.Err(), t.stop())
+			return nil, errors.Join(fmt.Errorf("tokend did not answer on %s within 10 s (log: %s.log)", t.socket, runtimeDir), ctx.Err(), t.stop(nil))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// stop sends SIGTERM, waits up to 5 s, then kills.
-func (t *tokend) stop() error {
+// leaseSettle is how long tokend may take to end the leases of builds
+// that have exited: it notices a dead owner within about a second.
+// historySettle bounds the wait for it to learn from them: it does so at
+// its next tick (250 ms by default), and a lease whose jobs were all too
+// small to learn from never shows.
+const (
+	leaseSettle   = 10 * time.Second
+	historySettle = 3 * time.Second
+)
+
+// stop waits for tokend to have ended every lease and recorded the
+// packages named in its job history, then sends SIGTERM, waits up to 5 s,
+// and kills. Stopped earlier, tokend would forget the last package's jobs,
+// and a warm run would start without them.
+func (t *tokend) stop(names []string) error {
 	defer t.log.Close()
+	settleErr := t.settle(names)
 	_ = t.cmd.Process.Signal(syscall.SIGTERM)
 	exited := make(chan error, 1)
 	go func() { exited <- t.cmd.Wait() }()
 	select {
 	case err := <-exited:
 		if err != nil {
-			return fmt.Errorf("tokend exited: %w", err)
+			return errors.Join(settleErr, fmt.Errorf("tokend exited: %w", err))
 		}
-		return nil
+		return settleErr
 	case <-time.After(5 * time.Second):
 		_ = t.cmd.Process.Kill()
 		<-exited
-		return errors.New("tokend ignored SIGTERM for 5 s; killed")
+		return errors.Join(settleErr, errors.New("tokend ignored SIGTERM for 5 s; killed"))
 	}
+}
+
+// settle waits until tokend lists no lease (an error past leaseSettle),
+// then until its history has an entry updated since it started for each
+// of names, or historySettle has passed.
+func (t *tokend) settle(names []string) error {
+	var st api.Status
+	deadline := time.Now().Add(leaseSettle)
+	for {
+		err := t.query(&st, "status", "--json")
+		if err == nil && len(st.Leases) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return fmt.Errorf("tokend status before stopping it: %w (log: %s)", err, t.log.Name())
+			}
+			return fmt.Errorf("tokend still had %d leases %v after the builds ended (log: %s)", len(st.Leases), leaseSettle, t.log.Name())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	deadline = time.Now().Add(historySettle)
+	for len(names) > 0 && time.Now().Before(deadline) {
+		var hist []api.HistoryEntry
+		if t.query(&hist, "history", "--json") == nil {
+			names = slices.DeleteFunc(names, func(n string) bool {
+				return slices.ContainsFunc(hist, func(e api.HistoryEntry) bool { return e.Name == n && e.LastSeen.After(t.started) })
+			})
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return nil
+}
+
+// query runs tokenctl against this tokend and decodes its JSON answer.
+func (t *tokend) query(v any, args ...string) error {
+	c := exec.Command(t.tokenctl, append([]string{"--socket", t.socket}, args...)...)
+	c.Env = cleanEnv()
+	out, err := c.Output()
+	if err != nil {
+		return fmt.Errorf("tokenctl %s: %w", strings.Join(args, " "), err)
+	}
+	return json.Unmarshal(out, v)
 }
 
 // procUsage is a live process's CPU time in seconds and peak RSS in MiB.

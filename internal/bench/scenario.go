@@ -213,10 +213,8 @@ func Strategies(cpus int, quick bool) []Strategy {
 		Strategy{Name: fmt.Sprintf("shared-%d", cpus), Kind: Shared, N: cpus},
 		Strategy{Name: "retry-j4", Kind: Retry, N: 4},
 		Strategy{Name: ColdName, Kind: Tokend},
+		Strategy{Name: "tokend-warm", Kind: Tokend, Warm: true},
 	)
-	if !quick {
-		s = append(s, Strategy{Name: "tokend-warm", Kind: Tokend, Warm: true})
-	}
 	return s
 }
 
