@@ -1,13 +1,17 @@
-// Command tokend-bench benchmarks tokend against the ways builds are limited
-// today (static -jN, serial, -jN -lN, a shared jobserver, kill-and-retry) on
-// generated builds of a stand-in compiler, inside a cgroup memory limit, and
-// writes a table, plots and raw results.
+// Command tokend-bench benchmarks tokend, cold and warm (with the history of
+// an earlier run), against the ways builds are limited today (static -jN,
+// serial, -jN -lN, a shared jobserver, kill-and-retry) on generated builds
+// of a stand-in compiler and on real code compiled by g++ (Debian's
+// nlohmann-json3 source, fetched and cached under ~/.cache/tokend-bench),
+// inside cgroup memory limits, and writes a table, plots and raw results.
 //
 //	go run ./cmd/tokend-bench [--quick] [--out DIR] [--scenarios a,b] [--strategies x,y] [--reps N] [--limit-mib M]
 //
 // It needs root (it makes cgroups), a cgroup memory controller (v1, or
 // cgroup2's) and cgroup2 for pressure, GNU make >= 4.4 and ninja >= 1.13
-// (.ci/tools.sh builds them). --quick is a smoke test of under two minutes.
+// (.ci/tools.sh builds them); the real scenarios install g++ and dpkg-dev
+// with apt-get if they are missing. --quick is a smoke test of under two
+// minutes on the stand-in scenarios only: it fetches and compiles nothing.
 // SIGINT stops it, killing every build it started and removing its cgroups,
 // and reports what it measured so far. --report re-renders the report and
 // plots from a results.json.
@@ -39,11 +43,11 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("tokend-bench", flag.ContinueOnError)
 	fs.BoolVar(&c.Quick, "quick", false, "tiny workloads, one repetition, fewer strategies: a smoke test of the harness")
 	fs.StringVar(&c.Out, "out", "bench-out", "directory for report.md, results.json and the SVG plots")
-	fs.StringVar(&c.Scenarios, "scenarios", "all", "comma-separated scenarios: light, heavy, hog, burst")
-	fs.StringVar(&c.Strategies, "strategies", "all", "comma-separated strategies: serial, static-jN, load-j8-lC, shared-C, retry-j4, tokend (C: CPUs)")
+	fs.StringVar(&c.Scenarios, "scenarios", "all", "comma-separated scenarios: light, heavy, hog, burst, gcc-pkgs, gcc-lto-hog, gcc-small; real (the gcc-* ones), standin (the others)")
+	fs.StringVar(&c.Strategies, "strategies", "all", "comma-separated strategies: serial, static-jN, load-j8-lC, shared-C, retry-j4, tokend, tokend-warm (C: CPUs; tokend-warm needs tokend)")
 	fs.IntVar(&c.Reps, "reps", 2, "repetitions of every scenario and strategy (--quick: 1)")
 	fs.Uint64Var(&c.Seed, "seed", 1, "seed of the randomized run order")
-	fs.IntVar(&c.LimitMiB, "limit-mib", 6144, "memory limit every run is confined to, in MiB (--quick: 1024)")
+	fs.IntVar(&c.LimitMiB, "limit-mib", 6144, "memory limit of the stand-in scenarios' runs, in MiB (--quick: 1024); the real ones have their own")
 	fs.DurationVar(&c.Sample, "sample", 100*time.Millisecond, "sampling interval of memory and running jobs")
 	fs.StringVar(&c.BinDir, "bin", "", "directory with prebuilt tokend, tokenctl and fakecc (default: go build them)")
 	fs.StringVar(&c.Make, "make", "", "GNU make >= 4.4 (default: $TOKEND_TOOLS_BIN, .ci/tools.sh's cache, $PATH)")

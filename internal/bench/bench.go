@@ -66,25 +66,22 @@ func Main(ctx context.Context, c Config) (err error) {
 	if err != nil {
 		return err
 	}
-	env := Env{Mounts: mounts, Bin: bin, Work: work, LimitMiB: c.LimitMiB, CPUs: cpus, Sample: c.Sample}
-
-	type cell struct {
-		sc  Scenario
-		st  Strategy
-		rep int
+	if c.Quick && (c.Strategies == "" || c.Strategies == "all") {
+		// The smoke test keeps to cold starts, to stay short; a warm run
+		// can still be asked for by name.
+		strategies = slices.DeleteFunc(strategies, func(st Strategy) bool { return st.Warm })
 	}
-	var order []cell
-	for rep := 1; rep <= c.Reps; rep++ {
-		var round []cell
-		for _, sc := range scenarios {
-			for _, st := range strategies {
-				round = append(round, cell{sc, st, rep})
-			}
-		}
-		order = append(order, round...)
+	sources, err := fetchSources(ctx, scenarios, c.Log)
+	if err != nil {
+		return err
 	}
-	r := rand.New(rand.NewPCG(c.Seed, 1))
-	r.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	logs := filepath.Join(c.Out, "logs")
+	if err := os.MkdirAll(logs, 0o755); err != nil {
+		return fmt.Errorf("log dir: %w", err)
+	}
+	env := Env{Mounts: mounts, Bin: bin, Work: work, LimitMiB: c.LimitMiB, CPUs: cpus, Sample: c.Sample, Sources: sources, Logs: logs,
+		Warm: slices.ContainsFunc(strategies, func(st Strategy) bool { return st.Warm })}
+	order := Plan(scenarios, strategies, c.Reps, c.Seed)
 
 	meta := Meta{Command: c.Command, Started: time.Now().UTC(), LoadStart: loadavg(), CPUs: cpus, Quick: c.Quick,
 		LimitMiB: c.LimitMiB, Reps: c.Reps, Runs: len(order), Tokend: bin.TokendDescription, Make: version(bin.Make), Ninja: version(bin.Ninja)}
@@ -92,15 +89,23 @@ func Main(ctx context.Context, c Config) (err error) {
 		meta.Strategies = append(meta.Strategies, st.Name)
 	}
 	for _, sc := range scenarios {
-		meta.Scenarios = append(meta.Scenarios, ScenarioInfo{Name: sc.Name, About: sc.About, Packages: Generate(sc.Graph, sc.Seed), MaxJobs: sc.MaxJobs})
+		info := ScenarioInfo{Name: sc.Name, About: sc.About, MaxJobs: sc.MaxJobs, LimitMiB: sc.limit(c.LimitMiB),
+			Timeout: sc.Timeout.Seconds(), TokendInside: sc.TokendInside}
+		if sc.Real != nil {
+			info.Source = sc.Real.Source.Name + " " + sc.Real.Source.Version
+			info.Packages = sc.Packages(sources[sc.Real.Source.Name])
+		} else {
+			info.Packages = sc.Packages("")
+		}
+		meta.Scenarios = append(meta.Scenarios, info)
 	}
 	fmt.Fprintf(c.Log, "tokend-bench: %d runs (%d scenarios x %d strategies x %d reps), limit %d MiB, load %s; tokend: %s\n",
 		len(order), len(scenarios), len(strategies), c.Reps, c.LimitMiB, meta.LoadStart, bin.TokendDescription)
 	var results []Result
 	for i, cl := range order {
-		res, err := Run(ctx, env, cl.sc, cl.st, cl.rep, i+1)
+		res, err := Run(ctx, env, cl.Scenario, cl.Strategy, cl.Rep, i+1)
 		if err != nil {
-			err = fmt.Errorf("run %d (%s, %s, rep %d): %w", i+1, cl.sc.Name, cl.st.Name, cl.rep, err)
+			err = fmt.Errorf("run %d (%s, %s, rep %d): %w", i+1, cl.Scenario.Name, cl.Strategy.Name, cl.Rep, err)
 			if ctx.Err() == nil || len(results) == 0 {
 				return err
 			}
@@ -108,8 +113,16 @@ func Main(ctx context.Context, c Config) (err error) {
 			meta.Finished, meta.LoadEnd = time.Now().UTC(), loadavg()
 			return errors.Join(err, writeRaw(c.Out, meta, results), writeReport(c.Out, meta, results, scenarios, strategies))
 		}
-		fmt.Fprintf(c.Log, "[%d/%d] %-6s %-12s rep %d: %6.1f s, %d OOM kills, %d failed, %d re-runs, peak %.0f MiB\n",
-			i+1, len(order), cl.sc.Name, cl.st.Name, cl.rep, res.Makespan, res.OOMKills, res.Failed, res.Reruns, res.PeakMiB)
+		note := ""
+		if res.TimedOut {
+			note += ", timed out"
+		}
+		if res.Loaded {
+			note += ", under other load"
+		}
+		fmt.Fprintf(c.Log, "[%d/%d] %-11s %-12s rep %d: %6.1f s, %d OOM kills, %d failed, %d re-runs, peak %.0f MiB, stall %.1f/%.1f s, other CPU %.2f cores, load %.2f-%.2f%s\n",
+			i+1, len(order), cl.Scenario.Name, cl.Strategy.Name, cl.Rep, res.Makespan, res.OOMKills, res.Failed, res.Reruns, res.PeakMiB,
+			res.StallSome, res.StallFull, res.OtherCPU, res.Load1Start, res.Load1End, note)
 		results = append(results, res)
 		// Kept current, so that an interrupted benchmark leaves its data.
 		meta.Finished, meta.LoadEnd = time.Now().UTC(), loadavg()
@@ -123,6 +136,88 @@ func Main(ctx context.Context, c Config) (err error) {
 		return err
 	}
 	return writeReport(c.Out, meta, results, scenarios, strategies)
+}
+
+// Cell is one run to make: a scenario under a strategy, one repetition.
+type Cell struct {
+	Scenario Scenario
+	Strategy Strategy
+	Rep      int
+}
+
+// Plan is the order of the runs: every repetition of every strategy the
+// scenario runs, shuffled with seed, except that a warm tokend run comes
+// after the cold run whose history it starts from (the two trade places
+// if the shuffle put them the other way round).
+func Plan(scenarios []Scenario, strategies []Strategy, reps int, seed uint64) []Cell {
+	var order []Cell
+	for rep := 1; rep <= reps; rep++ {
+		for _, sc := range scenarios {
+			for _, st := range strategies {
+				if sc.runs(st) {
+					order = append(order, Cell{sc, st, rep})
+				}
+			}
+		}
+	}
+	r := rand.New(rand.NewPCG(seed, 1))
+	r.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	for i, w := range order {
+		if !w.Strategy.Warm {
+			continue
+		}
+		j := slices.IndexFunc(order, func(c Cell) bool {
+			return c.Strategy.Name == ColdName && c.Scenario.Name == w.Scenario.Name && c.Rep == w.Rep
+		})
+		if j > i {
+			order[i], order[j] = order[j], order[i]
+		}
+	}
+	return order
+}
+
+// fetchSources fetches and unpacks the sources of the real scenarios, and
+// installs the compiler they need; the result maps a source package's
+// name to its tree.
+func fetchSources(ctx context.Context, scenarios []Scenario, log io.Writer) (map[string]string, error) {
+	out := map[string]string{}
+	for _, sc := range scenarios {
+		if sc.Real == nil || out[sc.Real.Source.Name] != "" {
+			continue
+		}
+		if len(out) == 0 {
+			if err := EnsureDebs(ctx, log, "g++"); err != nil {
+				return nil, err
+			}
+		}
+		cache, err := BenchCache()
+		if err != nil {
+			return nil, err
+		}
+		dir, err := FetchSource(ctx, cache, sc.Real.Source, log)
+		if err != nil {
+			return nil, err
+		}
+		if err := writeTestData(dir); err != nil {
+			return nil, err
+		}
+		out[sc.Real.Source.Name] = dir
+	}
+	return out, nil
+}
+
+// writeTestData writes the header nlohmann-json's tests include for the
+// place of their test data, which CMake would write; the benchmark only
+// compiles them.
+func writeTestData(src string) error {
+	dir := filepath.Join(src, includeDir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("test data header: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "test_data.hpp"), []byte("#define TEST_DATA_DIRECTORY \"/nonexistent\"\n"), 0o644); err != nil {
+		return fmt.Errorf("test data header: %w", err)
+	}
+	return nil
 }
 
 // writeRaw writes every run's measurements and samples to results.json.
@@ -160,12 +255,16 @@ type Meta struct {
 	Scenarios  []ScenarioInfo `json:"scenarios"`
 }
 
-// ScenarioInfo is a scenario as run, with its generated packages.
+// ScenarioInfo is a scenario as run, with its packages.
 type ScenarioInfo struct {
-	Name     string    `json:"name"`
-	About    string    `json:"about"`
-	MaxJobs  int       `json:"max_jobs"`
-	Packages []Package `json:"packages"`
+	Name         string    `json:"name"`
+	About        string    `json:"about"`
+	MaxJobs      int       `json:"max_jobs"`
+	LimitMiB     int       `json:"limit_mib,omitempty"`
+	Timeout      float64   `json:"timeout_s,omitempty"`
+	TokendInside bool      `json:"tokend_inside,omitempty"`
+	Source       string    `json:"source,omitempty"` // Debian source package and version
+	Packages     []Package `json:"packages"`
 }
 
 func writeReport(out string, meta Meta, results []Result, scenarios []Scenario, strategies []Strategy) error {
@@ -174,7 +273,7 @@ func writeReport(out string, meta Meta, results []Result, scenarios []Scenario, 
 	fmt.Fprintf(&md, "Command: `%s`\n\n", meta.Command)
 	fmt.Fprintf(&md, "Run %s to %s UTC on %d CPUs; load average at start %s, at end %s.\n",
 		meta.Started.Format("2006-01-02 15:04"), meta.Finished.Format("15:04"), meta.CPUs, meta.LoadStart, meta.LoadEnd)
-	fmt.Fprintf(&md, "Memory limit %d MiB; %d repetitions in randomized order; medians.\n", meta.LimitMiB, meta.Reps)
+	fmt.Fprintf(&md, "Memory limit %d MiB unless a scenario has its own; %d repetitions in randomized order; medians.\n", meta.LimitMiB, meta.Reps)
 	if meta.Runs > len(results) {
 		fmt.Fprintf(&md, "**Interrupted after %d of %d runs**: some cells have fewer repetitions (see reps).\n", len(results), meta.Runs)
 	}
@@ -192,12 +291,35 @@ func writeReport(out string, meta Meta, results []Result, scenarios []Scenario, 
 				}
 			}
 		}
-		fmt.Fprintf(&md, "- **%s**: %s; %d packages (%d compiles, %d links, %.0f CPU-s of jobs) built %d at a time.\n",
+		fmt.Fprintf(&md, "- **%s**: %s; %d packages (%d compiles, %d links, %.0f CPU-s of jobs) built %d at a time",
 			sc.Name, sc.About, len(sc.Packages), units, links, cpu, sc.MaxJobs)
+		if sc.Source != "" {
+			fmt.Fprintf(&md, "; real code: Debian source %s, g++", sc.Source)
+		}
+		if sc.LimitMiB > 0 {
+			fmt.Fprintf(&md, "; limit %d MiB", sc.LimitMiB)
+		}
+		if sc.TokendInside {
+			md.WriteString(", tokend inside it")
+		}
+		if sc.Timeout > 0 {
+			fmt.Fprintf(&md, "; runs stopped at %.0f s", sc.Timeout)
+		}
+		md.WriteString(".\n")
 	}
 	md.WriteString("\n")
 	if err := WriteTable(&md, sums); err != nil {
 		return err
+	}
+	var loaded []string
+	for _, r := range results {
+		if r.Loaded {
+			loaded = append(loaded, fmt.Sprintf("%s/%s rep %d (%.2f cores)", r.Scenario, r.Strategy, r.Rep, r.OtherCPU))
+		}
+	}
+	if len(loaded) > 0 {
+		fmt.Fprintf(&md, "\n**Taken under other load** (other processes used more than %.2f cores during the run; re-run these): %s.\n",
+			OtherLoadLimit, strings.Join(loaded, ", "))
 	}
 	md.WriteString("\nTargets for tokend:\n\n")
 	if err := WriteVerdicts(&md, Targets(sums, scenarios)); err != nil {
@@ -220,6 +342,10 @@ func writeReport(out string, meta Meta, results []Result, scenarios []Scenario, 
 	if err := os.WriteFile(filepath.Join(out, "report.md"), []byte(md.String()), 0o644); err != nil {
 		return fmt.Errorf("report: %w", err)
 	}
+	limits := map[string]int{}
+	for _, sc := range meta.Scenarios {
+		limits[sc.Name] = cmp.Or(sc.LimitMiB, meta.LimitMiB)
+	}
 	for _, sc := range scenarios {
 		var traces []Trace
 		for _, st := range strategies {
@@ -228,7 +354,7 @@ func writeReport(out string, meta Meta, results []Result, scenarios []Scenario, 
 			}
 		}
 		if err := writeSVG(filepath.Join(out, sc.Name+".svg"), func(w io.Writer) error {
-			return WriteTimeline(w, sc.Name+": memory and running jobs, the median-makespan run of each strategy", meta.LimitMiB, traces)
+			return WriteTimeline(w, sc.Name+": memory and running jobs, the median-makespan run of each strategy", cmp.Or(limits[sc.Name], meta.LimitMiB), traces)
 		}); err != nil {
 			return err
 		}

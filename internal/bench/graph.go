@@ -45,7 +45,8 @@ type GraphSpec struct {
 	WorkingSetMiB int
 }
 
-// Job is one compile or link.
+// Job is one compile or link: the stand-in compiler's shape, or, for real
+// code, its command and its measured peak and CPU time.
 type Job struct {
 	Name    string
 	Link    bool
@@ -54,6 +55,11 @@ type Job struct {
 	CPU     float64
 	Hold    float64
 	Deps    []string
+	// Cmd is a real job's command, less its output; "" runs the stand-in.
+	Cmd string `json:",omitempty"`
+	// Jobserver marks a job that runs jobs of its own under the build's
+	// jobserver (make's + recipe): a link with -flto=auto.
+	Jobserver bool `json:",omitempty"`
 }
 
 // Package is one build: its own Makefile or build.ninja, built by one make
@@ -120,6 +126,9 @@ type Tools struct {
 }
 
 func (t Tools) command(j Job) string {
+	if j.Cmd != "" {
+		return j.Cmd
+	}
 	exe := t.CC
 	if j.Link {
 		exe = t.LD
@@ -166,7 +175,11 @@ func WriteMakefile(w io.Writer, p Package, t Tools) error {
 		for _, d := range j.Deps {
 			b.WriteString(" " + d)
 		}
-		fmt.Fprintf(&b, "\n\t%s -o $@\n", t.command(j))
+		plus := ""
+		if j.Jobserver {
+			plus = "+"
+		}
+		fmt.Fprintf(&b, "\n\t%s%s -o $@\n", plus, t.command(j))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -189,11 +202,11 @@ func WriteNinja(w io.Writer, p Package, t Tools) error {
 }
 
 // CPUSeconds is the least CPU time p's jobs burn: each at least its --cpu
-// and at least the time to ramp to its peak.
+// and at least the time to ramp to its peak; a real job's, as measured.
 func (p Package) CPUSeconds() float64 {
 	var s float64
 	for _, j := range p.Jobs {
-		s += max(j.CPU, float64(j.PeakMiB)/j.RampMiB)
+		s += burnCPU(j.CPU, j.PeakMiB, j.RampMiB)
 	}
 	return s
 }

@@ -2,11 +2,13 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +17,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/broker/control"
 	"github.com/tokend/tokend/jobserver"
 )
 
@@ -35,9 +39,19 @@ type Env struct {
 	Mounts   Mounts
 	Bin      Binaries
 	Work     string // scratch directory
-	LimitMiB int
+	LimitMiB int    // of scenarios without a limit of their own
 	CPUs     int
 	Sample   time.Duration
+	// Sources are the unpacked trees of the real scenarios' sources, by
+	// Debian source package name.
+	Sources map[string]string
+	// Warm tells that warm tokend runs follow cold ones: a cold tokend is
+	// stopped only once it has recorded the packages in its history.
+	Warm bool
+	// Logs, if set, keeps each run's tokend log, which the scratch
+	// directory would lose: what the controller decided, for reading a
+	// surprising run afterwards.
+	Logs string
 }
 
 // Sample is the state of a run at one instant.
@@ -50,24 +64,42 @@ type Sample struct {
 
 // Result is what one run measured.
 type Result struct {
-	Scenario     string   `json:"scenario"`
-	Strategy     string   `json:"strategy"`
-	Rep          int      `json:"rep"`
-	Order        int      `json:"order"` // position in the randomized run order
-	Makespan     float64  `json:"makespan_s"`
-	OOMKills     int      `json:"oom_kills"`
-	Failed       int      `json:"failed_packages"` // packages that did not build in the end
-	Reruns       int      `json:"reruns"`
-	WastedCPU    float64  `json:"wasted_cpu_s"` // CPU of failed attempts
-	PeakMiB      float64  `json:"peak_mib"`
-	StallSome    float64  `json:"stall_some_s"`
-	StallFull    float64  `json:"stall_full_s"`
-	CPUIdle      float64  `json:"cpu_idle"`           // share of the host's CPU time the run left unused
-	TokendCPU    float64  `json:"tokend_cpu_s"`       // tokend strategy only
-	TokendCPUPct float64  `json:"tokend_cpu_pct"`     // of one core, over the makespan
-	TokendRSSMiB float64  `json:"tokend_rss_hwm_mib"` // peak RSS (VmHWM)
-	Samples      []Sample `json:"samples"`
+	Scenario     string  `json:"scenario"`
+	Strategy     string  `json:"strategy"`
+	Rep          int     `json:"rep"`
+	Order        int     `json:"order"` // position in the randomized run order
+	Makespan     float64 `json:"makespan_s"`
+	OOMKills     int     `json:"oom_kills"`
+	Failed       int     `json:"failed_packages"` // packages that did not build in the end
+	Reruns       int     `json:"reruns"`
+	WastedCPU    float64 `json:"wasted_cpu_s"` // CPU of failed attempts
+	PeakMiB      float64 `json:"peak_mib"`
+	StallSome    float64 `json:"stall_some_s"`
+	StallFull    float64 `json:"stall_full_s"`
+	CPUIdle      float64 `json:"cpu_idle"`           // share of the host's CPU time the run left unused
+	TokendCPU    float64 `json:"tokend_cpu_s"`       // tokend strategy only
+	TokendCPUPct float64 `json:"tokend_cpu_pct"`     // of one core, over the makespan
+	TokendRSSMiB float64 `json:"tokend_rss_hwm_mib"` // peak RSS (VmHWM)
+	// TimedOut: the run was stopped at the scenario's timeout; its
+	// unfinished packages count as failed and its makespan is the timeout.
+	TimedOut bool `json:"timed_out,omitempty"`
+	// OtherCPU is the CPU that processes outside the run (other users of
+	// the machine) used during it, in cores, averaged over the makespan;
+	// Loaded marks a run where it exceeded OtherLoadLimit.
+	OtherCPU   float64 `json:"other_cpu_cores"`
+	Loaded     bool    `json:"loaded,omitempty"`
+	Load1Start float64 `json:"load1_start"` // the 1-minute load average
+	Load1End   float64 `json:"load1_end"`
+	// WarmFrom are the lease names the history of a warm tokend run held
+	// when it started: the packages it had seen.
+	WarmFrom []string `json:"warm_from,omitempty"`
+	Samples  []Sample `json:"samples"`
 }
+
+// OtherLoadLimit is the CPU, in cores, that other processes may use during
+// a run before the run is marked as taken under other load: on 2 cores,
+// more than a tenth of the machine taken from the builds.
+const OtherLoadLimit = 0.2
 
 // build is one package's attempt in flight.
 type build struct {
@@ -92,7 +124,13 @@ func Run(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int) (
 		return res, fmt.Errorf("run dir: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	pkgs := Generate(sc.Graph, sc.Seed)
+	var src string
+	if sc.Real != nil {
+		if src = env.Sources[sc.Real.Source.Name]; src == "" {
+			return res, fmt.Errorf("scenario %s: source %s not fetched", sc.Name, sc.Real.Source.Name)
+		}
+	}
+	pkgs := sc.Packages(src)
 	tools := Tools{CC: env.Bin.CC, LD: env.Bin.LD}
 	if sc.Graph.WorkingSetMiB > 0 {
 		if tools.WorkingSet, err = workingSet(env.Work, sc.Graph.WorkingSetMiB); err != nil {
@@ -100,26 +138,49 @@ func Run(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int) (
 		}
 	}
 
-	lim, err := MakeLimit(env.Mounts, fmt.Sprintf("tokend-bench-%d-%d", os.Getpid(), seq), uint64(env.LimitMiB)<<20)
+	lim, err := MakeLimit(env.Mounts, fmt.Sprintf("tokend-bench-%d-%d", os.Getpid(), seq), uint64(sc.limit(env.LimitMiB))<<20)
 	if err != nil {
 		return res, err
 	}
 	defer func() { err = errors.Join(err, lim.Remove()) }()
 
 	var makeflags string
+	// outsideCPU is the CPU time of this harness and of what it started
+	// outside the run's cgroups: not other users' load.
+	outsideCPU := selfCPU
 	switch st.Kind {
 	case Tokend:
-		td, err := startTokend(ctx, env.Bin, filepath.Join(dir, "tokend"), lim)
+		state, names, err := tokendState(env.Work, sc, st, rep)
 		if err != nil {
 			return res, err
 		}
-		defer func() { err = errors.Join(err, td.stop()) }()
+		res.WarmFrom = names
+		td, err := startTokend(ctx, env.Bin, filepath.Join(dir, "tokend"), state, lim, sc.TokendInside)
+		if err != nil {
+			return res, err
+		}
+		if env.Logs != "" {
+			// Deferred before the stop, so it runs after it: the whole log.
+			defer func() {
+				err = errors.Join(err, keepLog(td.log.Name(), filepath.Join(env.Logs, fmt.Sprintf("%03d-%s-%s-rep%d-tokend.log", seq, sc.Name, st.Name, rep))))
+			}()
+		}
+		var built []string
+		if env.Warm && !st.Warm {
+			for _, p := range pkgs {
+				built = append(built, p.Name)
+			}
+		}
+		defer func() { err = errors.Join(err, td.stop(built)) }()
 		defer func() {
 			if err == nil {
 				res.TokendCPU, res.TokendRSSMiB, err = procUsage(td.cmd.Process.Pid)
 				res.TokendCPUPct = 100 * res.TokendCPU / res.Makespan
 			}
 		}()
+		if !sc.TokendInside {
+			outsideCPU = func() float64 { cpu, _, _ := procUsage(td.cmd.Process.Pid); return cpu + selfCPU() }
+		}
 		makeflags = "tokend:" + td.socket
 	case Shared:
 		f, err := jobserver.Create(filepath.Join(dir, "shared.fifo"), jobserver.FIFOOptions{GID: -1})
@@ -136,9 +197,21 @@ func Run(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int) (
 	// The builds' processes volunteer for the OOM killer, so that a hog,
 	// which stands for the user's own program, is never its victim.
 	enter := lim.Enter() + " && echo 1000 > /proc/self/oom_score_adj && exec \"$@\""
+	res.Load1Start = load1()
+	busy0, err := hostBusy()
+	if err != nil {
+		return res, err
+	}
+	outside0 := outsideCPU()
 	start := time.Now()
 	sampler := startSampler(lim, start, env.Sample)
 	defer sampler.stop()
+	var timeout <-chan time.Time
+	if sc.Timeout > 0 {
+		t := time.NewTimer(sc.Timeout)
+		defer t.Stop()
+		timeout = t.C
+	}
 
 	if h := sc.Hog; h != nil {
 		var (
@@ -226,6 +299,21 @@ func Run(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int) (
 		case f = <-done:
 		case <-ctx.Done():
 			return res, ctx.Err()
+		case <-timeout:
+			// A build that thrashes makes no progress: stop it, and
+			// count what did not finish as failed.
+			res.TimedOut = true
+			res.Failed += len(queue) + len(running)
+			queue = nil
+			for c := range running {
+				_ = syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+			}
+			for len(running) > 0 {
+				f := <-done
+				delete(running, f.b.cmd)
+				res.WastedCPU += f.cpu.Seconds()
+			}
+			continue
 		}
 		delete(running, f.b.cmd)
 		if f.err != nil {
@@ -248,11 +336,18 @@ func Run(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int) (
 	}
 	res.Makespan = time.Since(start).Seconds()
 	res.Samples = sampler.stop()
-	return res, finish(&res, lim, env.CPUs)
+	busy1, err := hostBusy()
+	if err != nil {
+		return res, err
+	}
+	res.Load1End = load1()
+	return res, finish(&res, lim, env.CPUs, (busy1-busy0).Seconds()-(outsideCPU()-outside0))
 }
 
-// finish reads the run's totals from its cgroups.
-func finish(res *Result, lim *Limit, cpus int) error {
+// finish reads the run's totals from its cgroups; busy is the CPU time the
+// whole host used during the run less what the harness started outside
+// them.
+func finish(res *Result, lim *Limit, cpus int, busy float64) error {
 	oom, err := lim.OOMKills()
 	if err != nil {
 		return err
@@ -273,7 +368,66 @@ func finish(res *Result, lim *Limit, cpus int) error {
 	res.PeakMiB = float64(peak) / (1 << 20)
 	res.StallSome, res.StallFull = some.Seconds(), full.Seconds()
 	res.CPUIdle = max(0, 1-cpu.Seconds()/(res.Makespan*float64(cpus)))
+	res.OtherCPU = max(0, busy-cpu.Seconds()) / res.Makespan
+	res.Loaded = res.OtherCPU > OtherLoadLimit
 	return nil
+}
+
+// hostBusy is the CPU time the host has spent on anything but idling and
+// waiting for I/O since boot, from /proc/stat.
+func hostBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("host CPU time: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	return parseBusy(line)
+}
+
+// parseBusy reads the aggregate "cpu" line of /proc/stat: user, nice,
+// system, idle, iowait, irq, softirq, steal in USER_HZ ticks (guest time
+// is inside user already).
+func parseBusy(line string) (time.Duration, error) {
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, fmt.Errorf("host CPU time: unexpected /proc/stat line %q", line)
+	}
+	var ticks uint64
+	for i, v := range f[1:9] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("host CPU time: %w", err)
+		}
+		if i != 3 && i != 4 { // idle, iowait
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * time.Second / userHZ, nil
+}
+
+// selfCPU is the CPU time this process has used, in seconds.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// userHZ is the unit of /proc's CPU times on Linux.
+const userHZ = 100
+
+// load1 is the 1-minute load average, or -1 if unreadable.
+func load1() float64 {
+	f := strings.Fields(loadavg())
+	if len(f) == 0 {
+		return -1
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return -1
+	}
+	return v
 }
 
 // buildCommand is the command that builds one package under st; makeflags
@@ -426,25 +580,92 @@ func sample(lim *Limit, start time.Time) Sample {
 		if err != nil {
 			continue
 		}
-		switch strings.TrimSpace(string(comm)) {
-		case "cc1", "ld":
+		if isJob(strings.TrimSpace(string(comm))) {
 			s.Jobs++
 		}
 	}
 	return s
 }
 
-// tokend is a tokend started for one run.
-type tokend struct {
-	cmd    *exec.Cmd
-	socket string
-	log    *os.File
+// keepLog copies the log at from to to.
+func keepLog(from, to string) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return fmt.Errorf("keep tokend log: %w", err)
+	}
+	if err := os.WriteFile(to, b, 0o644); err != nil {
+		return fmt.Errorf("keep tokend log: %w", err)
+	}
+	return nil
 }
 
-// startTokend starts tokend on its defaults in its own runtime directory,
-// outside the benchmark's cgroups but pointed at them where it has flags
-// for that, and waits for its socket to answer.
-func startTokend(ctx context.Context, bin Binaries, runtimeDir string, lim *Limit) (*tokend, error) {
+// isJob tells the processes that are a build's jobs by name: the stand-in
+// compiler's, and g++'s compiler proper, linker and LTO back ends
+// (lto1-wpa, lto1-ltrans, ...).
+func isJob(comm string) bool {
+	switch comm {
+	case "cc1", "cc1plus", "ld":
+		return true
+	}
+	return strings.HasPrefix(comm, "lto1")
+}
+
+// tokendState is the state directory of a tokend run: empty for a cold
+// run; for a warm one, holding the job history the cold run of the same
+// scenario and repetition left (Main runs that first), whose lease names
+// it returns.
+func tokendState(work string, sc Scenario, st Strategy, rep int) (string, []string, error) {
+	dir := func(name string) string {
+		return filepath.Join(work, "state", fmt.Sprintf("%s-rep%d-%s", sc.Name, rep, name))
+	}
+	state := dir(st.Name)
+	if err := os.RemoveAll(state); err != nil {
+		return "", nil, fmt.Errorf("tokend state dir: %w", err)
+	}
+	if err := os.MkdirAll(state, 0o755); err != nil {
+		return "", nil, fmt.Errorf("tokend state dir: %w", err)
+	}
+	if !st.Warm {
+		return state, nil, nil
+	}
+	hist, err := os.ReadFile(filepath.Join(dir(ColdName), control.HistoryFile))
+	if err != nil {
+		return "", nil, fmt.Errorf("history for %s of %s rep %d: the %s run left none: %w", st.Name, sc.Name, rep, ColdName, err)
+	}
+	// Only the names are read here; tokend reads the rest.
+	var file struct {
+		Users map[string]map[string]json.RawMessage `json:"users"`
+	}
+	if err := json.Unmarshal(hist, &file); err != nil {
+		return "", nil, fmt.Errorf("history for %s: %w", st.Name, err)
+	}
+	var names []string
+	for _, byName := range file.Users {
+		for n := range byName {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	if err := os.WriteFile(filepath.Join(state, control.HistoryFile), hist, 0o644); err != nil {
+		return "", nil, fmt.Errorf("history for %s: %w", st.Name, err)
+	}
+	return state, names, nil
+}
+
+// tokend is a tokend started for one run.
+type tokend struct {
+	cmd      *exec.Cmd
+	socket   string
+	tokenctl string
+	started  time.Time
+	log      *os.File
+}
+
+// startTokend starts tokend on its defaults in its own runtime and state
+// directories, outside the benchmark's cgroups (inside them if inside)
+// but pointed at them where it has flags for that, and waits for its
+// socket to answer.
+func startTokend(ctx context.Context, bin Binaries, runtimeDir, stateDir string, lim *Limit, inside bool) (*tokend, error) {
 	if err := os.MkdirAll(runtimeDir, 0o755); err != nil {
 		return nil, fmt.Errorf("tokend runtime dir: %w", err)
 	}
@@ -452,8 +673,7 @@ func startTokend(ctx context.Context, bin Binaries, runtimeDir string, lim *Limi
 	if err != nil {
 		return nil, fmt.Errorf("tokend log: %w", err)
 	}
-	// A state directory of its own: every run starts without history.
-	args := []string{"--runtime-dir", runtimeDir, "--state-dir", runtimeDir + ".state"}
+	args := []string{"--runtime-dir", runtimeDir, "--state-dir", stateDir}
 	for _, f := range bin.TokendCgroupFlags {
 		switch f {
 		case "memory-cgroup":
@@ -465,7 +685,12 @@ func startTokend(ctx context.Context, bin Binaries, runtimeDir string, lim *Limi
 			args = append(args, "--"+f, lim.PSI)
 		}
 	}
-	t := &tokend{cmd: exec.Command(bin.Tokend, args...), socket: filepath.Join(runtimeDir, "tokend.sock"), log: logf}
+	cmd := exec.Command(bin.Tokend, args...)
+	if inside {
+		// The shell execs tokend: its PID is tokend's.
+		cmd = exec.Command("/bin/sh", append([]string{"-c", lim.Enter() + ` && exec "$@"`, "sh", bin.Tokend}, args...)...)
+	}
+	t := &tokend{cmd: cmd, socket: filepath.Join(runtimeDir, "tokend.sock"), tokenctl: bin.Tokenctl, started: time.Now(), log: logf}
 	t.cmd.Stdout, t.cmd.Stderr = logf, logf
 	t.cmd.Env = cleanEnv()
 	if err := t.cmd.Start(); err != nil {
@@ -480,29 +705,86 @@ func startTokend(ctx context.Context, bin Binaries, runtimeDir string, lim *Limi
 			return t, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return nil, errors.Join(fmt.Errorf("tokend did not answer on %s within 10 s (log: %s.log)", t.socket, runtimeDir), ctx.Err(), t.stop())
+			return nil, errors.Join(fmt.Errorf("tokend did not answer on %s within 10 s (log: %s.log)", t.socket, runtimeDir), ctx.Err(), t.stop(nil))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// stop sends SIGTERM, waits up to 5 s, then kills.
-func (t *tokend) stop() error {
+// leaseSettle is how long tokend may take to end the leases of builds
+// that have exited: it notices a dead owner within about a second.
+// historySettle bounds the wait for it to learn from them: it does so at
+// its next tick (250 ms by default), and a lease whose jobs were all too
+// small to learn from never shows.
+const (
+	leaseSettle   = 10 * time.Second
+	historySettle = 3 * time.Second
+)
+
+// stop waits for tokend to have ended every lease and recorded the
+// packages named in its job history, then sends SIGTERM, waits up to 5 s,
+// and kills. Stopped earlier, tokend would forget the last package's jobs,
+// and a warm run would start without them.
+func (t *tokend) stop(names []string) error {
 	defer t.log.Close()
+	settleErr := t.settle(names)
 	_ = t.cmd.Process.Signal(syscall.SIGTERM)
 	exited := make(chan error, 1)
 	go func() { exited <- t.cmd.Wait() }()
 	select {
 	case err := <-exited:
 		if err != nil {
-			return fmt.Errorf("tokend exited: %w", err)
+			return errors.Join(settleErr, fmt.Errorf("tokend exited: %w", err))
 		}
-		return nil
+		return settleErr
 	case <-time.After(5 * time.Second):
 		_ = t.cmd.Process.Kill()
 		<-exited
-		return errors.New("tokend ignored SIGTERM for 5 s; killed")
+		return errors.Join(settleErr, errors.New("tokend ignored SIGTERM for 5 s; killed"))
 	}
+}
+
+// settle waits until tokend lists no lease (an error past leaseSettle),
+// then until its history has an entry updated since it started for each
+// of names, or historySettle has passed.
+func (t *tokend) settle(names []string) error {
+	var st api.Status
+	deadline := time.Now().Add(leaseSettle)
+	for {
+		err := t.query(&st, "status", "--json")
+		if err == nil && len(st.Leases) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return fmt.Errorf("tokend status before stopping it: %w (log: %s)", err, t.log.Name())
+			}
+			return fmt.Errorf("tokend still had %d leases %v after the builds ended (log: %s)", len(st.Leases), leaseSettle, t.log.Name())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	deadline = time.Now().Add(historySettle)
+	for len(names) > 0 && time.Now().Before(deadline) {
+		var hist []api.HistoryEntry
+		if t.query(&hist, "history", "--json") == nil {
+			names = slices.DeleteFunc(names, func(n string) bool {
+				return slices.ContainsFunc(hist, func(e api.HistoryEntry) bool { return e.Name == n && e.LastSeen.After(t.started) })
+			})
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return nil
+}
+
+// query runs tokenctl against this tokend and decodes its JSON answer.
+func (t *tokend) query(v any, args ...string) error {
+	c := exec.Command(t.tokenctl, append([]string{"--socket", t.socket}, args...)...)
+	c.Env = cleanEnv()
+	out, err := c.Output()
+	if err != nil {
+		return fmt.Errorf("tokenctl %s: %w", strings.Join(args, " "), err)
+	}
+	return json.Unmarshal(out, v)
 }
 
 // procUsage is a live process's CPU time in seconds and peak RSS in MiB.
@@ -523,8 +805,7 @@ func procUsage(pid int) (cpu, rssMiB float64, err error) {
 	if err := errors.Join(err1, err2); err != nil {
 		return 0, 0, fmt.Errorf("tokend usage: %w", err)
 	}
-	const ticks = 100 // USER_HZ on Linux
-	cpu = float64(ut+stime) / ticks
+	cpu = float64(ut+stime) / userHZ
 	hwm, err := readKey(fmt.Sprintf("/proc/%d/status", pid), "VmHWM:")
 	if err != nil {
 		return 0, 0, fmt.Errorf("tokend usage: %w", err)

@@ -21,12 +21,48 @@ type Hog struct {
 // Scenario is one workload: packages built MaxJobs at a time (Nix's
 // max-jobs), and maybe a hog.
 type Scenario struct {
-	Name    string
-	About   string
+	Name  string
+	About string
+	// Graph and Seed generate stand-in packages; Real, if set, are real
+	// packages instead.
 	Graph   GraphSpec
 	Seed    uint64
+	Real    *RealBuild
 	MaxJobs int
 	Hog     *Hog
+	// LimitMiB is the scenario's own memory limit; 0 is the invocation's.
+	LimitMiB int
+	// MaxStaticJ leaves out static -jN above it, where more jobs only
+	// thrash longer; 0 keeps them all.
+	MaxStaticJ int
+	// Timeout ends a run that has not finished, its unfinished packages
+	// failed; 0 is none.
+	Timeout time.Duration
+	// TokendInside runs tokend inside the run's memory limit, as on a
+	// small machine where the limit is the whole machine.
+	TokendInside bool
+}
+
+// Packages are the scenario's builds; src is the unpacked source tree of
+// a real scenario.
+func (sc Scenario) Packages(src string) []Package {
+	if sc.Real != nil {
+		return realPackages(sc.Real, src)
+	}
+	return Generate(sc.Graph, sc.Seed)
+}
+
+// limit is the scenario's memory limit in MiB, given the invocation's.
+func (sc Scenario) limit(def int) int {
+	if sc.LimitMiB > 0 {
+		return sc.LimitMiB
+	}
+	return def
+}
+
+// runs reports whether st is run in sc.
+func (sc Scenario) runs(st Strategy) bool {
+	return sc.MaxStaticJ == 0 || st.Kind != Static || st.N <= sc.MaxStaticJ
 }
 
 // The compile and link shapes below follow memory-pressure.md's
@@ -41,8 +77,9 @@ var (
 	link           = Dist{Min: 1536, Max: 3072}
 )
 
-// Scenarios returns the scenarios; quick ones are shrunk to run in seconds
-// each, for a smoke test of the harness.
+// Scenarios returns the scenarios: the stand-in ones, then the real ones.
+// Quick ones are the stand-ins shrunk to run in seconds each, for a smoke
+// test of the harness; real code is neither fetched nor compiled then.
 func Scenarios(quick bool) []Scenario {
 	s := []Scenario{
 		{
@@ -77,7 +114,7 @@ func Scenarios(quick bool) []Scenario {
 		},
 	}
 	if !quick {
-		return s
+		return append(s, realScenarios()...)
 	}
 	for i := range s {
 		g := &s[i].Graph
@@ -97,19 +134,36 @@ func Scenarios(quick bool) []Scenario {
 	return s
 }
 
-// SelectScenarios keeps the scenarios named in the comma-separated list;
-// "" or "all" keeps them all.
+// SelectScenarios keeps the scenarios named in the comma-separated list,
+// where "real" stands for every real scenario and "standin" for every
+// stand-in one; "" or "all" keeps them all.
 func SelectScenarios(all []Scenario, list string) ([]Scenario, error) {
 	if list == "" || list == "all" {
 		return all, nil
 	}
 	var out []Scenario
+	add := func(s Scenario) {
+		if !slices.ContainsFunc(out, func(o Scenario) bool { return o.Name == s.Name }) {
+			out = append(out, s)
+		}
+	}
 	for _, name := range strings.Split(list, ",") {
+		if name == "real" || name == "standin" {
+			for _, s := range all {
+				if (s.Real != nil) == (name == "real") {
+					add(s)
+				}
+			}
+			continue
+		}
 		i := slices.IndexFunc(all, func(s Scenario) bool { return s.Name == name })
 		if i < 0 {
-			return nil, fmt.Errorf("unknown scenario %q", name)
+			return nil, fmt.Errorf("unknown scenario %q (--quick has only the stand-in scenarios)", name)
 		}
-		out = append(out, all[i])
+		add(all[i])
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no scenario in %q (--quick has only the stand-in scenarios)", list)
 	}
 	return out, nil
 }
@@ -133,7 +187,13 @@ type Strategy struct {
 	Kind Kind
 	N    int // -j, or tokens of the shared jobserver
 	L    int // -l for Load
+	// Warm gives tokend the history its cold run of the same scenario and
+	// repetition left: a tokend that has built these packages before.
+	Warm bool
 }
+
+// ColdName is the strategy whose history a warm tokend starts from.
+const ColdName = "tokend"
 
 // MaxAttempts is how often Retry builds a package before giving up.
 const MaxAttempts = 3
@@ -152,7 +212,8 @@ func Strategies(cpus int, quick bool) []Strategy {
 		Strategy{Name: fmt.Sprintf("load-j8-l%d", cpus), Kind: Load, N: 8, L: cpus},
 		Strategy{Name: fmt.Sprintf("shared-%d", cpus), Kind: Shared, N: cpus},
 		Strategy{Name: "retry-j4", Kind: Retry, N: 4},
-		Strategy{Name: "tokend", Kind: Tokend},
+		Strategy{Name: ColdName, Kind: Tokend},
+		Strategy{Name: "tokend-warm", Kind: Tokend, Warm: true},
 	)
 	return s
 }
@@ -170,6 +231,11 @@ func SelectStrategies(all []Strategy, list string) ([]Strategy, error) {
 			return nil, fmt.Errorf("unknown strategy %q", name)
 		}
 		out = append(out, all[i])
+	}
+	for _, st := range out {
+		if st.Warm && !slices.ContainsFunc(out, func(o Strategy) bool { return o.Name == ColdName }) {
+			return nil, fmt.Errorf("strategy %s starts from the history of %s's run: add %s to --strategies", st.Name, ColdName, ColdName)
+		}
 	}
 	return out, nil
 }

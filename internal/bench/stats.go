@@ -34,6 +34,9 @@ type Summary struct {
 	PeakMiB, StallSome         float64
 	StallFull, CPUIdle         float64
 	TokendCPUPct, TokendRSSMiB float64
+	TimedOut                   int     // repetitions stopped at the timeout
+	MaxOtherCPU                float64 // cores other processes used, worst rep
+	Loaded                     int     // repetitions taken under other load
 }
 
 // Summarize groups results by scenario and strategy, in the order given.
@@ -75,6 +78,13 @@ func Summarize(results []Result, scenarios []Scenario, strategies []Strategy) []
 				s.MakespanMin = min(s.MakespanMin, r.Makespan)
 				s.MakespanMax = max(s.MakespanMax, r.Makespan)
 				s.MaxOOMKills = max(s.MaxOOMKills, float64(r.OOMKills))
+				s.MaxOtherCPU = max(s.MaxOtherCPU, r.OtherCPU)
+				if r.TimedOut {
+					s.TimedOut++
+				}
+				if r.Loaded {
+					s.Loaded++
+				}
 			}
 			out = append(out, s)
 		}
@@ -85,24 +95,26 @@ func Summarize(results []Result, scenarios []Scenario, strategies []Strategy) []
 // WriteTable writes the summaries as a Markdown table.
 func WriteTable(w io.Writer, sums []Summary) error {
 	var b strings.Builder
-	b.WriteString("| scenario | strategy | reps | makespan s (min-max) | OOM kills (max) | failed pkgs | re-runs | wasted CPU s | peak MiB | stall some s | stall full s | CPU unused by the run | tokend CPU % of a core | tokend RSS MiB |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| scenario | strategy | reps | makespan s (min-max) | timed out | OOM kills (max) | failed pkgs | re-runs | wasted CPU s | peak MiB | stall some s | stall full s | CPU unused by the run | tokend CPU % of a core | tokend RSS MiB | other load, cores (max) | reps under other load |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range sums {
 		td, rss := "", ""
 		if s.TokendRSSMiB > 0 {
 			td, rss = fmt.Sprintf("%.2f", s.TokendCPUPct), fmt.Sprintf("%.1f", s.TokendRSSMiB)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d | %.1f (%.1f-%.1f) | %g (%g) | %g | %g | %.1f | %.0f | %.2f | %.2f | %.0f%% | %s | %s |\n",
-			s.Scenario, s.Strategy, s.Reps, s.Makespan, s.MakespanMin, s.MakespanMax, s.OOMKills, s.MaxOOMKills,
-			s.Failed, s.Reruns, s.WastedCPU, s.PeakMiB, s.StallSome, s.StallFull, 100*s.CPUIdle, td, rss)
+		fmt.Fprintf(&b, "| %s | %s | %d | %.1f (%.1f-%.1f) | %d | %g (%g) | %g | %g | %.1f | %.0f | %.2f | %.2f | %.0f%% | %s | %s | %.2f | %d |\n",
+			s.Scenario, s.Strategy, s.Reps, s.Makespan, s.MakespanMin, s.MakespanMax, s.TimedOut, s.OOMKills, s.MaxOOMKills,
+			s.Failed, s.Reruns, s.WastedCPU, s.PeakMiB, s.StallSome, s.StallFull, 100*s.CPUIdle, td, rss, s.MaxOtherCPU, s.Loaded)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
 
-// Verdict is tokend's standing against the targets in one scenario.
+// Verdict is one tokend strategy's (cold or warm) standing against the
+// targets in one scenario.
 type Verdict struct {
 	Scenario   string
+	Strategy   string
 	BestStatic string  // fastest static -jN with no OOM kill in any rep; "" if none
 	VsBest     float64 // tokend's makespan over BestStatic's; 0 if none
 	VsSerial   float64 // serial's makespan over tokend's
@@ -111,63 +123,74 @@ type Verdict struct {
 	Misses     []string
 }
 
-// Targets checks tokend against the targets: no OOM kill, within 1.10x of
-// the best static -jN that had no OOM kill, at least 1.5x faster than
+// MaxVsBest is the target for tokend's makespan over the best static -jN
+// that had no OOM kill.
+const MaxVsBest = 1.05
+
+// Targets checks each tokend strategy, cold and warm, against the targets:
+// no OOM kill and no failed package, within MaxVsBest of the best static
+// -jN that had no OOM kill and no failure, at least 1.5x faster than
 // serial, and under 1% of a core.
 func Targets(sums []Summary, scenarios []Scenario) []Verdict {
 	var out []Verdict
 	for _, sc := range scenarios {
-		v := Verdict{Scenario: sc.Name}
-		var td, serial *Summary
-		best := -1.0
+		var tds []*Summary
+		var serial *Summary
+		bestName, best := "", -1.0
 		for i := range sums {
 			s := &sums[i]
 			if s.Scenario != sc.Name {
 				continue
 			}
 			switch {
-			case s.Strategy == "tokend":
-				td = s
+			case strings.HasPrefix(s.Strategy, ColdName):
+				tds = append(tds, s)
 			case s.Strategy == "serial":
 				serial = s
-			case strings.HasPrefix(s.Strategy, "static-") && s.MaxOOMKills == 0 && s.Failed == 0:
+			case strings.HasPrefix(s.Strategy, "static-") && s.MaxOOMKills == 0 && s.Failed == 0 && s.TimedOut == 0:
 				if best < 0 || s.Makespan < best {
-					best, v.BestStatic = s.Makespan, s.Strategy
+					best, bestName = s.Makespan, s.Strategy
 				}
 			}
 		}
-		if td == nil {
-			continue
+		for _, td := range tds {
+			out = append(out, verdict(sc.Name, td, serial, bestName, best))
 		}
-		v.OOMKills, v.CPUPct = td.MaxOOMKills, td.TokendCPUPct
-		if v.OOMKills > 0 {
-			v.Misses = append(v.Misses, fmt.Sprintf("%g OOM kills", v.OOMKills))
-		}
-		if best > 0 {
-			v.VsBest = td.Makespan / best
-			if v.VsBest > 1.10 {
-				v.Misses = append(v.Misses, fmt.Sprintf("%.2fx the best safe static (%s)", v.VsBest, v.BestStatic))
-			}
-		}
-		if serial != nil {
-			v.VsSerial = serial.Makespan / td.Makespan
-			if v.VsSerial < 1.5 {
-				v.Misses = append(v.Misses, fmt.Sprintf("only %.2fx faster than serial", v.VsSerial))
-			}
-		}
-		if v.CPUPct >= 1 {
-			v.Misses = append(v.Misses, fmt.Sprintf("tokend used %.2f%% of a core", v.CPUPct))
-		}
-		out = append(out, v)
 	}
 	return out
+}
+
+func verdict(scenario string, td, serial *Summary, bestName string, best float64) Verdict {
+	v := Verdict{Scenario: scenario, Strategy: td.Strategy, BestStatic: bestName, OOMKills: td.MaxOOMKills, CPUPct: td.TokendCPUPct}
+	if v.OOMKills > 0 {
+		v.Misses = append(v.Misses, fmt.Sprintf("%g OOM kills", v.OOMKills))
+	}
+	if td.Failed > 0 {
+		v.Misses = append(v.Misses, fmt.Sprintf("%g failed packages", td.Failed))
+	}
+	if best > 0 {
+		v.VsBest = td.Makespan / best
+		if v.VsBest > MaxVsBest {
+			v.Misses = append(v.Misses, fmt.Sprintf("%.2fx the best safe static (%s)", v.VsBest, v.BestStatic))
+		}
+	}
+	if serial != nil {
+		v.VsSerial = serial.Makespan / td.Makespan
+		if v.VsSerial < 1.5 {
+			v.Misses = append(v.Misses, fmt.Sprintf("only %.2fx faster than serial", v.VsSerial))
+		}
+	}
+	if v.CPUPct >= 1 {
+		v.Misses = append(v.Misses, fmt.Sprintf("tokend used %.2f%% of a core", v.CPUPct))
+	}
+	return v
 }
 
 // WriteVerdicts writes the verdicts as a Markdown table.
 func WriteVerdicts(w io.Writer, vs []Verdict) error {
 	var b strings.Builder
-	b.WriteString("| scenario | tokend OOM kills (worst rep) | best static -jN without OOM kill | tokend / that | serial / tokend | tokend CPU % of a core | missed targets |\n")
-	b.WriteString("|---|---|---|---|---|---|---|\n")
+	b.WriteString("| scenario | tokend | OOM kills (worst rep) | best static -jN without OOM kill | tokend / that | serial / tokend | tokend CPU % of a core | missed targets |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|\n")
 	for _, v := range vs {
 		best, ratio := "none", "n/a"
 		if v.BestStatic != "" {
@@ -177,7 +200,11 @@ func WriteVerdicts(w io.Writer, vs []Verdict) error {
 		if len(v.Misses) > 0 {
 			miss = strings.Join(v.Misses, "; ")
 		}
-		fmt.Fprintf(&b, "| %s | %g | %s | %s | %.2f | %.2f | %s |\n", v.Scenario, v.OOMKills, best, ratio, v.VsSerial, v.CPUPct, miss)
+		vsSerial := "n/a"
+		if v.VsSerial > 0 {
+			vsSerial = fmt.Sprintf("%.2f", v.VsSerial)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %g | %s | %s | %s | %.2f | %s |\n", v.Scenario, v.Strategy, v.OOMKills, best, ratio, vsSerial, v.CPUPct, miss)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -119,7 +119,7 @@ func WritePareto(w io.Writer, sums []Summary, scenarios []Scenario) error {
 		fmt.Fprintf(&b, `<polyline fill="none" stroke="#888" stroke-dasharray="3,3" points="%s"/>`+"\n", strings.Join(front, " "))
 		for k, s := range ss {
 			color := "#1f77b4"
-			if s.Strategy == "tokend" {
+			if strings.HasPrefix(s.Strategy, ColdName) {
 				color = "#2ca02c"
 			}
 			px, py := x(s.Makespan), y(failures(s))

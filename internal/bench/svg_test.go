@@ -56,8 +56,8 @@ func TestParetoSVG(t *testing.T) {
 		t.Fatal(err)
 	}
 	root, n := wellFormed(t, b.String())
-	if root != "svg" || n["circle"] != 4 {
-		t.Errorf("root %q, elements %v: want svg and 4 points", root, n)
+	if root != "svg" || n["circle"] != 5 {
+		t.Errorf("root %q, elements %v: want svg and 5 points", root, n)
 	}
 }
 
