@@ -111,6 +111,10 @@ func (b *Broker) reclaim(r scanResult) {
 		}
 		b.writeOffLeaked(l)
 	}
+	// Saved at once, not at the end of the next tick: a tokend killed
+	// before then restarted with the tokens release took out of the FIFO
+	// still counted as granted, and wrote them off as leaked.
+	b.checkpoint()
 }
 
 // release empties an ended lease nobody holds any more and marks it for
@@ -152,7 +156,15 @@ func (b *Broker) writeOffLeaked(l *Lease) {
 
 // removeEnded deletes ended leases once nothing holds them and their
 // collector has stopped, so no poll(2) can race the close.
+//
+// The state file forgets them before their files go. Removing them takes
+// a while (the holder's answer, the cgroup), and a tokend killed in
+// between used to restart with leases whose FIFO was gone ("lease lost
+// its fifo"), and wrote off as leaked their last saved grant, tokens
+// taken back since included. Now it finds FIFOs that no lease owns,
+// which it removes at its start.
 func (b *Broker) removeEnded() {
+	var gone []*Lease
 	for id, l := range b.leases {
 		if !l.removing || l.collector != nil {
 			continue
@@ -163,10 +175,17 @@ func (b *Broker) removeEnded() {
 			b.totals.reclaimed += n
 		}
 		b.untrack(l)
-		b.removeFiles(l)
-		b.removeCgroup(l)
-		b.dirty = true
-		b.announce()
+		gone = append(gone, l)
 		b.log.Info("lease ended", "lease", id, "name", l.Name, "reason", l.endReason, "reclaimed", l.reclaimed)
 	}
+	if len(gone) == 0 {
+		return
+	}
+	b.dirty = true
+	b.checkpoint()
+	for _, l := range gone {
+		b.removeFiles(l)
+		b.removeCgroup(l)
+	}
+	b.announce()
 }

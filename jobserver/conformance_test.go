@@ -661,6 +661,60 @@ func TestConformanceSignals(t *testing.T) {
 	}
 }
 
+// One job of a client holding N tokens dies of SIGINT (the probe itself,
+// under ninja's shell, which then dies of it too). make gives back that
+// job's token and keeps the others while their jobs run. ninja takes it
+// for the user's interrupt: it puts its tokens back at once, every one or
+// all but one, which never comes back, and waits for its other jobs,
+// which run on without tokens.
+func TestConformanceJobInterrupted(t *testing.T) {
+	const tokens = 3
+	for _, c := range []struct {
+		client client
+		// free tokens while the other jobs still run: from least to most;
+		// as many as are short of most may be lost
+		least, most int
+	}{{make43, 1, 1}, {make44, 1, 1}, {ninja, tokens - 1, tokens}} {
+		t.Run(c.client.name, func(t *testing.T) {
+			ctx := ctxFor(t)
+			f := newPool(t, tokens)
+			log := buildtest.NewLog(t)
+			jobs, gate := gatedJobs(t, "j", tokens+3)
+			p := c.client.start(t, f, log, jobs, nil)
+			log.WaitFor(ctx, t, "the build to hold every token", func(r buildtest.Run) bool {
+				return r.Running() == tokens+1 && free(t, f) == 0
+			})
+			job := 0
+			for _, pid := range p.Pids() {
+				if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) == "probe" {
+					job = pid
+					break
+				}
+			}
+			if job == 0 {
+				t.Fatalf("no probe job among %v", p.Pids())
+			}
+			if err := syscall.Kill(job, syscall.SIGINT); err != nil {
+				t.Fatal(err)
+			}
+			var back int
+			log.WaitFor(ctx, t, fmt.Sprintf("%d to %d tokens free while the other %d jobs run", c.least, c.most, tokens), func(r buildtest.Run) bool {
+				back = free(t, f)
+				return r.Running() == tokens && back >= c.least && back <= c.most
+			})
+			buildtest.OpenGate(t, gate)
+			p.Wait(ctx, t)
+			// ninja may still have been putting tokens back when they
+			// were counted.
+			got, most := lost(ctx, t, f, p), min(tokens-back, c.most-c.least)
+			if got > most {
+				t.Errorf("%s: %d tokens lost after a job died of SIGINT, want at most %d (%d were free while its other jobs ran)", c.client.name, got, most, back)
+			}
+			t.Logf("%s: %d tokens free while %d jobs still ran; %d lost in the end", c.client.name, back, tokens, got)
+		})
+	}
+}
+
 // Tokens added while a build waits for them raise its concurrency: make,
 // blocked reading the FIFO, starts jobs at once; ninja only looks at the
 // FIFO when one of its own jobs finishes.

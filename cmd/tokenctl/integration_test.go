@@ -312,11 +312,13 @@ func ninjaBuild(t *testing.T, ninja, prefix string, p *buildtest.Probe, log *bui
 	return &build{name: "ninja", prefix: prefix, jobs: n, argv: []string{ninja, "--quiet", "-C", dir}}
 }
 
-func cargoBuild(t *testing.T, cargo string, p *buildtest.Probe, log *buildtest.Log, n int, sleep time.Duration) *build {
+// cargoBuild is a cargo build of n crates named crates1..cratesN, whose
+// jobs log as rustc:crates1 and so on.
+func cargoBuild(t *testing.T, cargo, crates string, p *buildtest.Probe, log *buildtest.Log, n int, sleep time.Duration) *build {
 	dir := t.TempDir()
-	manifest := buildtest.WriteCargoWorkspace(t, dir, "crate", n)
+	manifest := buildtest.WriteCargoWorkspace(t, dir, crates, n)
 	return &build{
-		name: "cargo", prefix: "rustc:crate", jobs: n,
+		name: "cargo", prefix: "rustc:" + crates, jobs: n,
 		argv: append([]string{cargo}, append(buildtest.CargoBuildArgs(manifest), "--quiet")...),
 		env:  buildtest.CargoEnv(p, log, sleep, "", filepath.Join(dir, "target")),
 	}
@@ -377,7 +379,7 @@ func TestFourBuildsWithCargoShareTheBudget(t *testing.T) {
 	p, log := buildtest.BuildProbe(t), buildtest.NewLog(t)
 	const jobs, sleep = 8, 250 * time.Millisecond
 	shareTheBudget(t, log, []*build{
-		cargoBuild(t, cargo, p, log, jobs, sleep),
+		cargoBuild(t, cargo, "crate", p, log, jobs, sleep),
 		makeBuild(t, "make-4.4", make44, "mk44-", p, log, jobs, sleep),
 		ninjaBuild(t, ninja, "ninja-", p, log, jobs, sleep),
 		makeBuild(t, "make-4.3", make43, "mk43-", p, log, jobs, sleep),

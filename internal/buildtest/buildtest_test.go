@@ -67,6 +67,33 @@ E 400 d
 	}
 }
 
+// Cut ends a killed build's jobs at the kill: those started after it are
+// dropped, those running then (with or without an end logged) end then.
+func TestCut(t *testing.T) {
+	r, err := ParseLog([]byte(`S 100 a1
+S 110 b1
+S 120 a2
+E 150 b1
+E 300 a1
+S 400 a3
+E 450 a3
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := r.Cut(func(id string) (int64, bool) { return 200, id[0] == 'a' })
+	want := []Event{{true, 100, "a1"}, {true, 110, "b1"}, {true, 120, "a2"}, {false, 150, "b1"}, {false, 200, "a1"}, {false, 200, "a2"}}
+	if !reflect.DeepEqual(cut.Events, want) {
+		t.Errorf("Cut = %v, want %v", cut.Events, want)
+	}
+	if bad := cut.Unfinished(); len(bad) != 0 {
+		t.Errorf("unfinished after the cut: %v", bad)
+	}
+	if bad := r.Unfinished(); !reflect.DeepEqual(bad, []string{"a2(+1)"}) {
+		t.Errorf("the run itself changed: unfinished %v", bad)
+	}
+}
+
 // The probe logs its jobs, and a make run with -j3 and no jobserver runs
 // three at once.
 func TestProbeUnderMake(t *testing.T) {

@@ -137,6 +137,44 @@ func (r Run) Filter(keep func(id string) bool) Run {
 	return f
 }
 
+// Cut counts each job whose ID until names as running until that instant
+// (Unix nanoseconds) at the latest: it drops the jobs that started at or
+// after it, and ends there the ones still running then, whether or not
+// they logged an end. A test uses it for the jobs of a build it killed,
+// which are nobody's to count once it is dead (an orphaned job, one killed
+// with SIGKILL that never logged its end).
+func (r Run) Cut(until func(id string) (int64, bool)) Run {
+	var out Run
+	open := map[string]int{}    // kept starts not yet ended
+	dropped := map[string]int{} // dropped starts whose end is dropped too
+	for _, e := range r.Events {
+		at, cut := until(e.ID)
+		switch {
+		case !cut:
+			out.Events = append(out.Events, e)
+		case e.Start && e.T >= at:
+			dropped[e.ID]++
+		case e.Start:
+			open[e.ID]++
+			out.Events = append(out.Events, e)
+		case dropped[e.ID] > 0:
+			dropped[e.ID]--
+		case open[e.ID] > 0:
+			open[e.ID]--
+			e.T = min(e.T, at)
+			out.Events = append(out.Events, e)
+		}
+	}
+	for id, n := range open {
+		at, _ := until(id)
+		for range n {
+			out.Events = append(out.Events, Event{T: at, ID: id})
+		}
+	}
+	out.sort()
+	return out
+}
+
 // Peak is the most jobs that ran at once.
 func (r Run) Peak() int { return r.PeakBetween(math.MinInt64, math.MaxInt64) }
 

@@ -15,6 +15,12 @@
 // if $BUILDTEST_GATE is set, a wait for that file to exist.
 // cargo's information queries (rustc -vV, --print) run rustc directly.
 //
+// A job ended by SIGINT, SIGTERM or SIGHUP (a client passing an interrupt
+// on, a test's kill) still appends its "E" line, then dies of that signal,
+// so its parent sees the death it would have seen without the probe and
+// the log says when the job stopped running. Only SIGKILL ends a started
+// job without an "E".
+//
 // It is built by buildtest from this file alone, with no dependencies.
 package main
 
@@ -24,8 +30,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -48,18 +56,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "probe job: -log and -id are required")
 		os.Exit(2)
 	}
-	if err := stamp(*log, 'S', *id); err != nil {
-		fatal(err)
-	}
+	j := startJob(*log, *id)
 	time.Sleep(*sleep)
 	if *gate != "" {
 		if err := waitFor(*gate, 5*time.Minute); err != nil {
 			fatal(err)
 		}
 	}
-	if err := stamp(*log, 'E', *id); err != nil {
-		fatal(err)
-	}
+	j.end()
 }
 
 func rustcWrapper(args []string) int {
@@ -79,10 +83,7 @@ func rustcWrapper(args []string) int {
 	}
 	sleep, _ := time.ParseDuration(os.Getenv("BUILDTEST_SLEEP"))
 	gate := os.Getenv("BUILDTEST_GATE")
-	id := "rustc:" + name
-	if err := stamp(log, 'S', id); err != nil {
-		fatal(err)
-	}
+	j := startJob(log, "rustc:"+name)
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	err := cmd.Run()
@@ -92,9 +93,7 @@ func rustcWrapper(args []string) int {
 			fatal(err)
 		}
 	}
-	if err := stamp(log, 'E', id); err != nil {
-		fatal(err)
-	}
+	j.end()
 	if err != nil {
 		var exit *exec.ExitError
 		if errors.As(err, &exit) {
@@ -117,6 +116,46 @@ func crateName(args []string) string {
 		}
 	}
 	return ""
+}
+
+// job is one job's stamps in the log: its start, then its end once,
+// whether it ends by itself or by a signal.
+type job struct {
+	mu      sync.Mutex
+	log, id string
+	ended   bool
+}
+
+// startJob stamps the job's start, after which SIGINT, SIGTERM and SIGHUP
+// stamp its end before they kill it.
+func startJob(log, id string) *job {
+	j := &job{log: log, id: id}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	if err := stamp(log, 'S', id); err != nil {
+		fatal(err)
+	}
+	go func() {
+		sig := <-sigs
+		j.mu.Lock() // held until the process dies: no end is stamped twice
+		if !j.ended {
+			stamp(j.log, 'E', j.id)
+			j.ended = true
+		}
+		signal.Reset()
+		syscall.Kill(os.Getpid(), sig.(syscall.Signal))
+	}()
+	return j
+}
+
+// end stamps the job's end.
+func (j *job) end() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := stamp(j.log, 'E', j.id); err != nil {
+		fatal(err)
+	}
+	j.ended = true
 }
 
 func stamp(log string, kind byte, id string) error {
