@@ -117,7 +117,7 @@ func (b *Broker) reclaim(r scanResult) {
 // removal: nothing it owes can come back but what is in its FIFO.
 func (b *Broker) release(l *Lease) {
 	l.owed = 0
-	l.stopCollecting()
+	b.collector.Stop(l.fifo)
 	if _, err := l.fifo.Take(jobserver.MaxTokens); err != nil {
 		b.log.Error("cannot take tokens back", "lease", l.ID, "error", err)
 	}
@@ -150,11 +150,10 @@ func (b *Broker) writeOffLeaked(l *Lease) {
 	b.Record(api.Event{Kind: api.EventReclaim, Lease: l.ID, Name: l.Name, Tokens: leaked})
 }
 
-// removeEnded deletes ended leases once nothing holds them and their
-// collector has stopped, so no poll(2) can race the close.
+// removeEnded deletes ended leases once nothing holds them.
 func (b *Broker) removeEnded() {
 	for id, l := range b.leases {
-		if !l.removing || l.collector != nil {
+		if !l.removing {
 			continue
 		}
 		if n := l.fifo.Granted(); n != 0 {
