@@ -36,6 +36,9 @@ const (
 	// jobs. Whoever watches for OOM kills records it (Broker.Record);
 	// the metrics count it.
 	EventOOMKill = "oom-kill"
+	// EventOverShare: a lease has held Tokens more than its share for Wait
+	// (the share grace) while other leases waited (Detail names them).
+	EventOverShare = "over-share"
 )
 
 // Event is one decision of tokend's, or one thing it saw happen.

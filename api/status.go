@@ -49,6 +49,14 @@ type LeaseStatus struct {
 	// Hungry: every token granted was held at the last pass, so the build
 	// may want more.
 	Hungry bool `json:"hungry,omitempty"`
+	// Share is how many tokens the lease should have now: its fair share
+	// of the allowance, or what it uses when that is less.
+	Share int `json:"share"`
+	// OverShareSince is when the lease came to hold more than its share
+	// while another lease waited, once that has lasted the share grace;
+	// zero otherwise. Its clients hold those tokens: they come back as its
+	// jobs end.
+	OverShareSince time.Time `json:"over_share_since,omitzero"`
 	// Memory is the memory controller's view of the lease.
 	Memory *LeaseMemory `json:"memory,omitempty"`
 }

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/jobserver"
 )
 
 // Options configure a Broker. The zero value of each field means its
@@ -26,6 +28,10 @@ type Options struct {
 	// Grace is how long after a client closed a FIFO the broker waits
 	// before it looks for remaining holders. Default 300ms.
 	Grace time.Duration
+	// ShareGrace is how long a lease may hold more than its share while
+	// another waits before the broker reports it. Default
+	// DefaultShareGrace.
+	ShareGrace time.Duration
 	// ProcDir is where processes are listed. Default /proc.
 	ProcDir string
 	// Cgroups, if set, makes a cgroup for each lease that asks for one.
@@ -45,23 +51,35 @@ type Options struct {
 	Logger      hclog.Logger
 }
 
+// DefaultShareGrace is how long a lease may keep more than its share while
+// another waits before tokend reports it. A waiting build gets each token
+// above the share within milliseconds of the job holding it ending (see
+// jobserver.Collector), so what lasts this long is a job running longer
+// than that on a token above the share, or a client that keeps tokens
+// without running jobs. 30 s is longer than a compile job takes: the
+// report points at links, LTO and hoarders, not at a build between jobs.
+const DefaultShareGrace = 30 * time.Second
+
+// MaxShareGrace bounds ShareGrace: a report an hour late helps nobody.
+const MaxShareGrace = time.Hour
+
 // Broker owns the host's budget of job tokens and the leases it feeds.
 // Its work is split by what it does: registry.go, adopt.go and permit.go
 // hold the leases and say who may have one, budget.go decides the budget,
 // pass.go (with share.go) moves tokens, admission.go lets waiting builds
-// start (gate.go for nix builds), collect.go takes owed tokens back,
+// start (gate.go for nix builds), jobserver.Collector takes owed tokens back,
 // holders.go and reclaim.go write off leaked ones, state.go and rundir.go
 // keep it all on disk, status.go reports it, and api.go and socket.go
 // serve the control API.
 type Broker struct {
-	opts       Options
-	log        hclog.Logger
-	run        *runDir
-	watch      *fifoWatch
-	wake       chan struct{}
-	collectors *collectors
-	events     *events
-	metrics    *metrics
+	opts      Options
+	log       hclog.Logger
+	run       *runDir
+	watch     *fifoWatch
+	wake      chan struct{}
+	collector *jobserver.Collector
+	events    *events
+	metrics   *metrics
 
 	mu            sync.Mutex
 	leases        map[string]*Lease
@@ -78,6 +96,9 @@ type Broker struct {
 	scans         chan scanResult // the holder scan's answer
 	scanSince     time.Time       // when the scan under way started; zero when none is
 	scanReported  bool            // a stuck scan was logged
+	// collected is set by the collector's threads when they took tokens
+	// back, so the next pass saves the smaller grant.
+	collected atomic.Bool
 }
 
 // totals are the broker's counts over every lease it ever had.
@@ -99,6 +120,9 @@ func New(opts Options) (*Broker, error) {
 	}
 	if opts.Grace <= 0 {
 		opts.Grace = 300 * time.Millisecond
+	}
+	if opts.ShareGrace <= 0 {
+		opts.ShareGrace = DefaultShareGrace
 	}
 	if opts.ProcDir == "" {
 		opts.ProcDir = "/proc"
@@ -127,7 +151,6 @@ func New(opts Options) (*Broker, error) {
 		run:        run,
 		watch:      watch,
 		wake:       make(chan struct{}, 1),
-		collectors: newCollectors(),
 		events:     newEvents(),
 		leases:     map[string]*Lease{},
 		byWatch:    map[int]watched{},
@@ -136,10 +159,18 @@ func New(opts Options) (*Broker, error) {
 		scans:      make(chan scanResult, 1),
 	}
 	b.metrics = newMetrics(b)
+	if b.collector, err = jobserver.NewCollector(b.collectedTokens); err != nil {
+		watch.close()
+		run.close()
+		return nil, err
+	}
+	if err := b.collector.RealTime(); err != nil {
+		b.log.Info("tokens returned by builds above their share are collected at ordinary priority, so their clients often take them again first; give tokend CAP_SYS_NICE or LimitRTPRIO=1 for real-time collection", "error", err)
+	}
 	if err := b.adopt(); err != nil {
 		watch.close()
 		run.close()
-		b.collectors.stop()
+		b.collector.Close()
 		return nil, err
 	}
 	return b, nil
@@ -199,7 +230,7 @@ func (b *Broker) poke() {
 }
 
 func (b *Broker) shutdown() error {
-	b.collectors.stop()
+	b.collector.Close()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	err := saveState(b.run, b.snapshot(nil))

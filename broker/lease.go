@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -43,9 +42,12 @@ type Lease struct {
 	lastFree int  // free tokens seen by the last pass
 	hungry   bool // every token granted was held at the last pass
 	owed     int  // tokens to take back as clients return them
-	// collector stops the goroutine collecting owed tokens; nil when none
-	// runs (collect.go).
-	collector context.CancelFunc
+	share    int  // the tokens it should have
+	// overSince is when the lease came to hold more than its share while
+	// another waited; zero while it does not. overReported is set once
+	// that lasted Options.ShareGrace and was said.
+	overSince    time.Time
+	overReported bool
 
 	// The search for leaked tokens (reclaim.go).
 	inode     fileid.ID

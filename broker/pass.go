@@ -3,6 +3,7 @@ package broker
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/jobserver"
@@ -20,6 +21,9 @@ type passState struct {
 	target    []int // each lease's share
 	allowance int   // the budget less the active leases' implicit slots
 	granted   int   // tokens granted over all leases, kept current as the pass moves them
+	// collected is what the collector had taken from each lease when the
+	// pass counted it: it goes on taking during the pass.
+	collected []int
 }
 
 // pass observes every lease and moves tokens toward their shares. It is
@@ -36,14 +40,50 @@ func (b *Broker) pass() {
 	if gives := p.grants(); b.persist(p.leases, gives) {
 		b.grant(p, gives)
 	}
+	b.judge(p, time.Now())
 	b.check(p)
+}
+
+// judge notes every lease's share, and since when each lease above it has
+// been so while another waits; once that has lasted ShareGrace, it says so
+// in the log, an event and the lease's status, once per spell.
+func (b *Broker) judge(p *passState, now time.Time) {
+	over := overShare(p.use, p.target)
+	var waiting []string
+	for i, l := range p.leases {
+		l.share = p.target[i]
+		if p.use[i].waits(p.target[i]) {
+			waiting = append(waiting, l.ID)
+		}
+	}
+	for i, l := range p.leases {
+		if !over[i] {
+			l.overSince, l.overReported = time.Time{}, false
+			continue
+		}
+		if l.overSince.IsZero() {
+			l.overSince = now
+		}
+		if l.overReported || now.Sub(l.overSince) < b.opts.ShareGrace {
+			continue
+		}
+		l.overReported = true
+		above := p.use[i].granted - p.target[i]
+		b.log.Warn("lease keeps tokens above its share while other leases wait; they come back only as its jobs end",
+			"lease", l.ID, "name", l.Name, "above_share", above, "share", p.target[i], "for", now.Sub(l.overSince).Round(time.Millisecond), "waiting", strings.Join(waiting, ","))
+		b.Record(api.Event{Kind: api.EventOverShare, Lease: l.ID, Name: l.Name, Tokens: above, Wait: now.Sub(l.overSince),
+			Detail: fmt.Sprintf("%d tokens above its share of %d, held by its clients, while %s wait", above, p.target[i], strings.Join(waiting, ", "))})
+	}
 }
 
 // observe takes out what clients wrote beyond their grant and counts every
 // lease's free tokens.
 func (b *Broker) observe() *passState {
 	leases := b.sorted()
-	p := &passState{leases: leases, use: make([]usage, len(leases))}
+	p := &passState{leases: leases, use: make([]usage, len(leases)), collected: make([]int, len(leases))}
+	if b.collected.Swap(false) {
+		b.dirty = true
+	}
 	active := 0
 	for i, l := range leases {
 		b.trimExcess(l)
@@ -53,13 +93,16 @@ func (b *Broker) observe() *passState {
 			free = 0
 		}
 		l.prevFree, l.lastFree = l.lastFree, free
+		var granted int
+		granted, p.collected[i] = l.fifo.Snapshot()
 		p.use[i] = usage{
-			granted: l.fifo.Granted(),
+			granted: granted,
 			free:    free,
 			idle:    min(l.prevFree, free),
 			hungry:  free == 0 && !l.ending,
 			ending:  l.ending,
 			out:     !l.ending && !l.counted(),
+			waiting: !l.ending && !l.admitted && l.asking(),
 		}
 		l.hungry = p.use[i].hungry
 		p.granted += p.use[i].granted
@@ -91,7 +134,7 @@ func (b *Broker) trimExcess(l *Lease) {
 // takeBack takes free tokens from leases above their share: a few at a
 // time while the allowance covers what is out, all of them when the
 // budget shrank below it or the lease is ending. What is not free now is
-// owed, and collected as clients return it.
+// owed, and the collector takes it as clients return it.
 func (b *Broker) takeBack(p *passState) {
 	debt := p.granted > p.allowance
 	for i, l := range p.leases {
@@ -99,6 +142,7 @@ func (b *Broker) takeBack(p *passState) {
 		surplus := u.granted - p.target[i]
 		if surplus <= 0 {
 			l.owed = 0
+			b.collector.Stop(l.fifo)
 			continue
 		}
 		step := surplus
@@ -122,8 +166,29 @@ func (b *Broker) takeBack(p *passState) {
 		l.lastFree = u.free
 		p.granted -= taken
 		l.owed = u.granted - p.target[i]
-		b.collect(l)
+		if l.owed > 0 {
+			b.collector.Collect(l.fifo, p.target[i])
+		} else {
+			b.collector.Stop(l.fifo)
+		}
 	}
+}
+
+// collectedTokens is the collector's report, from its own threads: it
+// must not take b.mu, which is held while the collector is told what to
+// collect. The next pass counts what was taken and saves it.
+func (b *Broker) collectedTokens(f *jobserver.FIFO, taken int, err error) {
+	if err != nil {
+		if f != nil {
+			b.log.Error("cannot collect returned tokens", "fifo", f.Path(), "error", err)
+		} else {
+			b.log.Error("cannot collect returned tokens", "error", err)
+		}
+		return
+	}
+	b.collected.Store(true)
+	b.log.Debug("collected returned tokens", "fifo", f.Path(), "tokens", taken)
+	b.poke()
 }
 
 // grants is how many tokens each admitted lease below its share gets from
@@ -164,13 +229,17 @@ func (b *Broker) grant(p *passState, gives []int) {
 // check verifies the accounting after a pass. Held tokens are derived, so
 // what can break is a negative count, a FIFO holding more than it was
 // granted, and tokens over the allowance while free ones sit unclaimed.
+// What the collector took during the pass is added back to compare.
 func (b *Broker) check(p *passState) {
 	var problems []string
 	granted := 0
 	for i, l := range p.leases {
-		g, u := l.fifo.Granted(), p.use[i]
-		if g != u.granted {
-			problems = append(problems, fmt.Sprintf("lease %s: fifo counts %d granted, pass counted %d", l.ID, g, u.granted))
+		g, collected := l.fifo.Snapshot()
+		u := p.use[i]
+		if during := collected - p.collected[i]; g+during != u.granted {
+			problems = append(problems, fmt.Sprintf("lease %s: fifo counts %d granted and %d collected during the pass, pass counted %d", l.ID, g, during, u.granted))
+		} else {
+			g += during
 		}
 		if u.free < 0 || u.free > g {
 			problems = append(problems, fmt.Sprintf("lease %s: %d free of %d granted", l.ID, u.free, g))

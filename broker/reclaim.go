@@ -121,7 +121,7 @@ func (b *Broker) reclaim(r scanResult) {
 // removal: nothing it owes can come back but what is in its FIFO.
 func (b *Broker) release(l *Lease) {
 	l.owed = 0
-	l.stopCollecting()
+	b.collector.Stop(l.fifo)
 	if _, err := l.fifo.Take(jobserver.MaxTokens); err != nil {
 		b.log.Error("cannot take tokens back", "lease", l.ID, "error", err)
 	}
@@ -154,8 +154,7 @@ func (b *Broker) writeOffLeaked(l *Lease) {
 	b.Record(api.Event{Kind: api.EventReclaim, Lease: l.ID, Name: l.Name, Tokens: leaked})
 }
 
-// removeEnded deletes ended leases once nothing holds them and their
-// collector has stopped, so no poll(2) can race the close.
+// removeEnded deletes ended leases once nothing holds them.
 //
 // The state file forgets them before their files go. Removing them takes
 // a while (the holder's answer, the cgroup), and a tokend killed in
@@ -166,7 +165,7 @@ func (b *Broker) writeOffLeaked(l *Lease) {
 func (b *Broker) removeEnded() {
 	var gone []*Lease
 	for id, l := range b.leases {
-		if !l.removing || l.collector != nil {
+		if !l.removing {
 			continue
 		}
 		if n := l.fifo.Granted(); n != 0 {

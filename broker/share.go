@@ -13,6 +13,7 @@ type usage struct {
 	hungry  bool // every token granted is held: the build may want more
 	ending  bool
 	out     bool // holds no slot (a nix build that has not asked yet): no share
+	waiting bool // asks for its slot and is not admitted yet
 }
 
 // shares decides how many tokens each lease should have. allowance is what
@@ -75,4 +76,31 @@ func shares(allowance int, leases []usage) []int {
 		remaining -= target[i]
 	}
 	return target
+}
+
+// waits reports whether the lease wants tokens it cannot have yet: it is
+// not admitted, or it is below its share with every token it has in use.
+func (u usage) waits(target int) bool {
+	return !u.ending && !u.out && (u.waiting || (u.hungry && u.granted < target))
+}
+
+// overShare tells which leases hold more tokens than their share while
+// another lease waits: for admission, or below its share with every token
+// it has in use. Tokens in a client's hands cannot be taken back, so such a
+// lease keeps them until its jobs end (or for good, if its client keeps
+// them without running jobs); shares already gives it no more, and the
+// collector hands what it returns to the waiters.
+func overShare(leases []usage, target []int) []bool {
+	over := make([]bool, len(leases))
+	waits := false
+	for i, u := range leases {
+		waits = waits || u.waits(target[i])
+	}
+	if !waits {
+		return over
+	}
+	for i, u := range leases {
+		over[i] = !u.ending && !u.out && u.granted > target[i]
+	}
+	return over
 }

@@ -136,3 +136,62 @@ func FuzzShares(f *testing.F) {
 		}
 	})
 }
+
+func TestOverShare(t *testing.T) {
+	tests := []struct {
+		name   string
+		leases []usage
+		target []int
+		want   []bool
+	}{
+		{
+			name:   "a lone lease holding everything is not over its share",
+			leases: []usage{{granted: 5, hungry: true}},
+			target: []int{5},
+			want:   []bool{false},
+		},
+		{
+			name:   "a lease above its share while a newcomer waits for admission",
+			leases: []usage{{granted: 5, hungry: true}, {waiting: true, hungry: true}},
+			target: []int{2, 2},
+			want:   []bool{true, false},
+		},
+		{
+			name:   "a lease above its share while an admitted one is hungry below its own",
+			leases: []usage{{granted: 4, hungry: true}, {granted: 1, hungry: true}},
+			target: []int{2, 2},
+			want:   []bool{true, false},
+		},
+		{
+			name:   "above its share, but nobody below theirs wants more",
+			leases: []usage{{granted: 4, hungry: true}, {granted: 1, free: 1, idle: 1}},
+			target: []int{2, 2},
+			want:   []bool{false, false},
+		},
+		{
+			name:   "an ending lease is going away, not hoarding, and waits for nothing",
+			leases: []usage{{granted: 3, ending: true}, {waiting: true, hungry: true, ending: true}, {granted: 3, hungry: true}},
+			target: []int{0, 0, 3},
+			want:   []bool{false, false, false},
+		},
+		{
+			name:   "a nix build that has not asked holds no slot and waits for nothing",
+			leases: []usage{{granted: 4, hungry: true}, {out: true, hungry: true}},
+			target: []int{2, 0},
+			want:   []bool{false, false},
+		},
+		{
+			name:   "every lease above its share is named",
+			leases: []usage{{granted: 3, hungry: true}, {granted: 3, hungry: true}, {waiting: true, hungry: true}},
+			target: []int{2, 2, 2},
+			want:   []bool{true, true, false},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := overShare(tt.leases, tt.target); !slices.Equal(got, tt.want) {
+				t.Fatalf("overShare(%+v, %v) = %v, want %v", tt.leases, tt.target, got, tt.want)
+			}
+		})
+	}
+}

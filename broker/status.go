@@ -43,7 +43,10 @@ func (b *Broker) leaseStatus(l *Lease) api.LeaseStatus {
 		Registration: l.Registration, FIFO: l.fifo.Path(),
 		Granted: g, Free: min(free, g), Held: max(g-free, 0), Owed: l.owed,
 		Reclaimed: l.reclaimed, Inflated: l.inflated, Admitted: l.admitted, Hungry: l.hungry,
-		Ending: l.ending, EndReason: l.endReason, State: l.state(), Asked: l.asked,
+		Ending: l.ending, EndReason: l.endReason, State: l.state(), Asked: l.asked, Share: l.share,
+	}
+	if l.overReported {
+		ls.OverShareSince = l.overSince
 	}
 	if m, ok := b.leaseMemory[l.ID]; ok {
 		ls.Memory = &m

@@ -45,6 +45,9 @@ type FIFO struct {
 	mu      sync.Mutex
 	fd      int // -1 once closed
 	granted int
+	// collected counts the tokens Collectors took back, which they do
+	// beside the server's own accounting (see Snapshot).
+	collected int
 
 	// limit is how many tokens the pipe holds in any order of reads and
 	// writes: MaxTokens, unless it could not be grown to pipeBytes
@@ -209,6 +212,15 @@ func (f *FIFO) Granted() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.granted
+}
+
+// Snapshot returns Granted and how many tokens Collectors have taken from
+// the FIFO so far, read at the same instant: a server that counted
+// Granted earlier tells what a Collector took since from what went wrong.
+func (f *FIFO) Snapshot() (granted, collected int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.granted, f.collected
 }
 
 // Add puts n more tokens into the FIFO.

@@ -295,7 +295,7 @@ func (b *build) wait(ctx context.Context, t *testing.T, log *buildtest.Log) {
 }
 
 func (b *build) run(t *testing.T, log *buildtest.Log) buildtest.Run {
-	return log.Run(t).Filter(func(id string) bool { return strings.HasPrefix(id, b.prefix) })
+	return b.runOf(log.Run(t))
 }
 
 // makeBuild writes a Makefile of n probe jobs in a new directory and

@@ -184,6 +184,9 @@ func leaseState(l api.LeaseStatus, now time.Time) string {
 		}
 		s += " " + age(now.Sub(since))
 	}
+	if !l.OverShareSince.IsZero() {
+		s += fmt.Sprintf(", %d over share %s", l.Granted-l.Share, age(now.Sub(l.OverShareSince)))
+	}
 	return s
 }
 

@@ -147,7 +147,8 @@ func TestStatusTables(t *testing.T) {
 }
 
 // The states a person must tell apart read as words, with how long a
-// build has waited, and the names of leases are escaped.
+// build has waited or kept tokens above its share while others waited,
+// and the names of leases are escaped.
 func TestStatusStates(t *testing.T) {
 	now := time.Now()
 	st := api.Status{Budget: 3, BudgetReason: "cpu cap", Leases: []api.LeaseStatus{
@@ -155,6 +156,8 @@ func TestStatusStates(t *testing.T) {
 			Memory: &api.LeaseMemory{Frozen: true}},
 		{Registration: api.Registration{ID: "b", Name: "waits", Created: now.Add(-time.Hour)}, State: api.StateWaiting, Asked: now.Add(-12 * time.Second)},
 		{Registration: api.Registration{ID: "c", Name: "nix\x1b[2Jbuild", Created: now.Add(-2 * time.Hour)}, State: api.StateNotJoined},
+		{Registration: api.Registration{ID: "d", Name: "hoards", Created: now.Add(-time.Minute)}, State: api.StateRunning,
+			Granted: 5, Share: 2, OverShareSince: now.Add(-45 * time.Second)},
 	}}
 	var out strings.Builder
 	if err := printStatus(&out, st, now); err != nil {
@@ -163,6 +166,7 @@ func TestStatusStates(t *testing.T) {
 	rows := table(t, out.String(), "NAME")
 	for i, want := range []struct{ name, age, state string }{
 		{"frozen-one", "1m30s", "frozen"}, {"waits", "1h00m", "waiting 12s"}, {`"nix\x1b[2Jbuild"`, "2h00m", "not joined"},
+		{"hoards", "1m00s", "running, 3 over share 45s"},
 	} {
 		if rows[i]["NAME"] != want.name || rows[i]["AGE"] != want.age || rows[i]["STATE"] != want.state {
 			t.Errorf("row %d: %v, want name %s, age %s, state %s", i, rows[i], want.name, want.age, want.state)
@@ -172,7 +176,7 @@ func TestStatusStates(t *testing.T) {
 	if got := words(field(t, out.String(), "budget")); got != "3 jobs memory controller: cpu cap, the CPUs justify no more" {
 		t.Errorf("budget row %q", got)
 	}
-	if got := words(field(t, out.String(), "leases")); got != "3 1 frozen, 1 waiting, 1 not joined" {
+	if got := words(field(t, out.String(), "leases")); got != "4 1 frozen, 1 waiting, 1 not joined, 1 running" {
 		t.Errorf("leases row %q", got)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/broker"
 	"github.com/tokend/tokend/broker/control"
 	"github.com/tokend/tokend/internal/bytesize"
 	"github.com/tokend/tokend/jobserver"
@@ -32,6 +33,9 @@ type Config struct {
 	LeaseGroup  string
 	LogLevel    string
 	OOMScoreAdj int
+	// ShareGrace is how long a lease may keep more than its share while
+	// another waits before tokend reports it; 0 means the broker's default.
+	ShareGrace time.Duration
 	// The memory controller (package broker/control). A zero value means
 	// the controller's embedded default.
 	MemoryCgroup   string
@@ -118,6 +122,12 @@ var settings = []setting{
 		func(c *Config) any { return &c.OOMScoreAdj },
 		func(c Config) string {
 			return within(c.OOMScoreAdj >= 0 && c.OOMScoreAdj <= 1000, "want 0 (leave build jobs alone) to 1000")
+		}},
+	{"share_grace", "how long a build may keep more than its share while another waits before tokend reports it; default " + broker.DefaultShareGrace.String(),
+		func(c *Config) any { return &c.ShareGrace },
+		func(c Config) string {
+			return within(c.ShareGrace >= 0 && c.ShareGrace <= broker.MaxShareGrace,
+				fmt.Sprintf("want 0 (the default, %v) to %v", broker.DefaultShareGrace, broker.MaxShareGrace))
 		}},
 	{"memory_cgroup", "memory domain: a v1 or v2 memory cgroup directory; default the host",
 		func(c *Config) any { return &c.MemoryCgroup },

@@ -130,7 +130,7 @@ func run(args []string) error {
 		return err
 	}
 	protectSelf(log)
-	opts := broker.Options{RuntimeDir: cfg.RuntimeDir, Budget: cfg.Tokens, OOMScoreAdj: cfg.OOMScoreAdj, Logger: log}
+	opts := broker.Options{RuntimeDir: cfg.RuntimeDir, Budget: cfg.Tokens, OOMScoreAdj: cfg.OOMScoreAdj, ShareGrace: cfg.ShareGrace, Logger: log}
 	if cgroups != nil {
 		opts.Cgroups = cgroups
 	}
@@ -268,8 +268,9 @@ func reload(s *options, old Config, b *broker.Broker, ctl *control.Controller, l
 		return
 	}
 	if cfg.RuntimeDir != old.RuntimeDir || cfg.StateDir != old.StateDir || cfg.LeaseGroup != old.LeaseGroup || cfg.MemoryCgroup != old.MemoryCgroup ||
-		cfg.MemoryPressure != old.MemoryPressure || cfg.LeaseCgroups != old.LeaseCgroups || cfg.MetricsListen != old.MetricsListen {
-		log.Warn("runtime_dir, state_dir, lease_group, memory_cgroup, memory_pressure, lease_cgroups and metrics_listen change only at restart")
+		cfg.MemoryPressure != old.MemoryPressure || cfg.LeaseCgroups != old.LeaseCgroups || cfg.MetricsListen != old.MetricsListen ||
+		cfg.ShareGrace != old.ShareGrace {
+		log.Warn("runtime_dir, state_dir, lease_group, memory_cgroup, memory_pressure, lease_cgroups, metrics_listen and share_grace change only at restart")
 	}
 	log.SetLevel(hclog.LevelFromString(cfg.LogLevel))
 	if err := ctl.Reconfigure(params(cfg)); err != nil {

@@ -226,6 +226,8 @@ let
     "module: StateDirectory=tokend holds the job history" =
       sc.StateDirectory == "tokend"
       && full.environment.etc."tokend/config.toml".source.value.state_dir == "/var/lib/tokend";
+    "module: tokend may collect returned tokens at real-time priority 1, no higher" =
+      sc.RestrictRealtime == false && sc.LimitRTPRIO == 1;
     "module: cgroup tree writable" =
       sc.ProtectControlGroups == false && builtins.elem "/sys/fs/cgroup" sc.ReadWritePaths;
     "module: ExecStart reads /etc/tokend/config.toml" =
