@@ -181,6 +181,11 @@ in
           ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
           Restart = "on-failure";
           RestartSec = 1;
+          # Only tokend itself is stopped: the builds of `tokenctl run`
+          # live in its delegated subtree (leases/), and the FIFO holder
+          # keeps their tokens across a crash (kill -9) and a restart. The
+          # default, the whole cgroup, would kill every build with tokend.
+          KillMode = "process";
           RuntimeDirectory = "tokend";
           # Running builds keep their FIFOs across a restart.
           RuntimeDirectoryPreserve = "restart";

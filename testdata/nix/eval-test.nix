@@ -277,6 +277,7 @@ let
     "module: the service delegates its cgroup subtree to tokend" =
       full.systemd.services.tokend.serviceConfig.Delegate;
     "module: tokend is the OOM killer's last choice" = sc.OOMScoreAdjust == -900;
+    "module: stopping tokend leaves the builds and the FIFO holder running" = sc.KillMode == "process";
     "module: an OOM-killed build job does not stop nix-daemon" =
       full.systemd.services.nix-daemon.serviceConfig.OOMPolicy == "continue";
     "module: assertions hold on Nix 2.34" = builtins.all (a: a.assertion) full.assertions;
