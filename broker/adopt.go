@@ -46,7 +46,8 @@ func (b *Broker) adoptLease(s savedLease) error {
 			l.admitted = true
 		}
 	}
-	// Held before it is watched: the holder's open is no client joining.
+	// Held again: a holder started since has it from its own open, one
+	// that ran on already holds it and lets the copy go.
 	b.hold(l)
 	if err := b.track(l); err != nil {
 		f.Close()

@@ -1,5 +1,7 @@
 package broker
 
+import "github.com/tokend/tokend/jobserver"
+
 // FIFOHolder keeps the lease FIFOs open in a process other than tokend,
 // so that their tokens outlive tokend: the kernel drops a pipe's bytes
 // when its last descriptor closes, and while no client has a FIFO open,
@@ -7,9 +9,10 @@ package broker
 // free tokens of every lease no client held, and a reader opening the
 // FIFO in that window blocked for ever (nobody held a writer).
 type FIFOHolder interface {
-	// Hold opens lease id's FIFO in the holder and returns once it is
-	// open there.
-	Hold(id string) error
+	// Hold gives the holder fifo, lease id's FIFO, to keep open. It does
+	// not wait for the holder: once it returns, the pipe stays open even if
+	// tokend dies before the holder has taken it.
+	Hold(id string, fifo *jobserver.FIFO) error
 	// Release closes it there, before tokend removes the FIFO.
 	Release(id string) error
 	// PID is the holder's process, whose descriptors are no client's.
@@ -23,7 +26,7 @@ func (b *Broker) hold(l *Lease) {
 	if b.opts.Holder == nil {
 		return
 	}
-	if err := b.opts.Holder.Hold(l.ID); err != nil {
+	if err := b.opts.Holder.Hold(l.ID, l.fifo); err != nil {
 		b.log.Warn("the fifo holder does not hold this lease's fifo; a crash of tokend loses its free tokens", "lease", l.ID, "error", err)
 	}
 }

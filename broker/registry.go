@@ -66,8 +66,7 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 		}
 	}
 	// Held elsewhere before any token goes in (after the state is saved
-	// below), and before it is watched: the holder's open is no client
-	// joining.
+	// below).
 	b.hold(l)
 	if req.NewCgroup && b.opts.Cgroups != nil {
 		// A build without a cgroup still runs; it only cannot be frozen.

@@ -162,9 +162,10 @@ func (s savedLease) check(owns func(string) bool) error {
 // file lives in /run and guards against tokend dying, not the host (no
 // build survives a reboot), and tokend saves it before every grant and on
 // every registration, where a sync would cost milliseconds each time
-// under the broker's lock.
+// under the broker's lock. It is not indented either: with 22 leases that
+// alone took 0.2 ms of each save here (`jq` shows it to a reader).
 func saveState(r *runDir, s savedState) error {
-	raw, err := json.MarshalIndent(s, "", "  ")
+	raw, err := json.Marshal(s)
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}

@@ -206,6 +206,23 @@ func checkFIFO(path string, st *unix.Stat_t, owner uint32) error {
 // Path is where the FIFO lives.
 func (f *FIFO) Path() string { return f.path }
 
+// Dup returns a second descriptor of the server's end, for another process
+// to keep the pipe, and with it the tokens in it, alive: a descriptor sent
+// over a unix socket keeps the pipe open while it is in flight, so the
+// sender need not wait for the receiver to take it.
+func (f *FIFO) Dup() (*os.File, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fd < 0 {
+		return nil, fmt.Errorf("jobserver fifo %s: closed", f.path)
+	}
+	fd, err := unix.FcntlInt(uintptr(f.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("duplicate jobserver fifo %s: %w", f.path, err)
+	}
+	return os.NewFile(uintptr(fd), f.path), nil
+}
+
 // Granted is the number of tokens that belong to this FIFO: free in the pipe
 // or held by clients.
 func (f *FIFO) Granted() int {
