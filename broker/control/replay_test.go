@@ -283,13 +283,25 @@ func TestReplayV1Thrash(t *testing.T) {
 		"step 2: budget 4 (headroom)",
 		// some-stall over the last 2 s crosses 10%: the budget drops by
 		// a quarter, and the working set (455 MiB) becomes a soft cap
-		// that leaves no room: 1 job.
-		"step 7: budget 1 (pressure)",
+		// that leaves no room: 1 job. A lower budget stops no job that
+		// runs, so the brake freezes the youngest lease, steady; thrash,
+		// the oldest, goes on.
+		"step 7: budget 1 (pressure), freeze steady",
+		// Pressure stays (some 13 to 28%), so steady stays frozen until
+		// thrash ends and steady is the oldest lease, which must make
+		// progress. (In the recording it ran on: the builds were open
+		// loop.)
+		"step 36: budget 1 (pressure), thaw steady",
 		// Idle again: the budget is set outright, up to the CPU cap.
 		"step 45: budget 6 (cpu cap)",
 	})
 	if m := rs[7].Status; m.SoftCap/mib != 455 || m.PressureSome < pressureThreshold || m.Headroom/mib != 312 {
 		t.Errorf("step 7: %+v, want pressure over 10%%, a 455 MiB soft cap and 312 MiB of headroom", m)
+	}
+	for _, r := range rs[7:36] {
+		if !r.Leases["steady"].Frozen || r.Leases["thrash"].Frozen {
+			t.Errorf("step %d: steady frozen %v, thrash frozen %v; want steady alone frozen", r.step, r.Leases["steady"].Frozen, r.Leases["thrash"].Frozen)
+		}
 	}
 	// The soft cap relaxes by 2% of the domain per growth interval once
 	// pressure is gone (the last window above 10% ended at step 40).
