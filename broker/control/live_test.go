@@ -122,18 +122,7 @@ func TestControllerOnLiveBroker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 2)
-	go func() { done <- b.Run(ctx) }()
-	go func() { done <- ctl.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		for range 2 {
-			if err := <-done; err != nil {
-				t.Error(err)
-			}
-		}
-	})
+	runLive(t, b, ctl)
 	l, err := b.Register(broker.LeaseRequest{Name: "self", Owner: api.Owner{PID: os.Getpid()}})
 	if err != nil {
 		t.Fatal(err)
@@ -255,18 +244,7 @@ func TestLeaseEndWakesTheController(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 2)
-	go func() { done <- b.Run(ctx) }()
-	go func() { done <- ctl.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		for range 2 {
-			if err := <-done; err != nil {
-				t.Error(err)
-			}
-		}
-	})
+	runLive(t, b, ctl)
 	var first time.Time
 	waitUntil(t, "the controller to see the lease", func() bool {
 		st := b.Status()
@@ -290,4 +268,21 @@ func TestLeaseEndWakesTheController(t *testing.T) {
 	if half := first.Add(MaxTick / 2); !next.Before(half) {
 		t.Errorf("the first tick after the end came %v after the first tick; want it well before the next periodic one, %v after", next.Sub(first), MaxTick)
 	}
+}
+
+// runLive runs b and ctl until t ends, and fails t if either fails.
+func runLive(t *testing.T, b *broker.Broker, ctl *Controller) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- b.Run(ctx) }()
+	go func() { done <- ctl.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		for range 2 {
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		}
+	})
 }
