@@ -103,12 +103,15 @@ type engine struct {
 	recoveredSince     time.Time
 	lastThaw           time.Time
 	leases             map[string]*leaseState
+	// finished are the peaks of the last compiles that finished in each
+	// user's leases, for engine.pool.
+	finished map[int][]uint64
 }
 
 func newEngine(p Params, cpus int, domain, pressureFile string, hist *History, log hclog.Logger) *engine {
 	return &engine{
 		p: p, cpus: cpus, domain: domain, pressureFile: pressureFile, hist: hist, log: log,
-		leases: map[string]*leaseState{},
+		leases: map[string]*leaseState{}, finished: map[int][]uint64{},
 	}
 }
 

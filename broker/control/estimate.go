@@ -140,8 +140,9 @@ type leaseState struct {
 
 // observe takes a new sample of the lease's processes and learns from
 // those that finished since the last one: their last sampled peak (VmHWM
-// only grows, so it is at most one tick short).
-func (l *leaseState) observe(procs []proc) {
+// only grows, so it is at most one tick short), which it returns for
+// heavy compiles.
+func (l *leaseState) observe(procs []proc) (compiles []uint64) {
 	byPID := make(map[int]proc, len(procs))
 	for _, p := range procs {
 		prev, seen := l.procs[p.PID]
@@ -170,10 +171,19 @@ func (l *leaseState) observe(procs []proc) {
 			l.small++
 			continue
 		}
-		s := append(l.seen[p.class], p.Peak)
-		l.seen[p.class] = s[max(len(s)-estimateWindow, 0):]
+		l.seen[p.class] = window(l.seen[p.class], p.Peak)
+		if p.class == classCompile {
+			compiles = append(compiles, p.Peak)
+		}
 	}
 	l.procs = byPID
+	return compiles
+}
+
+// window appends v to the peaks vs, keeping the last estimateWindow.
+func window(vs []uint64, v uint64) []uint64 {
+	vs = append(vs, v)
+	return vs[max(len(vs)-estimateWindow, 0):]
 }
 
 // estimate is the expected peak of one job of class c: the largest seen
@@ -271,7 +281,7 @@ func (e *engine) track(in []leaseInput, seedCap uint64, now time.Time) {
 			}
 			e.leases[li.ID] = ls
 		}
-		ls.observe(li.Procs)
+		e.learn(ls.uid, ls.observe(li.Procs))
 		if li.Ending {
 			e.record(ls, false, now)
 		}
@@ -280,32 +290,46 @@ func (e *engine) track(in []leaseInput, seedCap uint64, now time.Time) {
 	e.pool()
 }
 
+// learn adds compiles that finished in a lease of uid to what uid's
+// leases show each other (engine.pool).
+func (e *engine) learn(uid int, compiles []uint64) {
+	for _, c := range compiles {
+		e.finished[uid] = window(e.finished[uid], c)
+	}
+}
+
 // pool gives every lease that nothing shows the size of its compiles
 // (no finished job, no history, no build feature) what the jobs of its
-// user's live leases show instead of the default, once one of them has
-// finished a compile: the largest peak of their last finished compiles,
-// and no less than a compile of theirs still running has reached. A
-// running job's size is only a lower bound of its peak (g++'s cc1plus,
-// sampled here, sits at 60 to 140 MiB for its first seconds whether it
-// peaks at 0.3 or 0.77 GiB), so running jobs alone show nothing. Only
-// the user's own leases count, as with history: another user's small
-// jobs cannot lower it.
+// user's leases show instead of the default, once one of them has
+// finished a compile: the largest peak of the user's last finished
+// compiles, and no less than a compile of a live lease of theirs still
+// running has reached. What finished is kept while the user has a lease
+// live, so that builds that overlap (nix runs several at once) hand it
+// on; it is forgotten with the user's last lease. A running job's size
+// is only a lower bound of its peak (g++'s cc1plus, sampled here, sits
+// at 60 to 140 MiB for its first seconds whether it peaks at 0.3 or
+// 0.77 GiB), so running jobs alone show nothing. Only the user's own
+// leases count, as with history: another user's small jobs cannot
+// lower it.
 func (e *engine) pool() {
-	finished, running := map[int]uint64{}, map[int]uint64{}
+	running, live := map[int]uint64{}, map[int]bool{}
 	for _, ls := range e.leases {
-		for _, peak := range ls.seen[classCompile] {
-			finished[ls.uid] = max(finished[ls.uid], peak)
-		}
+		live[ls.uid] = true
 		for _, p := range ls.procs {
 			if p.class == classCompile {
 				running[ls.uid] = max(running[ls.uid], p.Peak)
 			}
 		}
 	}
+	for uid := range e.finished {
+		if !live[uid] {
+			delete(e.finished, uid)
+		}
+	}
 	for _, ls := range e.leases {
 		ls.run = 0
-		if f := finished[ls.uid]; f > 0 && ls.source == api.EstimateDefault && !ls.evidenced(classCompile) {
-			ls.run = max(f, running[ls.uid])
+		if f := e.finished[ls.uid]; len(f) > 0 && ls.source == api.EstimateDefault && !ls.evidenced(classCompile) {
+			ls.run = max(slices.Max(f), running[ls.uid])
 		}
 	}
 }
@@ -317,7 +341,7 @@ func (e *engine) retire(live map[string]bool, now time.Time) {
 		if live[id] {
 			continue
 		}
-		ls.observe(nil)
+		e.learn(ls.uid, ls.observe(nil))
 		e.record(ls, false, now)
 		delete(e.leases, id)
 	}

@@ -181,13 +181,21 @@ func TestReplayV1RampDefaults(t *testing.T) {
 		// there is room for one more job even with an eighth of a job of
 		// hysteresis: grow by one.
 		"step 13: budget 2 (headroom)",
-		// gamma started at 0 MiB with the 1 GiB default: growth to come
-		// leaves -254 MiB, 1 job fits; without it 2 would.
-		"step 22: budget 1 (growth reserve)",
+		// gamma started at step 16 with nothing of its own to go by: it
+		// expects its job at what the other leases showed, alpha's 452
+		// MiB compiles and beta's job still growing (to 502 MiB), not at
+		// the 1 GiB default, and alpha ending at step 22 does not take
+		// that away. (Before, from step 22 on gamma's job counted at the
+		// default and the budget fell to 1.)
 		// Every build is done: idle, the budget is set outright to what
 		// memory allows for one unknown job (1791 / 1024).
 		"step 38: budget 1 (headroom)",
 	})
+	for _, r := range rs[16:24] {
+		if l := r.Leases["gamma"]; l.Source != "run" || l.Estimates.Compile/mib < 452 || l.Estimates.Compile/mib > 502 {
+			t.Errorf("step %d: gamma's estimate %d MiB from %s, want 452 to 502 from run", r.step, l.Estimates.Compile/mib, l.Source)
+		}
+	}
 	// At step 0 the files say: limit 2048 MiB, nothing charged yet.
 	if m := rs[0].Status; m.Limit != 2048*mib || m.Headroom != 2048*mib || m.Reserve != 256*mib || m.CPUCap != 3 {
 		t.Errorf("step 0 reads %+v", m)
