@@ -149,6 +149,7 @@ type JobEstimates struct {
 const (
 	EstimateObserved = "observed" // this lease's own finished jobs
 	EstimateHistory  = "history"  // the same user's past leases of the same name
+	EstimateRun      = "run"      // the jobs of the same user's other live leases, finished or growing
 	EstimateFeatures = "features" // the default, scaled for a build that requires big-parallel or big-memory
 	EstimateDefault  = "default"  // the configured job_estimate
 )

@@ -59,6 +59,11 @@ func (ev *events) observe(fn func(api.Event)) {
 	ev.observers = append(ev.observers, fn)
 }
 
+// Observe calls fn with every event recorded from now on, with the
+// events' lock and perhaps the broker's held: fn must be quick and must
+// neither record nor call the broker.
+func (b *Broker) Observe(fn func(api.Event)) { b.events.observe(fn) }
+
 // Events returns the events after the one numbered after, waiting until
 // there is one or ctx ends.
 func (b *Broker) Events(ctx context.Context, after uint64) api.Events {

@@ -21,7 +21,12 @@ func (e *engine) frozen(in []leaseInput) []leaseInput {
 // brake is the last resort. When headroom, less what memory outside the
 // leases is expected to take (outsideGrowth), is under half the reserve
 // and headroom is still falling, it freezes the youngest lease that can
-// be frozen, never the oldest, which must make progress. Links of unknown
+// be frozen, never the oldest, which must make progress. Sustained
+// pressure does the same, at most once a pressure window: real
+// compilers near a limit thrash (their text pages evicted and read
+// again) long before the OOM killer comes, with headroom to spare, and a
+// lower budget only stops new jobs, while those running go on
+// thrashing; as Buck2 suspends its youngest action. Links of unknown
 // size it lets grow one at a time: when two leases or more run one and
 // memory does not fit the growth to come (free < 0), the youngest of them
 // is frozen until the older link is done. A link runs on its build's
@@ -29,10 +34,11 @@ func (e *engine) frozen(in []leaseInput) []leaseInput {
 // once it has grown nothing gives its memory back: this is where a cold
 // tokend lost builds to the OOM killer beside a growing program. It thaws
 // the oldest frozen lease once memory has recovered (headroom back over
-// the reserve and room for the expected growth of every job, frozen ones
-// included) for a growth interval, or at once after a growth interval if
+// the reserve, room for the expected growth of every job, frozen ones
+// included, and no pressure) for a growth interval, or at once after a growth interval if
 // the frozen lease has become the oldest.
-func (e *engine) brake(in []leaseInput, head, reserve, outsideGrowth uint64, free int64, frozen []leaseInput, now time.Time) []action {
+func (e *engine) brake(in []leaseInput, m measure, frozen []leaseInput, now time.Time) []action {
+	head, reserve, outsideGrowth, free := m.head, m.reserve, m.outsideGrowth, m.free
 	var acts []action
 	var oldest string
 	for _, li := range in {
@@ -71,6 +77,16 @@ func (e *engine) brake(in []leaseInput, head, reserve, outsideGrowth uint64, fre
 				break
 			}
 		}
+	case m.pressured && now.Sub(e.lastPressureFreeze) >= pressureWindow:
+		why := fmt.Sprintf("memory pressure: tasks stalled %.0f%% of the last %v (full %.0f%%)",
+			100*m.some, m.span.Round(100*time.Millisecond), 100*m.full)
+		for i := len(in) - 1; i >= 0 && in[i].ID != oldest; i-- {
+			if freezable(in[i]) {
+				freeze(in[i], why)
+				e.lastPressureFreeze = now
+				break
+			}
+		}
 	case len(unknownLinks) >= 2 && free < 0:
 		for i := len(unknownLinks) - 1; i >= 0; i-- {
 			if freezable(unknownLinks[i]) {
@@ -84,7 +100,7 @@ func (e *engine) brake(in []leaseInput, head, reserve, outsideGrowth uint64, fre
 	if len(frozen) == 0 {
 		return acts
 	}
-	recovered := head >= reserve && free >= 0
+	recovered := head >= reserve && free >= 0 && !m.pressured
 	switch {
 	case !recovered:
 		e.recoveredSince = time.Time{}

@@ -56,6 +56,9 @@ type Controller struct {
 
 	mu   sync.Mutex
 	next *Params // parameters to apply at the next tick
+	// ended wakes Run when a lease ends, so that its run is recorded in
+	// the history at once rather than at the next tick.
+	ended chan struct{}
 
 	placed  map[string]bool      // leases whose build is known to run in its own group
 	empty   map[string]time.Time // since when a sandbox lease's directory has held no process
@@ -120,9 +123,18 @@ func New(b *broker.Broker, c Config) (*Controller, error) {
 		"cpu_multiple", p.CPUMultiple, "cpus", c.CPUs, "job_estimate", bytesize.Human(p.JobEstimate), "oom_kills_from", oom.source())
 	engine := newEngine(p, c.CPUs, name, domain.PressureFile(), hist, c.Logger)
 	engine.oomSource = oom.source()
+	ended := make(chan struct{}, 1)
+	b.Observe(func(e api.Event) {
+		if e.Kind == api.EventEnd {
+			select {
+			case ended <- struct{}{}:
+			default:
+			}
+		}
+	})
 	return &Controller{
 		b: b, domain: domain, sampler: s, forests: forestCache{mem: s.mem}, cgroups: c.Cgroups, hist: hist,
-		oom: oom, engine: engine,
+		oom: oom, engine: engine, ended: ended,
 		log:    c.Logger,
 		placed: map[string]bool{}, stopped: map[string]string{}, empty: map[string]time.Time{}, grace: c.AbandonedGrace,
 	}, nil
@@ -164,6 +176,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			}
 			return err
 		case <-tick.C:
+		case <-c.ended:
 		case _, ok := <-trigger:
 			if !ok {
 				c.log.Warn("PSI trigger stopped; pressure is seen at each tick only", "error", w.Wait())
@@ -396,16 +409,21 @@ func (c *Controller) thawLeftovers() {
 	}
 }
 
-// stop thaws every lease the controller froze, records the leases that
-// ended since the last tick and saves the history.
+// stop thaws every lease the controller froze, records in the history
+// the leases that ended since the last tick and those still running, and
+// saves it.
 func (c *Controller) stop() error {
 	var err error
 	st := c.b.Status()
 	live := make(map[string]bool, len(st.Leases))
+	ending := map[string]bool{}
 	for _, l := range st.Leases {
 		live[l.ID] = true
+		ending[l.ID] = l.Ending
 	}
-	c.engine.retire(live, time.Now())
+	now := time.Now()
+	c.engine.retire(live, now)
+	c.engine.recordLive(ending, now)
 	for _, l := range st.Leases {
 		ls, ok := c.engine.leases[l.ID]
 		if !ok || !ls.frozen {

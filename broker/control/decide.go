@@ -85,28 +85,33 @@ type engine struct {
 	oom                  oomTally
 	kills                []api.Event // this tick's, for the decision
 
-	started        bool
-	budget         int
-	reason         string
-	changed        time.Time
-	lastChange     time.Time // last increase or decrease, for the growth interval
-	lastDecrease   time.Time // last multiplicative decrease
-	lastPressure   time.Time
-	wasPressured   bool
-	window         []memory.Reading // readings spanning the pressure window, oldest first
-	softCap        uint64           // working set at which pressure appeared; 0 for none
-	capMoved       time.Time
-	prevHead       uint64
-	outside        []sample // memory outside the leases over the pressure window, oldest first
-	recoveredSince time.Time
-	lastThaw       time.Time
-	leases         map[string]*leaseState
+	started      bool
+	budget       int
+	reason       string
+	changed      time.Time
+	lastChange   time.Time // last increase or decrease, for the growth interval
+	lastDecrease time.Time // last multiplicative decrease
+	lastPressure time.Time
+	// lastPressureFreeze is when the brake last froze a lease for pressure.
+	lastPressureFreeze time.Time
+	wasPressured       bool
+	window             []memory.Reading // readings spanning the pressure window, oldest first
+	softCap            uint64           // working set at which pressure appeared; 0 for none
+	capMoved           time.Time
+	prevHead           uint64
+	outside            []sample // memory outside the leases over the pressure window, oldest first
+	recoveredSince     time.Time
+	lastThaw           time.Time
+	leases             map[string]*leaseState
+	// finished are the peaks of the last compiles that finished in each
+	// user's leases, for engine.pool.
+	finished map[int][]uint64
 }
 
 func newEngine(p Params, cpus int, domain, pressureFile string, hist *History, log hclog.Logger) *engine {
 	return &engine{
 		p: p, cpus: cpus, domain: domain, pressureFile: pressureFile, hist: hist, log: log,
-		leases: map[string]*leaseState{},
+		leases: map[string]*leaseState{}, finished: map[int][]uint64{},
 	}
 }
 
@@ -122,7 +127,7 @@ func (e *engine) step(in tickInput) decision {
 	m := e.measure(in.Reading, d, in.Leases, now)
 	frozen := e.frozen(in.Leases)
 	target, reason := e.target(m, d, len(frozen), now)
-	acts := e.brake(in.Leases, m.head, m.reserve, m.outsideGrowth, m.free, frozen, now)
+	acts := e.brake(in.Leases, m, frozen, now)
 	for _, a := range acts {
 		lm := d.leases[a.Lease]
 		lm.Frozen = a.Freeze

@@ -118,6 +118,10 @@ type leaseState struct {
 	source string
 	// known tells which seeds came from history rather than a default.
 	known [3]bool
+	// run is what the jobs of its user's live leases show of a compile's
+	// size (see engine.pool), for a lease whose compiles nothing else
+	// shows yet; 0 for none.
+	run uint64
 	// ended are the processes that ended since the last sample, as last
 	// seen alive.
 	ended []proc
@@ -130,13 +134,16 @@ type leaseState struct {
 
 	frozen   bool
 	frozenAt time.Time
+	// recorded: its run is in the history already.
+	recorded bool
 }
 
 // observe takes a new sample of the lease's processes and learns from
 // those that finished since the last one: their last sampled peak (VmHWM
-// only grows, so it is at most one tick short).
-func (l *leaseState) observe(procs []proc) {
-	now := make(map[int]proc, len(procs))
+// only grows, so it is at most one tick short), which it returns for
+// heavy compiles.
+func (l *leaseState) observe(procs []proc) (compiles []uint64) {
+	byPID := make(map[int]proc, len(procs))
 	for _, p := range procs {
 		prev, seen := l.procs[p.PID]
 		// An exiting process reads zero: keep the peak it had.
@@ -147,12 +154,12 @@ func (l *leaseState) observe(procs []proc) {
 		if p.exiting && seen {
 			p.held = prev.held
 		}
-		now[p.PID] = p
+		byPID[p.PID] = p
 	}
 	l.gone = 0
 	l.ended = l.ended[:0]
 	for pid, p := range l.procs {
-		if _, ok := now[pid]; ok {
+		if _, ok := byPID[pid]; ok {
 			continue
 		}
 		l.ended = append(l.ended, p)
@@ -164,16 +171,27 @@ func (l *leaseState) observe(procs []proc) {
 			l.small++
 			continue
 		}
-		s := append(l.seen[p.class], p.Peak)
-		l.seen[p.class] = s[max(len(s)-estimateWindow, 0):]
+		l.seen[p.class] = window(l.seen[p.class], p.Peak)
+		if p.class == classCompile {
+			compiles = append(compiles, p.Peak)
+		}
 	}
-	l.procs = now
+	l.procs = byPID
+	return compiles
+}
+
+// window appends v to the peaks vs, keeping the last estimateWindow.
+func window(vs []uint64, v uint64) []uint64 {
+	vs = append(vs, v)
+	return vs[max(len(vs)-estimateWindow, 0):]
 }
 
 // estimate is the expected peak of one job of class c: the largest seen
-// of the last finished ones, else the seed, and never less than a running
-// job of that class already reached or a job of it the OOM killer took. A lease that ran a window's worth of
-// jobs, all below the floor, is expected to stay there.
+// of the last finished ones, else for a compile what the user's other
+// jobs show (run), else the seed, and never less than a running job of
+// that class already reached or a job of it the OOM killer took. A lease
+// that ran a window's worth of jobs, all below the floor, is expected to
+// stay there.
 func (l *leaseState) estimate(c class) uint64 {
 	var e uint64
 	switch {
@@ -181,6 +199,8 @@ func (l *leaseState) estimate(c class) uint64 {
 		e = slices.Max(l.seen[c])
 	case c == classCompile && l.small >= estimateWindow:
 		e = heavyFloor
+	case c == classCompile && l.run > 0:
+		e = l.run
 	default:
 		e = l.seed[c]
 	}
@@ -194,10 +214,19 @@ func (l *leaseState) estimate(c class) uint64 {
 
 // estimateSource tells where the compile estimate comes from.
 func (l *leaseState) estimateSource() string {
-	if len(l.seen[classCompile]) > 0 || l.small >= estimateWindow {
+	switch {
+	case len(l.seen[classCompile]) > 0 || l.small >= estimateWindow:
 		return api.EstimateObserved
+	case l.run > 0:
+		return api.EstimateRun
 	}
 	return l.source
+}
+
+// evidenced tells whether the lease's own jobs or its history show the
+// size of its jobs of class c.
+func (l *leaseState) evidenced(c class) bool {
+	return len(l.seen[c]) > 0 || l.known[c] || c == classCompile && l.small >= estimateWindow
 }
 
 // usage is what the lease's processes hold and what its jobs are still
@@ -252,30 +281,105 @@ func (e *engine) track(in []leaseInput, seedCap uint64, now time.Time) {
 			}
 			e.leases[li.ID] = ls
 		}
-		ls.observe(li.Procs)
+		e.learn(ls.uid, ls.observe(li.Procs))
+		if li.Ending {
+			e.record(ls, false, now)
+		}
 	}
 	e.retire(seen, now)
+	e.pool()
 }
 
-// retire records the leases that are not live any more in the history
-// and forgets them.
+// learn adds compiles that finished in a lease of uid to what uid's
+// leases show each other (engine.pool).
+func (e *engine) learn(uid int, compiles []uint64) {
+	for _, c := range compiles {
+		e.finished[uid] = window(e.finished[uid], c)
+	}
+}
+
+// pool gives every lease that nothing shows the size of its compiles
+// (no finished job, no history, no build feature) what the jobs of its
+// user's leases show instead of the default, once one of them has
+// finished a compile: the largest peak of the user's last finished
+// compiles, and no less than a compile of a live lease of theirs still
+// running has reached. What finished is kept while the user has a lease
+// live, so that builds that overlap (nix runs several at once) hand it
+// on; it is forgotten with the user's last lease. A running job's size
+// is only a lower bound of its peak (g++'s cc1plus, sampled here, sits
+// at 60 to 140 MiB for its first seconds whether it peaks at 0.3 or
+// 0.77 GiB), so running jobs alone show nothing. Only the user's own
+// leases count, as with history: another user's small jobs cannot
+// lower it.
+func (e *engine) pool() {
+	running, live := map[int]uint64{}, map[int]bool{}
+	for _, ls := range e.leases {
+		live[ls.uid] = true
+		for _, p := range ls.procs {
+			if p.class == classCompile {
+				running[ls.uid] = max(running[ls.uid], p.Peak)
+			}
+		}
+	}
+	for uid := range e.finished {
+		if !live[uid] {
+			delete(e.finished, uid)
+		}
+	}
+	for _, ls := range e.leases {
+		ls.run = 0
+		if f := e.finished[ls.uid]; len(f) > 0 && ls.source == api.EstimateDefault && !ls.evidenced(classCompile) {
+			ls.run = max(slices.Max(f), running[ls.uid])
+		}
+	}
+}
+
+// retire records the leases that are not live any more in the history,
+// unless they were recorded as they ended, and forgets them.
 func (e *engine) retire(live map[string]bool, now time.Time) {
 	for id, ls := range e.leases {
 		if live[id] {
 			continue
 		}
-		ls.observe(nil)
-		run := leaseRun{prior: ls.seed, oom: ls.oom}
-		if ls.estimateSource() == api.EstimateObserved {
-			run.peak[classCompile] = ls.estimate(classCompile)
-		}
-		if len(ls.seen[classLink]) > 0 {
-			run.peak[classLink] = ls.estimate(classLink)
-		}
-		if run.peak != [3]uint64{} || run.oom != [3]uint64{} {
-			e.hist.record(ls.uid, ls.name, run, now)
-		}
+		e.learn(ls.uid, ls.observe(nil))
+		e.record(ls, false, now)
 		delete(e.leases, id)
+	}
+}
+
+// recordLive records every lease still tracked in the history, as
+// tokend stops: those ending as whole runs, the others as partial ones,
+// which can only raise an estimate (see History.record).
+func (e *engine) recordLive(ending map[string]bool, now time.Time) {
+	for id, ls := range e.leases {
+		e.record(ls, !ending[id], now)
+	}
+}
+
+// record records the lease's run in the history once: the largest peak
+// per class of its finished jobs and of those still running (for a run
+// recorded as it ends or as tokend stops, a part of the run).
+func (e *engine) record(ls *leaseState, partial bool, now time.Time) {
+	if ls.recorded {
+		return
+	}
+	ls.recorded = true
+	run := leaseRun{prior: ls.seed, oom: ls.oom, partial: partial}
+	for _, c := range []class{classCompile, classLink} {
+		if len(ls.seen[c]) > 0 {
+			run.peak[c] = slices.Max(ls.seen[c])
+		}
+		for _, p := range ls.procs {
+			if p.class == c && p.Peak >= heavyFloor {
+				run.peak[c] = max(run.peak[c], p.Peak)
+			}
+		}
+	}
+	if run.peak[classCompile] == 0 && ls.small >= estimateWindow {
+		run.peak[classCompile] = heavyFloor
+	}
+	if run.peak != [3]uint64{} || run.oom != [3]uint64{} {
+		e.hist.record(ls.uid, ls.name, run, now)
 	}
 }
 

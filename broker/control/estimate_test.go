@@ -173,3 +173,6 @@ func TestFeaturesShapeTheFirstEstimate(t *testing.T) {
 		}
 	}
 }
+
+// t0 is the time of samples in tests that take them all at one instant.
+var t0 = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)

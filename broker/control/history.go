@@ -237,36 +237,53 @@ func (h *History) seed(uid int, name string, c class) uint64 {
 }
 
 // leaseRun is what one lease showed, per class: the largest peak of its
-// finished jobs (0: it ran none), the estimate it started from, and the
-// largest size a job of it reached before the OOM killer took it.
+// jobs (0: it ran none), the estimate it started from, and the largest
+// size a job of it reached before the OOM killer took it. partial: the
+// lease had not ended (tokend stopped while it ran), so its peaks are
+// only a lower bound of what its whole run would have shown.
 type leaseRun struct {
 	peak, prior, oom [3]uint64
+	partial          bool
 }
 
 // record remembers what a lease of uid and name showed. Each class's
 // estimate follows the upper median of the last historyRuns runs, moved
 // by at most historyStep from where it was, and never below what a job
 // of this lease reached when it was OOM-killed. A class the lease ran no
-// job of keeps its estimate.
+// job of keeps its estimate. A partial run can only raise an estimate
+// (or, with none yet, the estimate the lease started from): a class
+// whose peak is no more than that is left as it was, since the rest of
+// the run might have reached it, and one above it counts as a run whose
+// result is no lower than it; only whole runs count in Runs.
 func (h *History) record(uid int, name string, run leaseRun, now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	p := h.user(uid)[name]
+	changed := false
 	for _, c := range []class{classCompile, classLink} {
 		peak := max(run.peak[c], run.oom[c])
-		if peak == 0 {
-			continue
-		}
 		cp := p.class(c)
 		from := cp.Estimate
 		if from == 0 {
 			from = run.prior[c]
 		}
+		if peak == 0 || run.partial && peak <= from {
+			continue
+		}
+		changed = true
 		cp.Recent = append(cp.Recent, peak)
 		cp.Recent = cp.Recent[max(len(cp.Recent)-historyRuns, 0):]
 		cp.Estimate = max(bounded(upperMedian(cp.Recent), from), run.oom[c])
+		if run.partial {
+			cp.Estimate = max(cp.Estimate, from)
+		}
 	}
-	p.Runs++
+	if run.partial && !changed {
+		return
+	}
+	if !run.partial {
+		p.Runs++
+	}
 	h.update(uid, name, p, now)
 }
 

@@ -2,13 +2,17 @@ package control
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/tokend/tokend/broker/memory"
 )
 
 // run is a leaseRun of one compile peak and one link peak (0: none),
@@ -246,4 +250,64 @@ func newTestHistoryAt(t *testing.T, path string) *History {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// leaseTicks steps e through leases, each running one compile of its
+// peak in MiB, for ticks ticks from t0, as live ticks would see them.
+func leaseTicks(e *engine, peaks map[string]uint64, ticks int) time.Time {
+	var now time.Time
+	for i := range ticks {
+		now = t0.Add(time.Duration(i) * DefaultTick)
+		var in []leaseInput
+		for _, name := range slices.Sorted(maps.Keys(peaks)) {
+			job := proc{Proc: memory.Proc{PID: 7 + len(in), Name: "cc1plus", RSS: peaks[name] * mib, Peak: peaks[name] * mib}, class: classCompile}
+			in = append(in, leaseInput{ID: name, Name: name, Admitted: true, Procs: []proc{job}})
+		}
+		e.step(tickInput{Reading: hostReading(now), Leases: in})
+	}
+	return now
+}
+
+// hostReading is a quiet 24 GiB host at now.
+func hostReading(now time.Time) memory.Reading {
+	return memory.Reading{At: now, MemTotal: 24 << 30, MemAvailable: 20 << 30}
+}
+
+// A lease is recorded in the history at the tick that sees it end, its
+// jobs done, not once the broker has let it go: a tokend stopped between
+// the two kept nothing of it.
+func TestHistoryRecordsALeaseAsItEnds(t *testing.T) {
+	h := newTestHistory(t)
+	e := newEngine(Params{}.withDefaults(), 2, "host", "", h, hclog.NewNullLogger())
+	now := leaseTicks(e, map[string]uint64{"pkg": 700}, 8)
+	e.step(tickInput{Reading: hostReading(now.Add(DefaultTick)), Leases: []leaseInput{{ID: "pkg", Name: "pkg", Admitted: true, Ending: true}}})
+	if got := h.seed(0, "pkg", classCompile); got != 700*mib {
+		t.Fatalf("after the tick that saw it end: %d MiB, want its 700 MiB compile", got/mib)
+	}
+	e.step(tickInput{Reading: hostReading(now.Add(2 * DefaultTick))})
+	if got := h.Entries(); len(got) != 1 || got[0].Runs != 1 {
+		t.Errorf("once it is gone too: %+v, want the one run recorded once", got)
+	}
+}
+
+// As tokend stops, a lease still running is recorded as a part of a run:
+// its jobs so far are a lower bound of what the whole run would show, so
+// they raise an estimate, or the default the lease started from, and
+// never lower one, and count as no run.
+func TestHistoryRecordsRunningLeasesOnStop(t *testing.T) {
+	h := newTestHistory(t)
+	h.record(0, "known", run(700*mib, 0), t0)
+	e := newEngine(Params{}.withDefaults(), 2, "host", "", h, hclog.NewNullLogger())
+	now := leaseTicks(e, map[string]uint64{"known": 300, "big": 1500, "small": 300}, 4)
+	e.recordLive(map[string]bool{}, now)
+	for name, want := range map[string]uint64{"known": 700, "big": 1500, "small": 0} {
+		if got := h.seed(0, name, classCompile); got != want*mib {
+			t.Errorf("%s: %d MiB after a partial run, want %d", name, got/mib, want)
+		}
+	}
+	for _, en := range h.Entries() {
+		if en.Runs != map[string]int{"known": 1}[en.Name] {
+			t.Errorf("%s: %d runs; a partial run counts as none", en.Name, en.Runs)
+		}
+	}
 }

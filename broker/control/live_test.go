@@ -122,18 +122,7 @@ func TestControllerOnLiveBroker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 2)
-	go func() { done <- b.Run(ctx) }()
-	go func() { done <- ctl.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		for range 2 {
-			if err := <-done; err != nil {
-				t.Error(err)
-			}
-		}
-	})
+	runLive(t, b, ctl)
 	l, err := b.Register(broker.LeaseRequest{Name: "self", Owner: api.Owner{PID: os.Getpid()}})
 	if err != nil {
 		t.Fatal(err)
@@ -235,4 +224,65 @@ func TestCgroupsSweepAndClose(t *testing.T) {
 	if _, err := os.Stat(c.Parent()); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Close left the empty parent tokend owns: %v", err)
 	}
+}
+
+// The end of a lease wakes the controller, so that the lease is recorded
+// in the history at once, not at the next tick: with ticks 10 s apart,
+// the tick after an end comes long before the next one is due.
+func TestLeaseEndWakesTheController(t *testing.T) {
+	b, err := broker.New(broker.Options{RuntimeDir: t.TempDir(), Tick: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl, err := New(b, Config{Params: Params{Tick: MaxTick}, History: newTestHistory(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Registered before the controller runs, so that its first tick,
+	// as it starts, sees the lease.
+	l, err := b.Register(broker.LeaseRequest{Name: "self", Owner: api.Owner{PID: os.Getpid()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runLive(t, b, ctl)
+	var first time.Time
+	waitUntil(t, "the controller to see the lease", func() bool {
+		st := b.Status()
+		if st.Memory == nil || len(st.Leases) != 1 || st.Leases[0].Memory == nil {
+			return false
+		}
+		first = st.Memory.Updated
+		return true
+	})
+	ended := time.Now()
+	if err := b.End(0, l.ID, "test over"); err != nil {
+		t.Fatal(err)
+	}
+	var next time.Time
+	waitUntil(t, "a tick after the end", func() bool {
+		next = b.Status().Memory.Updated
+		return next.After(ended)
+	})
+	// Half a tick: the periodic tick comes a few microseconds short of a
+	// whole one after the first tick's reading.
+	if half := first.Add(MaxTick / 2); !next.Before(half) {
+		t.Errorf("the first tick after the end came %v after the first tick; want it well before the next periodic one, %v after", next.Sub(first), MaxTick)
+	}
+}
+
+// runLive runs b and ctl until t ends, and fails t if either fails.
+func runLive(t *testing.T, b *broker.Broker, ctl *Controller) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- b.Run(ctx) }()
+	go func() { done <- ctl.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		for range 2 {
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		}
+	})
 }

@@ -181,13 +181,21 @@ func TestReplayV1RampDefaults(t *testing.T) {
 		// there is room for one more job even with an eighth of a job of
 		// hysteresis: grow by one.
 		"step 13: budget 2 (headroom)",
-		// gamma started at 0 MiB with the 1 GiB default: growth to come
-		// leaves -254 MiB, 1 job fits; without it 2 would.
-		"step 22: budget 1 (growth reserve)",
+		// gamma started at step 16 with nothing of its own to go by: it
+		// expects its job at what the other leases showed, alpha's 452
+		// MiB compiles and beta's job still growing (to 502 MiB), not at
+		// the 1 GiB default, and alpha ending at step 22 does not take
+		// that away. (Before, from step 22 on gamma's job counted at the
+		// default and the budget fell to 1.)
 		// Every build is done: idle, the budget is set outright to what
 		// memory allows for one unknown job (1791 / 1024).
 		"step 38: budget 1 (headroom)",
 	})
+	for _, r := range rs[16:24] {
+		if l := r.Leases["gamma"]; l.Source != "run" || l.Estimates.Compile/mib < 452 || l.Estimates.Compile/mib > 502 {
+			t.Errorf("step %d: gamma's estimate %d MiB from %s, want 452 to 502 from run", r.step, l.Estimates.Compile/mib, l.Source)
+		}
+	}
 	// At step 0 the files say: limit 2048 MiB, nothing charged yet.
 	if m := rs[0].Status; m.Limit != 2048*mib || m.Headroom != 2048*mib || m.Reserve != 256*mib || m.CPUCap != 3 {
 		t.Errorf("step 0 reads %+v", m)
@@ -283,13 +291,25 @@ func TestReplayV1Thrash(t *testing.T) {
 		"step 2: budget 4 (headroom)",
 		// some-stall over the last 2 s crosses 10%: the budget drops by
 		// a quarter, and the working set (455 MiB) becomes a soft cap
-		// that leaves no room: 1 job.
-		"step 7: budget 1 (pressure)",
+		// that leaves no room: 1 job. A lower budget stops no job that
+		// runs, so the brake freezes the youngest lease, steady; thrash,
+		// the oldest, goes on.
+		"step 7: budget 1 (pressure), freeze steady",
+		// Pressure stays (some 13 to 28%), so steady stays frozen until
+		// thrash ends and steady is the oldest lease, which must make
+		// progress. (In the recording it ran on: the builds were open
+		// loop.)
+		"step 36: budget 1 (pressure), thaw steady",
 		// Idle again: the budget is set outright, up to the CPU cap.
 		"step 45: budget 6 (cpu cap)",
 	})
 	if m := rs[7].Status; m.SoftCap/mib != 455 || m.PressureSome < pressureThreshold || m.Headroom/mib != 312 {
 		t.Errorf("step 7: %+v, want pressure over 10%%, a 455 MiB soft cap and 312 MiB of headroom", m)
+	}
+	for _, r := range rs[7:36] {
+		if !r.Leases["steady"].Frozen || r.Leases["thrash"].Frozen {
+			t.Errorf("step %d: steady frozen %v, thrash frozen %v; want steady alone frozen", r.step, r.Leases["steady"].Frozen, r.Leases["thrash"].Frozen)
+		}
 	}
 	// The soft cap relaxes by 2% of the domain per growth interval once
 	// pressure is gone (the last window above 10% ended at step 40).
