@@ -37,6 +37,7 @@ func (b *Broker) pass() {
 	// by the time its client hears it may start: ninja looks for tokens
 	// when it starts and then only when one of its own jobs ends.
 	b.admit(p.leases, p.granted)
+	b.restore(p)
 	if gives := p.grants(); b.persist(p.leases, gives) {
 		b.grant(p, gives)
 	}
@@ -86,6 +87,7 @@ func (b *Broker) observe() *passState {
 	}
 	active := 0
 	for i, l := range leases {
+		b.recover(l)
 		b.trimExcess(l)
 		free, err := l.fifo.Free()
 		if err != nil {
@@ -142,7 +144,11 @@ func (b *Broker) takeBack(p *passState) {
 		surplus := u.granted - p.target[i]
 		if surplus <= 0 {
 			l.owed = 0
-			b.collector.Stop(l.fifo)
+			if l.fifo.Reissued() > 0 {
+				b.collector.Collect(l.fifo, p.target[i])
+			} else {
+				b.collector.Stop(l.fifo)
+			}
 			continue
 		}
 		step := surplus
@@ -166,7 +172,7 @@ func (b *Broker) takeBack(p *passState) {
 		l.lastFree = u.free
 		p.granted -= taken
 		l.owed = u.granted - p.target[i]
-		if l.owed > 0 {
+		if l.owed > 0 || l.fifo.Reissued() > 0 {
 			b.collector.Collect(l.fifo, p.target[i])
 		} else {
 			b.collector.Stop(l.fifo)
@@ -220,8 +226,11 @@ func (b *Broker) grant(p *passState, gives []int) {
 		}
 		b.log.Debug("gave tokens", "lease", l.ID, "tokens", give, "target", p.target[i])
 		p.use[i].granted += give
+		// Not added to lastFree: tokens just handed out are not idle in
+		// the next pass, which may come within milliseconds, before the
+		// clients had time to read them; counted idle, they shrank a
+		// newcomer's share and went back to the lease they came from.
 		p.use[i].free += give
-		l.lastFree += give
 		p.granted += give
 	}
 }
