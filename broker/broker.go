@@ -29,8 +29,9 @@ type Options struct {
 	// before it looks for remaining holders. Default 300ms.
 	Grace time.Duration
 	// ShareGrace is how long a lease may hold more than its share while
-	// another waits before the broker reports it. Default
-	// DefaultShareGrace.
+	// another waits before the broker reports it, and how long its clients
+	// may hold tokens beyond their jobs meanwhile before the broker
+	// reissues those (reissue.go). Default DefaultShareGrace.
 	ShareGrace time.Duration
 	// ProcDir is where processes are listed. Default /proc.
 	ProcDir string
@@ -56,8 +57,9 @@ type Options struct {
 // above the share within milliseconds of the job holding it ending (see
 // jobserver.Collector), so what lasts this long is a job running longer
 // than that on a token above the share, or a client that keeps tokens
-// without running jobs. 30 s is longer than a compile job takes: the
-// report points at links, LTO and hoarders, not at a build between jobs.
+// without running jobs, whose tokens are then reissued. 30 s is longer
+// than a compile job takes: the report points at links, LTO and hoarders,
+// not at a build between jobs.
 const DefaultShareGrace = 30 * time.Second
 
 // MaxShareGrace bounds ShareGrace: a report an hour late helps nobody.

@@ -257,12 +257,18 @@ func (b *Broker) startScan(due []scanRequest) {
 	for _, s := range due {
 		want[s.lease.inode] = true
 	}
-	holder := 0
-	if b.opts.Holder != nil {
-		holder = b.opts.Holder.PID()
-	}
+	holder := b.holderPID()
 	go func() {
 		counts, err := countHolders(b.opts.ProcDir, want, holder)
 		b.scans <- scanResult{due: due, counts: counts, err: err}
 	}()
+}
+
+// holderPID is the FIFO holder's pid, 0 without one: it holds every FIFO,
+// and is no client.
+func (b *Broker) holderPID() int {
+	if b.opts.Holder == nil {
+		return 0
+	}
+	return b.opts.Holder.PID()
 }

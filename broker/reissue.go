@@ -66,10 +66,7 @@ func (b *Broker) startJobCount(now time.Time) {
 		return
 	}
 	b.jobCounting, b.jobsCounted = true, now
-	holder := 0
-	if b.opts.Holder != nil {
-		holder = b.opts.Holder.PID()
-	}
+	holder := b.holderPID()
 	go func() {
 		jobs, err := countJobs(b.opts.ProcDir, want, holder)
 		b.jobCounts <- jobCountResult{counts: counts, jobs: jobs, err: err}
