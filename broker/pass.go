@@ -37,7 +37,6 @@ func (b *Broker) pass() {
 	// by the time its client hears it may start: ninja looks for tokens
 	// when it starts and then only when one of its own jobs ends.
 	b.admit(p.leases, p.granted)
-	b.restore(p)
 	if gives := p.grants(); b.persist(p.leases, gives) {
 		b.grant(p, gives)
 	}
@@ -198,12 +197,14 @@ func (b *Broker) collectedTokens(f *jobserver.FIFO, taken int, err error) {
 }
 
 // grants is how many tokens each admitted lease below its share gets from
-// what the allowance has left, oldest first.
+// what the allowance has left, oldest first. The tokens a lease's clients
+// hold that were reissued count against its share: they are in its
+// clients' hands, and they were idle, not gone.
 func (p *passState) grants() []int {
 	pool := p.allowance - p.granted
 	gives := make([]int, len(p.leases))
 	for i, l := range p.leases {
-		want := p.target[i] - p.use[i].granted
+		want := p.target[i] - p.use[i].granted - l.fifo.Reissued()
 		if want <= 0 || pool <= 0 || !l.admitted {
 			continue
 		}

@@ -21,8 +21,8 @@ import (
 // clients run; tokens held beyond them in every count for ShareGrace are
 // written off (jobserver.FIFO.Reissue) and handed to the waiters. The
 // tokens the lease's clients return next are swallowed until it has paid
-// them back, and once its share has room for them again they count as
-// granted to it again (restore).
+// them back, and until then it is given no tokens beyond those its clients
+// hold (passState.grants).
 
 // jobCountInterval is how often the jobs of leases above their share are
 // counted: often enough that one grace holds several counts, seldom
@@ -143,29 +143,6 @@ func (b *Broker) reissue(l *Lease, jobs int, now time.Time) {
 		"lease", l.ID, "name", l.Name, "tokens", n, "jobs", jobs, "share", l.share, "for", idle)
 	b.Record(api.Event{Kind: api.EventReissue, Lease: l.ID, Name: l.Name, Tokens: n, Wait: idle,
 		Detail: fmt.Sprintf("%d tokens held beyond its %d jobs for %v, above its share of %d, reissued to the waiting leases", n, jobs, idle, l.share)})
-}
-
-// restore counts a lease's reissued tokens as granted to it again while its
-// share has room for them and the allowance has them to spare: its clients
-// still hold them, and a grant of new tokens instead would put more in
-// clients' hands than the budget allows.
-func (b *Broker) restore(p *passState) {
-	pool := p.allowance - p.granted
-	for i, l := range p.leases {
-		n := min(p.target[i]-p.use[i].granted, l.fifo.Reissued(), pool)
-		if n <= 0 || !l.admitted {
-			continue
-		}
-		if err := l.fifo.Restore(n); err != nil {
-			b.log.Error("cannot restore reissued tokens", "lease", l.ID, "error", err)
-			continue
-		}
-		b.dirty = true
-		b.log.Info("reissued tokens count as the lease's own again: its share has room", "lease", l.ID, "name", l.Name, "tokens", n, "share", p.target[i])
-		p.use[i].granted += n
-		p.granted += n
-		pool -= n
-	}
 }
 
 // recover swallows what l's clients returned while they owe reissued

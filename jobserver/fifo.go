@@ -371,19 +371,6 @@ func (f *FIFO) recover() (int, error) {
 	return taken, err
 }
 
-// Restore counts n reissued tokens as granted again, without writing any:
-// the server has room for them now, and clients still hold them.
-func (f *FIFO) Restore(n int) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if n < 0 || n > f.reissued || f.granted+n > MaxTokens {
-		return fmt.Errorf("restore %d tokens of %s: %d are reissued and %d granted", n, f.path, f.reissued, f.granted)
-	}
-	f.granted += n
-	f.reissued -= n
-	return nil
-}
-
 // DropReissued forgets the reissued tokens, once no client can return
 // them any more (nobody holds the FIFO), and returns how many there were.
 func (f *FIFO) DropReissued() int {

@@ -168,9 +168,9 @@ printf ++++ >&4
 // build that joins: once it has held them beyond its jobs for the share
 // grace, the 3 above its share of 2 are reissued and the newcomer gets
 // its share. The token the hoarder returns next is swallowed, not kept
-// and not handed out again; once the newcomer is done the hoarder's share
-// has room again and its reissued tokens count as its own; when it gives
-// everything back, every token is accounted for.
+// and not handed out again; once the newcomer is done the hoarder is given
+// its share less what its client holds; when it gives everything
+// back, every token is accounted for.
 func TestHoarderTokensReissued(t *testing.T) {
 	buildtest.Require(t, os.Geteuid() == 0, "root, to run a lease as uid 65534")
 	make44 := buildtest.Make44(t)
@@ -231,7 +231,10 @@ func TestHoarderTokensReissued(t *testing.T) {
 
 	buildtest.OpenGate(t, gate)
 	b.wait(ctx, t, log)
-	d.waitStatus(t, "the hoarder's reissued tokens to count as its own once it is alone", func(st api.Status) bool {
+	// Alone, its share is the allowance of 5. The 2 reissued tokens its
+	// client still holds count against it: what it is given pays them
+	// back first (swallowed from its FIFO), and only the fifth stays.
+	d.waitStatus(t, "the hoarder, alone, to be given its share less what it holds", func(st api.Status) bool {
 		hl, ok := leaseNamed(st, "hoarder")
 		return ok && len(st.Leases) == 1 && hl.Reissued == 0 && hl.Granted == budget-1 && hl.Held == budget-2
 	})
