@@ -103,8 +103,15 @@ func (b *Broker) jobsCountedNow(r jobCountResult) {
 		// A client that took a token during the count may have started
 		// its job after the count passed it: the fewer held counts.
 		held := min(c.held, b.heldByClients(l))
-		jobs := r.jobs[l.inode]
+		jobs, seen := r.jobs[l.inode]
 		l.jobs = jobs
+		if !seen {
+			// No client seen: tokend may not read their /proc entries
+			// (run as an ordinary user), or they closed the FIFO, and
+			// reclaim takes care of what they hold then.
+			l.idleSince = time.Time{}
+			continue
+		}
 		idle := held - max(jobs-1, 0) // the first job runs in the implicit slot
 		if idle <= 0 {
 			l.idleSince = time.Time{}
@@ -154,8 +161,8 @@ func (b *Broker) recover(l *Lease) {
 	}
 }
 
-// countJobs counts, for each FIFO in want, the jobs its clients (the
-// processes holding it open but ignore) run: each client's children, or,
+// countJobs counts, for each FIFO in want that a client was seen to hold,
+// the jobs its clients (the processes holding it open but ignore) run: each client's children, or,
 // for a client that runs its jobs as threads of its own (rustc's codegen
 // units), its threads but the first, whichever is more. Counting too many
 // only spares a lease; counting too few would reissue tokens that run

@@ -13,7 +13,7 @@ import (
 )
 
 // countJobs counts the children of the processes holding a FIFO, and not
-// the processes that only hold it.
+// the processes that only hold it; a FIFO nobody holds has no count.
 func TestCountJobs(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "js")
@@ -28,6 +28,9 @@ func TestCountJobs(t *testing.T) {
 	id, err := fileid.Of(path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if jobs, err := countJobs("/proc", map[fileid.ID]bool{id: true}, 0); err != nil || len(jobs) != 0 {
+		t.Fatalf("countJobs of a FIFO only the test holds = %v, %v; want no count", jobs, err)
 	}
 	// A client running two jobs, and one running none; the fd is
 	// closed for the jobs, as make and ninja close it.
@@ -53,6 +56,9 @@ func TestCountJobs(t *testing.T) {
 		_, started := os.Stat(filepath.Join(dir, "started"))
 		if started == nil && jobs[id] == 2 {
 			break
+		}
+		if _, seen := jobs[id]; !seen {
+			t.Fatalf("no client of the FIFO seen: %v", jobs)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("counted %d jobs of the FIFO's clients, want 2", jobs[id])
