@@ -39,6 +39,10 @@ const (
 	// EventOverShare: a lease has held Tokens more than its share for Wait
 	// (the share grace) while other leases waited (Detail names them).
 	EventOverShare = "over-share"
+	// EventReissue: a lease above its share held Tokens beyond the jobs
+	// it ran for Wait (the share grace) while others waited; tokend wrote
+	// them off and hands them to the waiting leases.
+	EventReissue = "reissue"
 )
 
 // Event is one decision of tokend's, or one thing it saw happen.

@@ -15,9 +15,13 @@ type Status struct {
 	Granted   int `json:"granted"`
 	// Debt is how many granted tokens are over the allowance after the
 	// budget shrank, to be kept as clients return them.
-	Debt                int           `json:"debt"`
-	ReclaimedTotal      int           `json:"reclaimed_total"`
-	InflatedTotal       int           `json:"inflated_total"`
+	Debt           int `json:"debt"`
+	ReclaimedTotal int `json:"reclaimed_total"`
+	InflatedTotal  int `json:"inflated_total"`
+	// ReissuedTotal counts the tokens leases held beyond the jobs they
+	// ran, above their share while others waited, that tokend wrote off
+	// and handed to the waiting leases.
+	ReissuedTotal       int           `json:"reissued_total"`
 	InvariantViolations int           `json:"invariant_violations"`
 	LastViolation       string        `json:"last_violation,omitempty"`
 	Leases              []LeaseStatus `json:"leases"`
@@ -30,14 +34,19 @@ type Status struct {
 type LeaseStatus struct {
 	Registration
 	// FIFO is the lease's jobserver FIFO as tokend sees it.
-	FIFO      string `json:"fifo"`
-	Granted   int    `json:"granted"`
-	Free      int    `json:"free"`
-	Held      int    `json:"held"`
-	Owed      int    `json:"owed"`
-	Reclaimed int    `json:"reclaimed"`
-	Inflated  int    `json:"inflated"`
-	Admitted  bool   `json:"admitted"`
+	FIFO    string `json:"fifo"`
+	Granted int    `json:"granted"`
+	Free    int    `json:"free"`
+	Held    int    `json:"held"`
+	// Reissued is how many tokens the lease's clients hold beyond
+	// Granted: held without running jobs while others waited, written off
+	// and handed to them. What its clients return is swallowed until it
+	// is 0; jobs they run on them count against no budget.
+	Reissued  int  `json:"reissued,omitempty"`
+	Owed      int  `json:"owed"`
+	Reclaimed int  `json:"reclaimed"`
+	Inflated  int  `json:"inflated"`
+	Admitted  bool `json:"admitted"`
 	// State is what the build does, as far as tokend can tell: one of
 	// the State constants.
 	State string `json:"state"`
@@ -57,6 +66,10 @@ type LeaseStatus struct {
 	// zero otherwise. Its clients hold those tokens: they come back as its
 	// jobs end.
 	OverShareSince time.Time `json:"over_share_since,omitzero"`
+	// CountedJobs is how many jobs its clients ran at the last count:
+	// tokend counts them only while the lease is above its share and
+	// another waits, to tell tokens that run jobs from tokens kept idle.
+	CountedJobs int `json:"counted_jobs,omitempty"`
 	// Memory is the memory controller's view of the lease.
 	Memory *LeaseMemory `json:"memory,omitempty"`
 }

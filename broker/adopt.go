@@ -12,7 +12,7 @@ func (b *Broker) adopt() error {
 	if err != nil {
 		return err
 	}
-	b.totals.reclaimed, b.totals.inflated = st.ReclaimedTotal, st.InflatedTotal
+	b.totals.reclaimed, b.totals.inflated, b.totals.reissued = st.ReclaimedTotal, st.InflatedTotal, st.ReissuedTotal
 	b.sources.operator = st.OperatorBudget
 	b.applyBudget()
 	for _, s := range b.setAsideBad(st.Leases) {
@@ -25,7 +25,14 @@ func (b *Broker) adopt() error {
 
 // adoptLease takes over one lease of the state file as it was saved.
 func (b *Broker) adoptLease(s savedLease) error {
-	f, err := jobserver.OpenOwnedBy(b.run.fifoPath(s.ID), s.Granted, fifoOwner(s.UID, s.Owner.Dir))
+	// Opened with what its clients hold beyond its grant, which is then
+	// reissued again: the FIFO counts both.
+	f, err := jobserver.OpenOwnedBy(b.run.fifoPath(s.ID), s.Granted+s.Reissued, fifoOwner(s.UID, s.Owner.Dir))
+	if err == nil {
+		if err = f.Reissue(s.Reissued); err != nil {
+			f.Close()
+		}
+	}
 	if err != nil {
 		// Its clients hold whatever they hold; the tokens are lost to
 		// the budget either way, so count them and go on.

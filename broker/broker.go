@@ -29,8 +29,9 @@ type Options struct {
 	// before it looks for remaining holders. Default 300ms.
 	Grace time.Duration
 	// ShareGrace is how long a lease may hold more than its share while
-	// another waits before the broker reports it. Default
-	// DefaultShareGrace.
+	// another waits before the broker reports it, and how long its clients
+	// may hold tokens beyond their jobs meanwhile before the broker
+	// reissues those (reissue.go). Default DefaultShareGrace.
 	ShareGrace time.Duration
 	// ProcDir is where processes are listed. Default /proc.
 	ProcDir string
@@ -56,8 +57,9 @@ type Options struct {
 // above the share within milliseconds of the job holding it ending (see
 // jobserver.Collector), so what lasts this long is a job running longer
 // than that on a token above the share, or a client that keeps tokens
-// without running jobs. 30 s is longer than a compile job takes: the
-// report points at links, LTO and hoarders, not at a build between jobs.
+// without running jobs, whose tokens are then reissued. 30 s is longer
+// than a compile job takes: the report points at links, LTO and hoarders,
+// not at a build between jobs.
 const DefaultShareGrace = 30 * time.Second
 
 // MaxShareGrace bounds ShareGrace: a report an hour late helps nobody.
@@ -68,7 +70,8 @@ const MaxShareGrace = time.Hour
 // hold the leases and say who may have one, budget.go decides the budget,
 // pass.go (with share.go) moves tokens, admission.go lets waiting builds
 // start (gate.go for nix builds), jobserver.Collector takes owed tokens back,
-// holders.go and reclaim.go write off leaked ones, state.go and rundir.go
+// holders.go and reclaim.go write off leaked ones, reissue.go hands
+// tokens held without jobs to waiting leases, state.go and rundir.go
 // keep it all on disk, status.go reports it, and api.go and socket.go
 // serve the control API.
 type Broker struct {
@@ -96,6 +99,9 @@ type Broker struct {
 	scans         chan scanResult // the holder scan's answer
 	scanSince     time.Time       // when the scan under way started; zero when none is
 	scanReported  bool            // a stuck scan was logged
+	jobCounts     chan jobCountResult
+	jobCounting   bool      // a job count is under way
+	jobsCounted   time.Time // when the last job count started
 	// collected is set by the collector's threads when they took tokens
 	// back, so the next pass saves the smaller grant.
 	collected atomic.Bool
@@ -105,6 +111,7 @@ type Broker struct {
 type totals struct {
 	reclaimed     int // tokens leaked by clients and written off
 	inflated      int // bytes clients wrote beyond what they were granted
+	reissued      int // tokens held beyond jobs, written off and handed to waiting leases
 	violations    int // accounting invariants found broken
 	lastViolation string
 }
@@ -157,6 +164,7 @@ func New(opts Options) (*Broker, error) {
 		sources:    budgetSources{configured: opts.Budget},
 		admissions: make(chan struct{}),
 		scans:      make(chan scanResult, 1),
+		jobCounts:  make(chan jobCountResult, 1),
 	}
 	b.metrics = newMetrics(b)
 	if b.collector, err = jobserver.NewCollector(b.collectedTokens); err != nil {
@@ -203,6 +211,8 @@ func (b *Broker) Run(ctx context.Context) error {
 			b.mu.Unlock()
 		case r := <-b.scans:
 			b.reclaim(r)
+		case r := <-b.jobCounts:
+			b.jobsCountedNow(r)
 		case <-tick.C:
 			b.tick()
 		}
@@ -216,6 +226,7 @@ func (b *Broker) tick() {
 	b.startScan(b.dueScans())
 	defer b.mu.Unlock()
 	b.pass()
+	b.startJobCount(time.Now())
 	b.beat()
 	b.removeEnded()
 	b.checkpoint()

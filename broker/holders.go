@@ -28,47 +28,72 @@ import (
 // ignore is the FIFO holder's pid (0 for none): it holds every FIFO, and
 // is no client.
 func countHolders(procDir string, want map[fileid.ID]bool, ignore int) (map[fileid.ID]int, error) {
+	counts := make(map[fileid.ID]int, len(want))
+	match := newFileMatch(want)
+	err := eachProcess(procDir, ignore, func(_ int, dir string) {
+		match.held(dir, func(id fileid.ID) { counts[id]++ })
+	})
+	return counts, err
+}
+
+// eachProcess calls fn with the pid and /proc directory of every process
+// but tokend and ignore.
+func eachProcess(procDir string, ignore int, fn func(pid int, dir string)) error {
 	pids, err := os.ReadDir(procDir)
 	if err != nil {
-		return nil, fmt.Errorf("scan %s for jobserver holders: %w", procDir, err)
-	}
-	inodes := make(map[uint64]bool, len(want))
-	for id := range want {
-		inodes[id.Ino] = true
+		return fmt.Errorf("scan %s for jobserver holders: %w", procDir, err)
 	}
 	self := os.Getpid()
-	counts := make(map[fileid.ID]int, len(want))
 	for _, p := range pids {
 		pid, err := strconv.Atoi(p.Name())
 		if err != nil || pid == self || pid == ignore {
 			continue
 		}
-		dir := filepath.Join(procDir, p.Name())
-		fds, err := os.ReadDir(filepath.Join(dir, "fd"))
-		if err != nil {
+		fn(pid, filepath.Join(procDir, p.Name()))
+	}
+	return nil
+}
+
+// fileMatch tells which of a set of files a process has open.
+type fileMatch struct {
+	want   map[fileid.ID]bool
+	inodes map[uint64]bool
+}
+
+func newFileMatch(want map[fileid.ID]bool) fileMatch {
+	inodes := make(map[uint64]bool, len(want))
+	for id := range want {
+		inodes[id.Ino] = true
+	}
+	return fileMatch{want: want, inodes: inodes}
+}
+
+// held calls fn for every descriptor of the process at dir open on a
+// wanted file.
+func (m fileMatch) held(dir string, fn func(fileid.ID)) {
+	fds, err := os.ReadDir(filepath.Join(dir, "fd"))
+	if err != nil {
+		return
+	}
+	var devs map[int]uint64 // mount ID to device, read once a candidate shows
+	for _, fd := range fds {
+		link, err := os.Readlink(filepath.Join(dir, "fd", fd.Name()))
+		if err != nil || !strings.HasPrefix(link, "/") {
+			continue // gone, or a pipe, socket or other file without a path
+		}
+		ino, mnt, err := fdInode(filepath.Join(dir, "fdinfo", fd.Name()))
+		if err != nil || !m.inodes[ino] {
 			continue
 		}
-		var devs map[int]uint64 // mount ID to device, read once a candidate shows
-		for _, fd := range fds {
-			link, err := os.Readlink(filepath.Join(dir, "fd", fd.Name()))
-			if err != nil || !strings.HasPrefix(link, "/") {
-				continue // gone, or a pipe, socket or other file without a path
-			}
-			ino, mnt, err := fdInode(filepath.Join(dir, "fdinfo", fd.Name()))
-			if err != nil || !inodes[ino] {
-				continue
-			}
-			if devs == nil {
-				if devs, err = mountDevices(filepath.Join(dir, "mountinfo")); err != nil {
-					break
-				}
-			}
-			if id := (fileid.ID{Dev: devs[mnt], Ino: ino}); want[id] {
-				counts[id]++
+		if devs == nil {
+			if devs, err = mountDevices(filepath.Join(dir, "mountinfo")); err != nil {
+				return
 			}
 		}
+		if id := (fileid.ID{Dev: devs[mnt], Ino: ino}); m.want[id] {
+			fn(id)
+		}
 	}
-	return counts, nil
 }
 
 // fdInode reads the inode and mount ID of a descriptor from its fdinfo.
@@ -232,12 +257,18 @@ func (b *Broker) startScan(due []scanRequest) {
 	for _, s := range due {
 		want[s.lease.inode] = true
 	}
-	holder := 0
-	if b.opts.Holder != nil {
-		holder = b.opts.Holder.PID()
-	}
+	holder := b.holderPID()
 	go func() {
 		counts, err := countHolders(b.opts.ProcDir, want, holder)
 		b.scans <- scanResult{due: due, counts: counts, err: err}
 	}()
+}
+
+// holderPID is the FIFO holder's pid, 0 without one: it holds every FIFO,
+// and is no client.
+func (b *Broker) holderPID() int {
+	if b.opts.Holder == nil {
+		return 0
+	}
+	return b.opts.Holder.PID()
 }

@@ -48,6 +48,12 @@ type Lease struct {
 	// that lasted Options.ShareGrace and was said.
 	overSince    time.Time
 	overReported bool
+	// idleSince is since when every job count found the lease's clients
+	// holding tokens beyond their jobs while it was above its share
+	// (reissue.go); idleLeast is the fewest such tokens a count found.
+	idleSince time.Time
+	idleLeast int
+	jobs      int // jobs its clients ran at the last count
 
 	// The search for leaked tokens (reclaim.go).
 	inode     fileid.ID

@@ -119,6 +119,8 @@ var (
 	descDebt         = desc("tokend_tokens_debt", "Granted tokens over the allowance, kept as jobs return them.")
 	descLeases       = desc("tokend_leases", "Leases by state (running, waiting, starting, not joined, ending; frozen ones count as frozen).", "state")
 	descReclaimed    = desc("tokend_tokens_reclaimed_total", "Tokens leaked by dead clients, written off and put back in the budget.")
+	descReissued     = desc("tokend_tokens_reissued_total", "Tokens held beyond the jobs a lease ran, above its share while others waited, written off and handed to the waiting leases.")
+	descUnreturned   = desc("tokend_tokens_reissued_unreturned", "Reissued tokens that clients still hold.")
 	descTrimmed      = desc("tokend_tokens_trimmed_total", "Excess tokens taken out of FIFOs that held more than they were granted.")
 	descViolations   = desc("tokend_accounting_errors_total", "Accounting invariants tokend found broken in itself; anything but 0 is a bug.")
 
@@ -147,7 +149,7 @@ var leaseStates = []string{api.StateRunning, api.StateWaiting, api.StateStarting
 
 func (statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		descBudget, descBudgetReason, descAllowance, descGranted, descHeld, descDebt, descLeases, descReclaimed, descTrimmed, descViolations,
+		descBudget, descBudgetReason, descAllowance, descGranted, descHeld, descDebt, descLeases, descReclaimed, descReissued, descUnreturned, descTrimmed, descViolations,
 		descLimit, descHeadroom, descWorkingSet, descReserve, descGrowth, descNextJob, descSome, descFull, descJobs, descFit, descCPUCap, descTarget,
 		descLeaseHeld, descLeaseGranted, descLeaseJobs, descLeaseRSS,
 	} {
@@ -169,12 +171,15 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descGranted, float64(st.Granted))
 	gauge(descDebt, float64(st.Debt))
 	counter(descReclaimed, float64(st.ReclaimedTotal))
+	counter(descReissued, float64(st.ReissuedTotal))
 	counter(descTrimmed, float64(st.InflatedTotal))
 	counter(descViolations, float64(st.InvariantViolations))
 	held := 0
 	states := map[string]int{}
+	unreturned := 0
 	for _, l := range st.Leases {
 		held += l.Held
+		unreturned += l.Reissued
 		s := l.State
 		if l.Memory != nil && l.Memory.Frozen && !l.Ending {
 			s = "frozen"
@@ -182,6 +187,7 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 		states[s]++
 	}
 	gauge(descHeld, float64(held))
+	gauge(descUnreturned, float64(unreturned))
 	for _, s := range leaseStates {
 		gauge(descLeases, float64(states[s]), s)
 	}

@@ -86,6 +86,7 @@ func (b *Broker) observe() *passState {
 	}
 	active := 0
 	for i, l := range leases {
+		b.recover(l)
 		b.trimExcess(l)
 		free, err := l.fifo.Free()
 		if err != nil {
@@ -142,7 +143,11 @@ func (b *Broker) takeBack(p *passState) {
 		surplus := u.granted - p.target[i]
 		if surplus <= 0 {
 			l.owed = 0
-			b.collector.Stop(l.fifo)
+			if l.fifo.Reissued() > 0 {
+				b.collector.Collect(l.fifo, p.target[i])
+			} else {
+				b.collector.Stop(l.fifo)
+			}
 			continue
 		}
 		step := surplus
@@ -166,7 +171,7 @@ func (b *Broker) takeBack(p *passState) {
 		l.lastFree = u.free
 		p.granted -= taken
 		l.owed = u.granted - p.target[i]
-		if l.owed > 0 {
+		if l.owed > 0 || l.fifo.Reissued() > 0 {
 			b.collector.Collect(l.fifo, p.target[i])
 		} else {
 			b.collector.Stop(l.fifo)
@@ -192,12 +197,14 @@ func (b *Broker) collectedTokens(f *jobserver.FIFO, taken int, err error) {
 }
 
 // grants is how many tokens each admitted lease below its share gets from
-// what the allowance has left, oldest first.
+// what the allowance has left, oldest first. The tokens a lease's clients
+// hold that were reissued count against its share: they are in its
+// clients' hands, and they were idle, not gone.
 func (p *passState) grants() []int {
 	pool := p.allowance - p.granted
 	gives := make([]int, len(p.leases))
 	for i, l := range p.leases {
-		want := p.target[i] - p.use[i].granted
+		want := p.target[i] - p.use[i].granted - l.fifo.Reissued()
 		if want <= 0 || pool <= 0 || !l.admitted {
 			continue
 		}
@@ -220,8 +227,11 @@ func (b *Broker) grant(p *passState, gives []int) {
 		}
 		b.log.Debug("gave tokens", "lease", l.ID, "tokens", give, "target", p.target[i])
 		p.use[i].granted += give
+		// Not added to lastFree: tokens just handed out are not idle in
+		// the next pass, which may come within milliseconds, before the
+		// clients had time to read them; counted idle, they shrank a
+		// newcomer's share and went back to the lease they came from.
 		p.use[i].free += give
-		l.lastFree += give
 		p.granted += give
 	}
 }

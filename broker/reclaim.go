@@ -122,6 +122,7 @@ func (b *Broker) reclaim(r scanResult) {
 func (b *Broker) release(l *Lease) {
 	l.owed = 0
 	b.collector.Stop(l.fifo)
+	b.recover(l)
 	if _, err := l.fifo.Take(jobserver.MaxTokens); err != nil {
 		b.log.Error("cannot take tokens back", "lease", l.ID, "error", err)
 	}
@@ -131,6 +132,11 @@ func (b *Broker) release(l *Lease) {
 // writeOffLeaked forgets the tokens granted to l that are not in its FIFO,
 // once nobody holds it: its clients died holding them.
 func (b *Broker) writeOffLeaked(l *Lease) {
+	b.recover(l)
+	if n := l.fifo.DropReissued(); n > 0 {
+		b.dirty = true
+		b.log.Info("the clients that held reissued tokens are gone; forgetting them", "lease", l.ID, "name", l.Name, "tokens", n)
+	}
 	free, err := l.fifo.Free()
 	if err != nil {
 		b.log.Error("cannot count tokens", "lease", l.ID, "error", err)

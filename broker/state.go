@@ -25,13 +25,16 @@ type savedState struct {
 	OperatorBudget int          `json:"operator_budget,omitempty"`
 	ReclaimedTotal int          `json:"reclaimed_total"`
 	InflatedTotal  int          `json:"inflated_total"`
+	ReissuedTotal  int          `json:"reissued_total,omitempty"`
 	Leases         []savedLease `json:"leases"`
 }
 
 // savedLease is a lease's registration, whole, and its accounting.
 type savedLease struct {
 	api.Registration
-	Granted   int       `json:"granted"`
+	Granted int `json:"granted"`
+	// Reissued is what its clients hold beyond Granted (see Reissue).
+	Reissued  int       `json:"reissued,omitempty"`
 	Reclaimed int       `json:"reclaimed"`
 	Inflated  int       `json:"inflated"`
 	Admitted  bool      `json:"admitted"`
@@ -46,11 +49,11 @@ type savedLease struct {
 func (b *Broker) snapshot(extra map[string]int) savedState {
 	s := savedState{
 		Version: stateVersion, OperatorBudget: b.sources.operator,
-		ReclaimedTotal: b.totals.reclaimed, InflatedTotal: b.totals.inflated, Leases: []savedLease{},
+		ReclaimedTotal: b.totals.reclaimed, InflatedTotal: b.totals.inflated, ReissuedTotal: b.totals.reissued, Leases: []savedLease{},
 	}
 	for _, l := range b.sorted() {
 		s.Leases = append(s.Leases, savedLease{
-			Registration: l.Registration, Granted: l.fifo.Granted() + extra[l.ID],
+			Registration: l.Registration, Granted: l.fifo.Granted() + extra[l.ID], Reissued: l.fifo.Reissued(),
 			Reclaimed: l.reclaimed, Inflated: l.inflated, Admitted: l.admitted, Ending: l.ending, EndReason: l.endReason,
 			Joined: l.joined, Asked: l.asked,
 		})
@@ -116,8 +119,8 @@ func loadState(r *runDir) (savedState, error) {
 	if s.Version != stateVersion {
 		return savedState{}, fmt.Errorf("read state %s: version %d, this tokend reads version %d; move it aside to start without the leases it records", path, s.Version, stateVersion)
 	}
-	if s.OperatorBudget < 0 || s.OperatorBudget > jobserver.MaxTokens || s.ReclaimedTotal < 0 || s.InflatedTotal < 0 {
-		return savedState{}, fmt.Errorf("read state %s: operator budget %d, reclaimed %d, inflated %d: counts out of range; move it aside to start without the leases it records", path, s.OperatorBudget, s.ReclaimedTotal, s.InflatedTotal)
+	if s.OperatorBudget < 0 || s.OperatorBudget > jobserver.MaxTokens || s.ReclaimedTotal < 0 || s.InflatedTotal < 0 || s.ReissuedTotal < 0 {
+		return savedState{}, fmt.Errorf("read state %s: operator budget %d, reclaimed %d, inflated %d, reissued %d: counts out of range; move it aside to start without the leases it records", path, s.OperatorBudget, s.ReclaimedTotal, s.InflatedTotal, s.ReissuedTotal)
 	}
 	return s, nil
 }
@@ -142,8 +145,8 @@ func (s savedLease) check(owns func(string) bool) error {
 	if s.Owner.PID == 0 && s.Owner.Dir == "" {
 		return errors.New("no owner")
 	}
-	if s.Granted < 0 || s.Granted > jobserver.MaxTokens || s.Reclaimed < 0 || s.Inflated < 0 {
-		return fmt.Errorf("granted %d, reclaimed %d, inflated %d out of range", s.Granted, s.Reclaimed, s.Inflated)
+	if s.Granted < 0 || s.Reissued < 0 || s.Granted+s.Reissued > jobserver.MaxTokens || s.Reclaimed < 0 || s.Inflated < 0 {
+		return fmt.Errorf("granted %d, reissued %d, reclaimed %d, inflated %d out of range", s.Granted, s.Reissued, s.Reclaimed, s.Inflated)
 	}
 	switch {
 	case s.Cgroup == "":

@@ -13,7 +13,7 @@ func (b *Broker) Status() api.Status {
 	defer b.mu.Unlock()
 	s := api.Status{
 		Budget: b.budget, BudgetReason: b.budgetReason, ReclaimedTotal: b.totals.reclaimed,
-		InflatedTotal: b.totals.inflated, InvariantViolations: b.totals.violations, LastViolation: b.totals.lastViolation,
+		InflatedTotal: b.totals.inflated, ReissuedTotal: b.totals.reissued, InvariantViolations: b.totals.violations, LastViolation: b.totals.lastViolation,
 		Leases: []api.LeaseStatus{},
 	}
 	if b.memory != nil {
@@ -41,9 +41,10 @@ func (b *Broker) leaseStatus(l *Lease) api.LeaseStatus {
 	g := l.fifo.Granted()
 	ls := api.LeaseStatus{
 		Registration: l.Registration, FIFO: l.fifo.Path(),
-		Granted: g, Free: min(free, g), Held: max(g-free, 0), Owed: l.owed,
+		Granted: g, Free: min(free, g), Held: max(g-free, 0), Reissued: l.fifo.Reissued(), Owed: l.owed,
 		Reclaimed: l.reclaimed, Inflated: l.inflated, Admitted: l.admitted, Hungry: l.hungry,
 		Ending: l.ending, EndReason: l.endReason, State: l.state(), Asked: l.asked, Share: l.share,
+		CountedJobs: l.jobs,
 	}
 	if l.overReported {
 		ls.OverShareSince = l.overSince

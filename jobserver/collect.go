@@ -117,7 +117,7 @@ func NewCollector(report func(f *FIFO, taken int, err error)) (*Collector, error
 func (c *Collector) RealTime() error { return c.rtErr }
 
 // Collect takes back, as its clients return them, the tokens f was granted
-// beyond keep, until Stop. keep may change from call to call. Collect
+// beyond keep, and swallows those it reissued (FIFO.Reissue), until Stop. keep may change from call to call. Collect
 // returns once every poller waits on f with the new keep: a token returned
 // from then on is raced for, and tokens added within keep stay in f.
 func (c *Collector) Collect(f *FIFO, keep int) {
@@ -283,23 +283,29 @@ func pin(cpu int) error {
 	return nil
 }
 
-// owes reports f's descriptor and whether f is granted more than keep.
+// owes reports f's descriptor and whether f is granted more than keep or
+// its clients hold reissued tokens.
 func (f *FIFO) owes(keep int) (int, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.fd, f.fd >= 0 && f.granted > keep
+	return f.fd, f.fd >= 0 && (f.granted > keep || f.reissued > 0)
 }
 
-// takeAbove takes free tokens from the FIFO while it is granted more than
-// keep, and returns how many it took.
+// takeAbove swallows returned tokens while clients owe reissued ones
+// (see Reissue), then takes free tokens while the FIFO is granted more
+// than keep, and returns how many it took of both kinds.
 func (f *FIFO) takeAbove(keep int) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.fd < 0 {
 		return 0, fmt.Errorf("take tokens from %s: %w", f.path, os.ErrClosed)
 	}
+	recovered, err := f.recover()
+	if err != nil {
+		return recovered, err
+	}
 	taken, err := f.drain(f.granted - keep)
 	f.granted -= taken
 	f.collected += taken
-	return taken, err
+	return recovered + taken, err
 }

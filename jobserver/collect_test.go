@@ -113,6 +113,32 @@ func TestCollectorTakesBackDownToKeep(t *testing.T) {
 	}
 }
 
+// Tokens reissued from a FIFO its client holds are swallowed as the client
+// returns them, even when the FIFO is granted no more than it keeps; the
+// tokens returned after them stay.
+func TestCollectorSwallowsReissued(t *testing.T) {
+	c, r := newCollector(t)
+	f, cl := heldFIFO(t, 5)
+	if err := f.Reissue(3); err != nil {
+		t.Fatal(err)
+	}
+	c.Collect(f, 2)
+	for range 5 {
+		if _, err := cl.Write([]byte{'+'}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the collector to swallow 3 reissued tokens", func() bool { return f.Reissued() == 0 })
+	c.Stop(f)
+	wantCounts(t, f, 2, 2)
+	if got := r.of(f); got != 3 {
+		t.Errorf("the collector reported %d tokens taken, want 3", got)
+	}
+	if _, collected := f.Snapshot(); collected != 0 {
+		t.Errorf("Snapshot counts %d collected, want 0: swallowed tokens were never granted", collected)
+	}
+}
+
 // Raising what a FIFO keeps takes effect before Collect returns: a token
 // added next is not taken.
 func TestCollectorKeepRaised(t *testing.T) {

@@ -48,6 +48,10 @@ type FIFO struct {
 	// collected counts the tokens Collectors took back, which they do
 	// beside the server's own accounting (see Snapshot).
 	collected int
+	// reissued counts tokens clients hold that no longer belong to this
+	// FIFO: the server wrote them off (Reissue) to hand them to another.
+	// The first ones clients return are swallowed until it is 0.
+	reissued int
 
 	// limit is how many tokens the pipe holds in any order of reads and
 	// writes: MaxTokens, unless it could not be grown to pipeBytes
@@ -337,6 +341,61 @@ func (f *FIFO) Forget(n int) error {
 	}
 	f.granted -= n
 	return nil
+}
+
+// Reissue writes off n tokens that clients hold and are not using, so the
+// server can hand them to someone else: they stop counting as granted, and
+// the first n tokens clients return are swallowed (Recover, Collector)
+// instead of staying in the pipe.
+func (f *FIFO) Reissue(n int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n < 0 || n > f.granted {
+		return fmt.Errorf("reissue %d tokens of %s: only %d were granted", n, f.path, f.granted)
+	}
+	f.granted -= n
+	f.reissued += n
+	return nil
+}
+
+// Reissued is how many tokens clients hold that Reissue wrote off and
+// that have not come back yet.
+func (f *FIFO) Reissued() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reissued
+}
+
+// Recover swallows free tokens while clients owe reissued ones, and
+// returns how many it swallowed. A free token of the grant swallowed so
+// is as good as a returned one: bytes carry no identity, and what clients
+// hold is the same.
+func (f *FIFO) Recover() (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fd < 0 {
+		return 0, fmt.Errorf("recover tokens from %s: %w", f.path, os.ErrClosed)
+	}
+	return f.recover()
+}
+
+func (f *FIFO) recover() (int, error) {
+	if f.reissued == 0 {
+		return 0, nil
+	}
+	taken, err := f.drain(f.reissued)
+	f.reissued -= taken
+	return taken, err
+}
+
+// DropReissued forgets the reissued tokens, once no client can return
+// them any more (nobody holds the FIFO), and returns how many there were.
+func (f *FIFO) DropReissued() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.reissued
+	f.reissued = 0
+	return n
 }
 
 // Free counts the tokens in the pipe right now. While clients run the count

@@ -476,3 +476,48 @@ func readWriteBack(t *testing.T, fd, n int) int {
 	}
 	return ok
 }
+
+// Reissued tokens stop counting as granted; what clients return is
+// swallowed until they are paid back; DropReissued forgets them.
+func TestReissue(t *testing.T) {
+	f := newFIFO(t, 4)
+	c, err := os.OpenFile(f.Path(), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Read(make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, f.Reissue(5), "reissue 5 tokens", "only 4 were granted")
+	if err := f.Reissue(3); err != nil {
+		t.Fatal(err)
+	}
+	wantCounts(t, f, 0, 1)
+	if _, err := c.Write([]byte("++")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.Recover(); n != 2 || err != nil {
+		t.Fatalf("Recover() = %d, %v; want 2 swallowed", n, err)
+	}
+	wantCounts(t, f, 0, 1)
+	if _, err := c.Write([]byte("++")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.Recover(); n != 1 || err != nil {
+		t.Fatalf("Recover() = %d, %v; want the 1 still reissued swallowed", n, err)
+	}
+	if n, err := f.Recover(); n != 0 || err != nil {
+		t.Fatalf("Recover() with nothing reissued = %d, %v; want 0", n, err)
+	}
+	wantCounts(t, f, 1, 1)
+	if f.Reissued() != 0 {
+		t.Fatalf("%d reissued after all came back, want 0", f.Reissued())
+	}
+	if err := f.Reissue(1); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.DropReissued(); n != 1 || f.Reissued() != 0 {
+		t.Fatalf("DropReissued() = %d, then %d reissued; want 1, then 0", n, f.Reissued())
+	}
+}

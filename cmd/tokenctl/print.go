@@ -187,6 +187,9 @@ func leaseState(l api.LeaseStatus, now time.Time) string {
 	if !l.OverShareSince.IsZero() {
 		s += fmt.Sprintf(", %d over share %s", l.Granted-l.Share, age(now.Sub(l.OverShareSince)))
 	}
+	if l.Reissued > 0 {
+		s += fmt.Sprintf(", %d reissued", l.Reissued)
+	}
 	return s
 }
 

@@ -2,8 +2,9 @@ package main
 
 // Issue 13, hoarding: a build holding the whole allowance when another
 // joins gives tokens back as its jobs end, to the newcomer and not to its
-// own next jobs, and one that keeps more than its share while another
-// waits is reported after the share grace.
+// own next jobs; one that keeps more than its share while another waits
+// is reported after the share grace; and one whose clients keep tokens
+// without running jobs has them reissued to the waiting build.
 
 import (
 	"context"
@@ -34,12 +35,12 @@ func leaseNamed(st api.Status, name string) (api.LeaseStatus, bool) {
 	return api.LeaseStatus{}, false
 }
 
-// awaitOverShare waits for an over-share event about the lease named name.
-func awaitOverShare(t *testing.T, events *follower, name string) api.Event {
+// awaitEvent waits for an event of kind about the lease named name.
+func awaitEvent(t *testing.T, events *follower, kind, name string) api.Event {
 	t.Helper()
 	var ev api.Event
-	events.await(t, "an over-share event about "+name, func(line string) bool {
-		return json.Unmarshal([]byte(line), &ev) == nil && ev.Kind == api.EventOverShare && ev.Name == name
+	events.await(t, "a "+kind+" event about "+name, func(line string) bool {
+		return json.Unmarshal([]byte(line), &ev) == nil && ev.Kind == kind && ev.Name == name
 	})
 	return ev
 }
@@ -94,9 +95,20 @@ func newcomerGetsItsShare(t *testing.T, tool string) {
 	if fl.Granted != budget-1 || fl.Held != budget-1 {
 		t.Errorf("the first build holds %d of %d granted, want all %d", fl.Held, fl.Granted, budget-1)
 	}
-	if ev := awaitOverShare(t, events, "first"); ev.Tokens != budget-1-share || ev.Wait < shareGrace {
+	if ev := awaitEvent(t, events, api.EventOverShare, "first"); ev.Tokens != budget-1-share || ev.Wait < shareGrace {
 		t.Errorf("over-share event %+v: want %d tokens above the share, after at least %v", ev, budget-1-share, shareGrace)
 	}
+	// Its tokens run jobs: tokend counts them, and reissues none however
+	// long they run. Two more graces, each holding several counts, would
+	// have reissued idle tokens (TestHoarderTokensReissued).
+	d.waitStatus(t, "two more share graces of counted jobs", func(st api.Status) bool {
+		fl, _ := leaseNamed(st, "first")
+		nl, _ := leaseNamed(st, "newcomer")
+		if fl.Reissued != 0 || st.ReissuedTotal != 0 || nl.Admitted {
+			t.Fatalf("tokens of the first build, whose jobs all run, were reissued: %+v", st)
+		}
+		return fl.CountedJobs >= budget && time.Since(fl.OverShareSince) > 3*shareGrace
+	})
 
 	opened := time.Now()
 	buildtest.OpenGate(t, gate)
@@ -152,14 +164,19 @@ printf ++++ >&4
 `
 
 // A member of the lease group (uid 65534) whose client reads five tokens
-// and keeps them without running jobs cannot be made to give them back:
-// tokend reports it above its share, gives it no more when the budget
-// grows, and hands the one token it returns to the build that waits.
-func TestHoarderKeepsOnlyWhatItHolds(t *testing.T) {
+// of a budget of 6 and keeps them without running jobs cannot starve a
+// build that joins: once it has held them beyond its jobs for the share
+// grace, the 3 above its share of 2 are reissued and the newcomer gets
+// its share. The token the hoarder returns next is swallowed, not kept
+// and not handed out again; once the newcomer is done the hoarder is given
+// its share less what its client holds; when it gives everything
+// back, every token is accounted for.
+func TestHoarderTokensReissued(t *testing.T) {
 	buildtest.Require(t, os.Geteuid() == 0, "root, to run a lease as uid 65534")
 	make44 := buildtest.Make44(t)
 	p := buildtest.BuildProbe(t)
 	log := buildtest.NewLog(t)
+	const budget, share = 6, 2
 	d := startDaemonArgs(t, filepath.Join(buildtest.WorldDir(t), "run"), "--tokens", "6", "--share-grace", shareGrace.String(), "--lease-group", "nogroup")
 	events := follow(t, exec.Command(d.tokenctl, "--socket", d.sock, "events", "--json", "--backlog"))
 	ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
@@ -176,45 +193,60 @@ func TestHoarderKeepsOnlyWhatItHolds(t *testing.T) {
 	hp := buildtest.Start(t, hoarder)
 	d.waitStatus(t, "the hoarder to hold 5 tokens", func(st api.Status) bool {
 		l, ok := leaseNamed(st, "hoarder")
-		return ok && l.UID == buildtest.Nobody && l.Held == 5
+		return ok && l.UID == buildtest.Nobody && l.Held == budget-1
 	})
 
-	b := makeBuild(t, "waiter", make44, "b", p, log, 30, 200*time.Millisecond)
+	// The waiter's jobs wait for a gate, so it holds its share until the
+	// test lets it go on.
+	gate := filepath.Join(t.TempDir(), "gate")
+	dir := t.TempDir()
+	buildtest.WriteMakefile(t, dir, p, log, buildtest.Gated(buildtest.Independent("b", 20, 100*time.Millisecond), gate))
+	b := &build{name: "waiter", prefix: "b", jobs: 20, argv: []string{make44, "-s", "-C", dir}}
+	joined := time.Now()
 	b.start(t, d)
-	d.waitStatus(t, "the hoarder to be reported above its share", func(st api.Status) bool {
+	d.waitStatus(t, "the waiter to get its share: the hoarder's idle tokens reissued", func(st api.Status) bool {
 		hl, ok1 := leaseNamed(st, "hoarder")
 		wl, ok2 := leaseNamed(st, "waiter")
-		return ok1 && ok2 && wl.State == api.StateWaiting && hl.Share == 2 && !hl.OverShareSince.IsZero()
+		return ok1 && ok2 && wl.Admitted && wl.Granted == share && wl.Held == share && hl.Granted == share
 	})
-	if ev := awaitOverShare(t, events, "hoarder"); ev.Tokens != 3 {
-		t.Errorf("over-share event %+v: want 3 tokens above the share", ev)
+	ev := awaitEvent(t, events, api.EventReissue, "hoarder")
+	if ev.Tokens != budget-1-share || ev.Wait < shareGrace {
+		t.Errorf("reissue event %+v: want %d tokens, held idle for at least %v", ev, budget-1-share, shareGrace)
+	}
+	if waited := time.Since(joined); waited < shareGrace {
+		t.Errorf("the waiter had its share %v after it joined, before the share grace of %v", waited, shareGrace)
+	}
+	st := d.status(t)
+	hl, _ := leaseNamed(st, "hoarder")
+	if hl.Reissued != budget-1-share || hl.Held != share || hl.CountedJobs > 1 || st.ReissuedTotal != budget-1-share {
+		t.Errorf("hoarder %+v, reissued total %d: want %d held and %d reissued, no job counted", hl, st.ReissuedTotal, share, budget-1-share)
 	}
 
-	// A budget of 10 shares 8 tokens, 4 each: the waiter is admitted and
-	// gets the 3 left; the hoarder, above its share, gets none.
-	d.setBudget(t, 10)
-	d.waitStatus(t, "the waiter to get the 3 tokens the hoarder does not hold", func(st api.Status) bool {
+	buildtest.OpenGate(t, filepath.Join(signals, "return"))
+	d.waitStatus(t, "the token the hoarder returned to be swallowed", func(st api.Status) bool {
 		hl, ok1 := leaseNamed(st, "hoarder")
 		wl, ok2 := leaseNamed(st, "waiter")
-		return ok1 && ok2 && wl.Admitted && wl.Granted == 3 && hl.Granted == 5 && hl.Share == 4
+		return ok1 && ok2 && hl.Reissued == budget-2-share && hl.Granted == share && hl.Free == 0 && wl.Granted == share
 	})
 
-	buildtest.OpenGate(t, filepath.Join(signals, "return"))
-	d.waitStatus(t, "the token the hoarder returned to go to the waiter", func(st api.Status) bool {
-		hl, ok1 := leaseNamed(st, "hoarder")
-		wl, ok2 := leaseNamed(st, "waiter")
-		return ok1 && ok2 && wl.Granted == 4 && hl.Granted == 4 && hl.OverShareSince.IsZero()
+	buildtest.OpenGate(t, gate)
+	b.wait(ctx, t, log)
+	// Alone, its share is the allowance of 5. The 2 reissued tokens its
+	// client still holds count against it: what it is given pays them
+	// back first (swallowed from its FIFO), and only the fifth stays.
+	d.waitStatus(t, "the hoarder, alone, to be given its share less what it holds", func(st api.Status) bool {
+		hl, ok := leaseNamed(st, "hoarder")
+		return ok && len(st.Leases) == 1 && hl.Reissued == 0 && hl.Granted == budget-1 && hl.Held == budget-2
 	})
 
 	buildtest.OpenGate(t, filepath.Join(signals, "stop"))
 	if err := hp.Wait(ctx, t); err != nil {
 		t.Errorf("hoarder: %v; output:\n%s", err, hp.Output())
 	}
-	b.wait(ctx, t, log)
-	if peak := log.Run(t).Peak(); peak > 10 {
-		t.Errorf("%d jobs ran at once under a budget of at most 10", peak)
+	if peak := log.Run(t).Peak(); peak > share+1 {
+		t.Errorf("the waiter ran %d jobs at once; its share of %d and its implicit slot allow %d", peak, share, share+1)
 	}
-	if st := d.waitIdle(t); st.ReclaimedTotal != 0 || st.InflatedTotal != 0 {
-		t.Errorf("reclaimed %d, inflated %d; want 0 and 0: the hoarder gave every token back", st.ReclaimedTotal, st.InflatedTotal)
+	if st := d.waitIdle(t); st.ReclaimedTotal != 0 || st.InflatedTotal != 0 || st.ReissuedTotal != budget-1-share {
+		t.Errorf("reclaimed %d, inflated %d, reissued %d; want 0, 0 and %d: the hoarder gave every token back", st.ReclaimedTotal, st.InflatedTotal, st.ReissuedTotal, budget-1-share)
 	}
 }

@@ -34,7 +34,8 @@ type Config struct {
 	LogLevel    string
 	OOMScoreAdj int
 	// ShareGrace is how long a lease may keep more than its share while
-	// another waits before tokend reports it; 0 means the broker's default.
+	// another waits before tokend reports it, and reissues the tokens it
+	// keeps without running jobs; 0 means the broker's default.
 	ShareGrace time.Duration
 	// The memory controller (package broker/control). A zero value means
 	// the controller's embedded default.
@@ -123,7 +124,7 @@ var settings = []setting{
 		func(c Config) string {
 			return within(c.OOMScoreAdj >= 0 && c.OOMScoreAdj <= 1000, "want 0 (leave build jobs alone) to 1000")
 		}},
-	{"share_grace", "how long a build may keep more than its share while another waits before tokend reports it; default " + broker.DefaultShareGrace.String(),
+	{"share_grace", "how long a build may keep more than its share while another waits before tokend reports it and reissues the tokens it keeps without running jobs; default " + broker.DefaultShareGrace.String(),
 		func(c *Config) any { return &c.ShareGrace },
 		func(c Config) string {
 			return within(c.ShareGrace >= 0 && c.ShareGrace <= broker.MaxShareGrace,
