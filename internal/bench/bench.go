@@ -71,7 +71,12 @@ func Main(ctx context.Context, c Config) (err error) {
 		// can still be asked for by name.
 		strategies = slices.DeleteFunc(strategies, func(st Strategy) bool { return st.Warm })
 	}
-	sources, err := fetchSources(ctx, scenarios, c.Log)
+	if slices.ContainsFunc(scenarios, func(sc Scenario) bool { return sc.Real != nil && sc.Real.Cargo != nil }) {
+		if bin.Cargo, err = exec.LookPath("cargo"); err != nil {
+			return fmt.Errorf("the cargo scenarios need cargo and rustc >= 1.69 (for the FIFO jobserver) on PATH: %w", err)
+		}
+	}
+	sources, err := fetchSources(ctx, scenarios, bin.Cargo, c.Log)
 	if err != nil {
 		return err
 	}
@@ -85,6 +90,9 @@ func Main(ctx context.Context, c Config) (err error) {
 
 	meta := Meta{Command: c.Command, Started: time.Now().UTC(), LoadStart: loadavg(), CPUs: cpus, Quick: c.Quick,
 		LimitMiB: c.LimitMiB, Reps: c.Reps, Runs: len(order), Tokend: bin.TokendDescription, Make: version(bin.Make), Ninja: version(bin.Ninja)}
+	if bin.Cargo != "" {
+		meta.Cargo = version(bin.Cargo)
+	}
 	for _, st := range strategies {
 		meta.Strategies = append(meta.Strategies, st.Name)
 	}
@@ -177,9 +185,10 @@ func Plan(scenarios []Scenario, strategies []Strategy, reps int, seed uint64) []
 }
 
 // fetchSources fetches and unpacks the sources of the real scenarios, and
-// installs the compiler they need; the result maps a source package's
+// installs the compiler they need and the crates of a cargo build (which
+// cargo, the path of cargo, resolves); the result maps a source package's
 // name to its tree.
-func fetchSources(ctx context.Context, scenarios []Scenario, log io.Writer) (map[string]string, error) {
+func fetchSources(ctx context.Context, scenarios []Scenario, cargo string, log io.Writer) (map[string]string, error) {
 	out := map[string]string{}
 	for _, sc := range scenarios {
 		if sc.Real == nil || out[sc.Real.Source.Name] != "" {
@@ -198,7 +207,15 @@ func fetchSources(ctx context.Context, scenarios []Scenario, log io.Writer) (map
 		if err != nil {
 			return nil, err
 		}
-		if err := writeTestData(dir); err != nil {
+		if sc.Real.Cargo != nil {
+			if err := EnsureDebs(ctx, log, sc.Real.Debs...); err != nil {
+				return nil, err
+			}
+			err = prepareCargoTree(ctx, cargo, dir, debianRegistry, log)
+		} else {
+			err = writeTestData(dir)
+		}
+		if err != nil {
 			return nil, err
 		}
 		out[sc.Real.Source.Name] = dir
@@ -252,6 +269,7 @@ type Meta struct {
 	Tokend     string         `json:"tokend"`
 	Make       string         `json:"make"`
 	Ninja      string         `json:"ninja"`
+	Cargo      string         `json:"cargo,omitempty"`
 	Scenarios  []ScenarioInfo `json:"scenarios"`
 }
 
@@ -277,12 +295,21 @@ func writeReport(out string, meta Meta, results []Result, scenarios []Scenario, 
 	if meta.Runs > len(results) {
 		fmt.Fprintf(&md, "**Interrupted after %d of %d runs**: some cells have fewer repetitions (see reps).\n", len(results), meta.Runs)
 	}
-	fmt.Fprintf(&md, "tokend: %s. make: %s. ninja: %s.\n\n", meta.Tokend, meta.Make, meta.Ninja)
+	fmt.Fprintf(&md, "tokend: %s. make: %s. ninja: %s.", meta.Tokend, meta.Make, meta.Ninja)
+	if meta.Cargo != "" {
+		fmt.Fprintf(&md, " cargo: %s.", meta.Cargo)
+	}
+	md.WriteString("\n\n")
 	for _, sc := range meta.Scenarios {
 		var units, links int
 		var cpu float64
+		compiler := "g++"
 		for _, p := range sc.Packages {
 			cpu += p.CPUSeconds()
+			if p.Cargo != nil {
+				compiler = "cargo"
+				units += p.Cargo.Crates
+			}
 			for _, j := range p.Jobs {
 				if j.Link {
 					links++
@@ -294,7 +321,7 @@ func writeReport(out string, meta Meta, results []Result, scenarios []Scenario, 
 		fmt.Fprintf(&md, "- **%s**: %s; %d packages (%d compiles, %d links, %.0f CPU-s of jobs) built %d at a time",
 			sc.Name, sc.About, len(sc.Packages), units, links, cpu, sc.MaxJobs)
 		if sc.Source != "" {
-			fmt.Fprintf(&md, "; real code: Debian source %s, g++", sc.Source)
+			fmt.Fprintf(&md, "; real code: Debian source %s, %s", sc.Source, compiler)
 		}
 		if sc.LimitMiB > 0 {
 			fmt.Fprintf(&md, "; limit %d MiB", sc.LimitMiB)

@@ -63,11 +63,14 @@ type Job struct {
 }
 
 // Package is one build: its own Makefile or build.ninja, built by one make
-// or ninja, like one Nix derivation.
+// or ninja, like one Nix derivation; or a Rust package built by cargo.
 type Package struct {
 	Name  string
 	Ninja bool
 	Jobs  []Job
+	// Cargo, if set, is built by cargo and has no Jobs: cargo runs one
+	// rustc per crate.
+	Cargo *CargoBuild `json:",omitempty"`
 }
 
 // Generate draws the packages of spec from seed; the same spec and seed
@@ -202,8 +205,12 @@ func WriteNinja(w io.Writer, p Package, t Tools) error {
 }
 
 // CPUSeconds is the least CPU time p's jobs burn: each at least its --cpu
-// and at least the time to ramp to its peak; a real job's, as measured.
+// and at least the time to ramp to its peak; a real job's or a cargo
+// build's, as measured.
 func (p Package) CPUSeconds() float64 {
+	if p.Cargo != nil {
+		return p.Cargo.CPU
+	}
 	var s float64
 	for _, j := range p.Jobs {
 		s += burnCPU(j.CPU, j.PeakMiB, j.RampMiB)

@@ -62,10 +62,11 @@ const (
 )
 
 // RealPackage is one package of real code: translation units of the
-// scenario's source, compiled by g++, linked into one program.
+// scenario's source, compiled by g++, linked into one program; or, in a
+// cargo build, one build of the whole source tree.
 type RealPackage struct {
 	Name  string
-	Units []string // files under tests/src
+	Units []string // files under tests/src; none in a cargo build
 	// LTO compiles with -flto and links with -flto=auto: the link does the
 	// code generation, in parallel ltrans jobs that take the jobserver's
 	// tokens where GCC can read them, one per CPU where it cannot.
@@ -76,6 +77,10 @@ type RealPackage struct {
 type RealBuild struct {
 	Source   DebSource
 	Packages []RealPackage
+	// Cargo, if set, builds every package with cargo from Source; Debs
+	// are the Debian packages of its crates.
+	Cargo *CargoBuild
+	Debs  []string
 }
 
 // includeDir holds the test_data.hpp the tests include (CMake writes it);
@@ -97,6 +102,9 @@ func cxxFlags(src string) string {
 // realPackages turns b into build graphs whose commands compile the tree
 // at src; each job carries its measured peak and CPU time.
 func realPackages(b *RealBuild, src string) []Package {
+	if b.Cargo != nil {
+		return cargoPackages(b, src)
+	}
 	flags := cxxFlags(src)
 	var out []Package
 	for _, rp := range b.Packages {
@@ -170,6 +178,16 @@ func realScenarios() []Scenario {
 				{Name: "json-small-b", Units: []string{"unit-testsuites.cpp", "unit-udt_macro.cpp", "unit-json_patch.cpp", "unit-udt.cpp", "unit-modifiers.cpp", "unit.cpp"}},
 			}},
 			MaxJobs: 2, LimitMiB: 1024, MaxStaticJ: 4, Timeout: 300 * time.Second, TokendInside: true,
+		},
+		{
+			Name: "cargo-pkgs",
+			About: "two release builds of ripgrep 13 at once (cargo, 92 rustc runs each, 0.15 to 0.3 GiB a rustc), " +
+				"each in its own target directory, in 768 MiB: one build at -j2 peaked at 483 MiB with its page cache; " +
+				"-j2 each runs four rustc, the same large crates at the same time (about 1.1 GiB of RSS less their shared text); two rustc fit",
+			Real: &RealBuild{Source: ripgrep, Cargo: &ripgrepBuild, Debs: ripgrepCrates, Packages: []RealPackage{
+				{Name: "ripgrep-a"}, {Name: "ripgrep-b"},
+			}},
+			MaxJobs: 2, LimitMiB: 768, MaxStaticJ: 4, Timeout: 600 * time.Second,
 		},
 	}
 }

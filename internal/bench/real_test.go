@@ -17,8 +17,8 @@ func realOnly(t *testing.T) []Scenario {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(scs) != 3 {
-		t.Fatalf("%d real scenarios, want 3", len(scs))
+	if len(scs) != 4 {
+		t.Fatalf("%d real scenarios, want 4", len(scs))
 	}
 	return scs
 }
@@ -30,6 +30,9 @@ func realOnly(t *testing.T) []Scenario {
 // core) fit beside the hog.
 func TestRealScenariosSized(t *testing.T) {
 	for _, sc := range realOnly(t) {
+		if sc.Real.Cargo != nil {
+			continue // TestCargoScenarioSized
+		}
 		pkgs := sc.Packages("/src")
 		if len(pkgs) != len(sc.Real.Packages) || sc.Timeout == 0 || sc.LimitMiB == 0 {
 			t.Fatalf("%s: %d packages, timeout %v, limit %d", sc.Name, len(pkgs), sc.Timeout, sc.LimitMiB)
@@ -105,9 +108,9 @@ func TestRealMakefile(t *testing.T) {
 func TestSelectRealAndStandIn(t *testing.T) {
 	all := Scenarios(false)
 	for list, want := range map[string]string{
-		"real":            "gcc-pkgs,gcc-lto-hog,gcc-small",
+		"real":            "gcc-pkgs,gcc-lto-hog,gcc-small,cargo-pkgs",
 		"standin":         "light,heavy,hog,burst",
-		"hog,real,hog":    "hog,gcc-pkgs,gcc-lto-hog,gcc-small",
+		"hog,real,hog":    "hog,gcc-pkgs,gcc-lto-hog,gcc-small,cargo-pkgs",
 		"gcc-small,burst": "gcc-small,burst",
 	} {
 		got, err := SelectScenarios(all, list)
@@ -150,8 +153,13 @@ func TestPlanWarmAfterCold(t *testing.T) {
 			if c.Scenario.Real != nil && c.Strategy.Name == "static-j8" {
 				t.Errorf("seed %d: %s runs static-j8 above its MaxStaticJ", seed, c.Scenario.Name)
 			}
+			if c.Scenario.Real != nil && c.Scenario.Real.Cargo != nil && c.Strategy.Kind == Load {
+				t.Errorf("seed %d: %s runs %s: cargo has no -l", seed, c.Scenario.Name, c.Strategy.Name)
+			}
 		}
-		want := 3 * (4*len(sts) + 3*(len(sts)-1))
+		// Four stand-ins run every strategy; three g++ scenarios all but
+		// static-j8; the cargo one all but static-j8 and the load limit.
+		want := 3 * (4*len(sts) + 3*(len(sts)-1) + len(sts) - 2)
 		if len(order) != want {
 			t.Errorf("seed %d: %d runs, want %d", seed, len(order), want)
 		}
@@ -240,7 +248,7 @@ func TestParseBusy(t *testing.T) {
 
 func TestIsJob(t *testing.T) {
 	for comm, want := range map[string]bool{"cc1": true, "cc1plus": true, "ld": true, "lto1-wpa": true, "lto1-ltrans": true,
-		"lto1-wpa-stream": true, "make": false, "g++": false, "collect2": false, "as": false, "tokenctl": false} {
+		"lto1-wpa-stream": true, "rustc": true, "cargo": false, "build-script-build": false, "make": false, "g++": false, "collect2": false, "as": false, "tokenctl": false} {
 		if isJob(comm) != want {
 			t.Errorf("isJob(%q) = %v", comm, !want)
 		}

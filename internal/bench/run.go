@@ -27,6 +27,7 @@ type Binaries struct {
 	CC, LD, Hog      string // the stand-in compiler under three names
 	Tokend, Tokenctl string
 	Make, Ninja      string // GNU make >= 4.4 and ninja >= 1.13
+	Cargo            string // only if a scenario builds with cargo
 	// TokendCgroupFlags are the flags this tokend has for where its
 	// memory domain, pressure and lease cgroups are; each run points them
 	// at its own cgroups.
@@ -433,11 +434,19 @@ func load1() float64 {
 // buildCommand is the command that builds one package under st; makeflags
 // is the shared jobserver's MAKEFLAGS, or "tokend:SOCKET".
 func buildCommand(bin Binaries, st Strategy, p Package, dir, makeflags, enter string) *exec.Cmd {
-	tool := []string{bin.Make, "-C", dir}
-	if p.Ninja {
-		tool = []string{bin.Ninja, "-C", dir}
-	}
 	env := cleanEnv()
+	var tool []string
+	switch {
+	case p.Cargo != nil:
+		// Shared and Tokend give no -j: cargo takes the jobserver in
+		// MAKEFLAGS (tokenctl sets CARGO_MAKEFLAGS too) and would ignore it.
+		tool = append([]string{bin.Cargo}, p.Cargo.args(filepath.Join(dir, "target"))...)
+		env = append(env, "CARGO_HOME="+p.Cargo.Home, "CARGO_TERM_COLOR=never")
+	case p.Ninja:
+		tool = []string{bin.Ninja, "-C", dir}
+	default:
+		tool = []string{bin.Make, "-C", dir}
+	}
 	switch st.Kind {
 	case Serial, Static, Retry:
 		tool = append(tool, "-j"+strconv.Itoa(st.N))
@@ -471,6 +480,9 @@ func cleanEnv() []string {
 func writePackage(dir string, p Package, t Tools) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("package dir: %w", err)
+	}
+	if p.Cargo != nil {
+		return nil
 	}
 	name, write := "Makefile", WriteMakefile
 	if p.Ninja {
@@ -600,11 +612,13 @@ func keepLog(from, to string) error {
 }
 
 // isJob tells the processes that are a build's jobs by name: the stand-in
-// compiler's, and g++'s compiler proper, linker and LTO back ends
-// (lto1-wpa, lto1-ltrans, ...).
+// compiler's, g++'s compiler proper, linker and LTO back ends (lto1-wpa,
+// lto1-ltrans, ...), and rustc. rustc's code generation threads, which
+// take jobserver tokens of their own, are not counted: one rustc is one
+// job; while rustc links, its ld counts too.
 func isJob(comm string) bool {
 	switch comm {
-	case "cc1", "cc1plus", "ld":
+	case "cc1", "cc1plus", "ld", "rustc":
 		return true
 	}
 	return strings.HasPrefix(comm, "lto1")

@@ -60,8 +60,12 @@ func (sc Scenario) limit(def int) int {
 	return def
 }
 
-// runs reports whether st is run in sc.
+// runs reports whether st is run in sc. Cargo has no load limit (-l), so
+// a cargo scenario has no Load strategy.
 func (sc Scenario) runs(st Strategy) bool {
+	if st.Kind == Load && sc.Real != nil && sc.Real.Cargo != nil {
+		return false
+	}
 	return sc.MaxStaticJ == 0 || st.Kind != Static || st.N <= sc.MaxStaticJ
 }
 
