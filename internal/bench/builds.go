@@ -22,6 +22,8 @@ type build struct {
 	cmd     *exec.Cmd
 }
 
+// finished is how a build's attempt ended: ok, or failed (err is set
+// only when its command could not be waited for), and the CPU it used.
 type finished struct {
 	b   build
 	ok  bool

@@ -104,7 +104,7 @@ func Run(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int) (
 		return res, fmt.Errorf("run dir: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	bs, err := runPackages(env, sc, st, dir)
+	bs, err := newBuilds(env, sc, st, dir)
 	if err != nil {
 		return res, err
 	}
@@ -159,9 +159,9 @@ func Run(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int) (
 	return res, finish(&res, lim, env.CPUs, (busy1-busy0).Seconds()-(s.outsideCPU()-outside0))
 }
 
-// runPackages are the builds of sc's packages in dir, with the tools
-// they use.
-func runPackages(env Env, sc Scenario, st Strategy, dir string) (*builds, error) {
+// newBuilds are the builds of sc's packages in dir under st, with the
+// tools they use.
+func newBuilds(env Env, sc Scenario, st Strategy, dir string) (*builds, error) {
 	var src string
 	if sc.Real != nil {
 		if src = env.Sources[sc.Real.Source.Name]; src == "" {
@@ -191,7 +191,7 @@ type setup struct {
 	warmFrom []string
 	td       *tokend
 	built    []string // packages a cold tokend must have recorded before it stops
-	keepLog  string   // where tokend's log goes when the run is over; "" nowhere
+	logCopy  string   // where tokend's log is copied when the run is over; "" nowhere
 	shared   *jobserver.FIFO
 }
 
@@ -209,7 +209,7 @@ func setUp(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int,
 			return nil, err
 		}
 		if env.Logs != "" {
-			s.keepLog = filepath.Join(env.Logs, fmt.Sprintf("%03d-%s-%s-rep%d-tokend.log", seq, sc.Name, st.Name, rep))
+			s.logCopy = filepath.Join(env.Logs, fmt.Sprintf("%03d-%s-%s-rep%d-tokend.log", seq, sc.Name, st.Name, rep))
 		}
 		if env.Warm && !st.Warm {
 			for _, p := range pkgs {
@@ -249,9 +249,9 @@ func (s *setup) tearDown(res *Result, runErr error) error {
 		res.TokendCPUPct = 100 * res.TokendCPU / res.Makespan
 	}
 	err = errors.Join(err, s.td.stop(s.built))
-	if s.keepLog != "" {
+	if s.logCopy != "" {
 		// After the stop: the whole log.
-		err = errors.Join(err, keepLog(s.td.log.Name(), s.keepLog))
+		err = errors.Join(err, keepLog(s.td.log.Name(), s.logCopy))
 	}
 	return err
 }
