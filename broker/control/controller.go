@@ -56,9 +56,11 @@ type Controller struct {
 
 	mu   sync.Mutex
 	next *Params // parameters to apply at the next tick
-	// ended wakes Run when a lease ends, so that its run is recorded in
-	// the history at once rather than at the next tick.
-	ended chan struct{}
+	// leases wakes Run when a lease starts, so that its jobs are sized
+	// before the broker gives it tokens (see broker's unsized), and when
+	// one ends, so that its run is recorded in the history at once rather
+	// than at the next tick.
+	leases chan struct{}
 
 	placed  map[string]bool      // leases whose build is known to run in its own group
 	empty   map[string]time.Time // since when a sandbox lease's directory has held no process
@@ -123,18 +125,18 @@ func New(b *broker.Broker, c Config) (*Controller, error) {
 		"cpu_multiple", p.CPUMultiple, "cpus", c.CPUs, "job_estimate", bytesize.Human(p.JobEstimate), "oom_kills_from", oom.source())
 	engine := newEngine(p, c.CPUs, name, domain.PressureFile(), hist, c.Logger)
 	engine.oomSource = oom.source()
-	ended := make(chan struct{}, 1)
+	leases := make(chan struct{}, 1)
 	b.Observe(func(e api.Event) {
-		if e.Kind == api.EventEnd {
+		if e.Kind == api.EventStart || e.Kind == api.EventEnd {
 			select {
-			case ended <- struct{}{}:
+			case leases <- struct{}{}:
 			default:
 			}
 		}
 	})
 	return &Controller{
 		b: b, domain: domain, sampler: s, forests: forestCache{mem: s.mem}, cgroups: c.Cgroups, hist: hist,
-		oom: oom, engine: engine, ended: ended,
+		oom: oom, engine: engine, leases: leases,
 		log:    c.Logger,
 		placed: map[string]bool{}, stopped: map[string]string{}, empty: map[string]time.Time{}, grace: c.AbandonedGrace,
 	}, nil
@@ -176,7 +178,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			}
 			return err
 		case <-tick.C:
-		case <-c.ended:
+		case <-c.leases:
 		case _, ok := <-trigger:
 			if !ok {
 				c.log.Warn("PSI trigger stopped; pressure is seen at each tick only", "error", w.Wait())

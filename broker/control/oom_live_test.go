@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -193,8 +195,13 @@ func TestRetryOOMCompletesTheBuild(t *testing.T) {
 			t.Errorf("the build did not complete: %v", err)
 		}
 	}
-	if !strings.Contains(stderr.String(), "the OOM killer took 1 process(es) of retried") || !strings.Contains(stderr.String(), "running make again") ||
-		!strings.Contains(stderr.String(), "retry 1 of 2") {
-		t.Errorf("tokenctl did not say it runs make again after the OOM kill:\n%s", stderr.String())
+	// The kernel may take one job or both: the second can be killed before
+	// the first's memory is back. tokenctl must say how many it took.
+	took := regexp.MustCompile(`the OOM killer took (\d+) process\(es\) of retried`).FindStringSubmatch(stderr.String())
+	if took == nil || !strings.Contains(stderr.String(), "running make again") || !strings.Contains(stderr.String(), "retry 1 of 2") {
+		t.Fatalf("tokenctl did not say it runs make again after the OOM kill:\n%s", stderr.String())
+	}
+	if n, _ := strconv.Atoi(took[1]); n < 1 || n > kills {
+		t.Errorf("tokenctl said the OOM killer took %d processes in the first run; the group counted %d kills in all", n, kills)
 	}
 }
