@@ -18,8 +18,9 @@ func (b *Broker) admit(leases []*Lease, granted int) {
 			room--
 		}
 	}
+	now := time.Now()
 	for _, l := range leases {
-		if l.admitted || l.ending || !l.asking() || room < 1 {
+		if l.admitted || l.ending || !l.asking() || room < 1 || b.unsized(l, now) {
 			continue
 		}
 		l.admitted = true
@@ -76,4 +77,26 @@ func (b *Broker) AwaitAdmission(ctx context.Context, id string) (api.LeaseStatus
 			return b.Lease(id)
 		}
 	}
+}
+
+// sizeWait bounds how long a new lease waits for the memory controller
+// to size its jobs before it is admitted: the controller looks within
+// milliseconds of a lease's start (the start wakes it), and one that
+// cannot read memory must not hold builds back.
+const sizeWait = time.Second
+
+// unsized tells whether l still waits for the memory controller's first
+// look at it. Admitted before, its first tokens (in its FIFO as it
+// starts, for ninja) would come from a budget decided before it existed,
+// for jobs of the default size, while its history may say they take
+// 500 MiB each: a lease started on an idle host got the CPU cap's tokens,
+// its make took them, and the jobs were OOM-killed before the
+// controller's next tick lowered the budget (TestRetryOOMCompletesTheBuild
+// failed so, in 1 CI run of 3).
+func (b *Broker) unsized(l *Lease, now time.Time) bool {
+	if b.memory == nil || now.Sub(l.Created) >= sizeWait {
+		return false
+	}
+	_, seen := b.leaseMemory[l.ID]
+	return !seen
 }

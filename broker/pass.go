@@ -84,7 +84,7 @@ func (b *Broker) observe() *passState {
 	if b.collected.Swap(false) {
 		b.dirty = true
 	}
-	active, now := 0, time.Now()
+	active := 0
 	for i, l := range leases {
 		b.recover(l)
 		b.trimExcess(l)
@@ -104,7 +104,6 @@ func (b *Broker) observe() *passState {
 			ending:  l.ending,
 			out:     !l.ending && !l.counted(),
 			waiting: !l.ending && !l.admitted && l.asking(),
-			unsized: b.unsized(l, now),
 		}
 		l.hungry = p.use[i].hungry
 		p.granted += p.use[i].granted
@@ -114,27 +113,6 @@ func (b *Broker) observe() *passState {
 	}
 	p.allowance = max(b.budget-active, 0)
 	return p
-}
-
-// sizeWait bounds how long a new lease waits for the memory controller
-// to size its jobs before it gets tokens: the controller looks within
-// milliseconds of a lease's start (the start wakes it), and one that
-// cannot read memory must not hold builds back.
-const sizeWait = time.Second
-
-// unsized tells whether l still waits for the memory controller's first
-// look at it. Its first tokens would otherwise come from a budget decided
-// before it existed, for jobs of the default size, while its history may
-// say they take 500 MiB each: a lease started on an idle host got the CPU
-// cap's tokens, its make took them, and the jobs were OOM-killed before
-// the controller's next tick lowered the budget
-// (TestRetryOOMCompletesTheBuild failed so, in 1 CI run of 3).
-func (b *Broker) unsized(l *Lease, now time.Time) bool {
-	if b.memory == nil || now.Sub(l.Created) >= sizeWait {
-		return false
-	}
-	_, seen := b.leaseMemory[l.ID]
-	return !seen
 }
 
 // trimExcess takes out of l's FIFO the tokens its clients wrote beyond
@@ -227,7 +205,7 @@ func (p *passState) grants() []int {
 	gives := make([]int, len(p.leases))
 	for i, l := range p.leases {
 		want := p.target[i] - p.use[i].granted - l.fifo.Reissued()
-		if want <= 0 || pool <= 0 || !l.admitted || p.use[i].unsized {
+		if want <= 0 || pool <= 0 || !l.admitted {
 			continue
 		}
 		gives[i] = min(want, pool)

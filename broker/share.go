@@ -14,10 +14,6 @@ type usage struct {
 	ending  bool
 	out     bool // holds no slot (a nix build that has not asked yet): no share
 	waiting bool // asks for its slot and is not admitted yet
-	// unsized: a memory controller steers the budget and has not yet
-	// sized this new lease's jobs; it gets no tokens beyond its implicit
-	// slot until then (see Broker.unsized).
-	unsized bool
 }
 
 // shares decides how many tokens each lease should have. allowance is what

@@ -72,6 +72,6 @@ func (b *Broker) SetMemory(m api.MemoryStatus, leases map[string]api.LeaseMemory
 	defer b.mu.Unlock()
 	b.memory = &m
 	b.leaseMemory = maps.Clone(leases)
-	// New leases the controller has now sized get their tokens.
+	// New leases the controller has now sized may be admitted.
 	b.pass()
 }

@@ -57,7 +57,7 @@ type Controller struct {
 	mu   sync.Mutex
 	next *Params // parameters to apply at the next tick
 	// leases wakes Run when a lease starts, so that its jobs are sized
-	// before the broker gives it tokens (see broker's unsized), and when
+	// before the broker admits it (see broker's unsized), and when
 	// one ends, so that its run is recorded in the history at once rather
 	// than at the next tick.
 	leases chan struct{}
