@@ -227,7 +227,10 @@ func (c *Config) decodeFile(path string) error {
 	md, err := toml.DecodeFile(path, &file)
 	if err != nil {
 		var perr toml.ParseError
-		if errors.As(err, &perr) {
+		// ErrorWithPosition indexes lines[Line-1]: toml v1.6.0 reports
+		// line 0 for some inputs ("\"\r\n", found by FuzzLoadConfig) and
+		// then panics there.
+		if errors.As(err, &perr) && perr.Position.Line >= 1 {
 			return fmt.Errorf("config %s: %s", path, perr.ErrorWithPosition())
 		}
 		return fmt.Errorf("config %s: %w", path, err)
