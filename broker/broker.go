@@ -67,7 +67,8 @@ const MaxShareGrace = time.Hour
 
 // Broker owns the host's budget of job tokens and the leases it feeds.
 // Its work is split by what it does: registry.go, adopt.go and permit.go
-// hold the leases and say who may have one, budget.go decides the budget,
+// hold the leases and say who may have one, watch.go sees their files
+// opened and their owners go, budget.go decides the budget,
 // pass.go (with share.go) moves tokens, admission.go lets waiting builds
 // start (gate.go for nix builds), jobserver.Collector takes owed tokens back,
 // holders.go and reclaim.go write off leaked ones, reissue.go hands
@@ -78,7 +79,7 @@ type Broker struct {
 	opts      Options
 	log       hclog.Logger
 	run       *runDir
-	watch     *fifoWatch
+	watch     *leaseWatch
 	wake      chan struct{}
 	collector *jobserver.Collector
 	events    *events
@@ -147,7 +148,7 @@ func New(opts Options) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	watch, err := newFIFOWatch()
+	watch, err := newLeaseWatch()
 	if err != nil {
 		run.close()
 		return nil, err
@@ -200,11 +201,11 @@ func (b *Broker) Run(ctx context.Context) error {
 			return b.shutdown()
 		case ev, ok := <-events:
 			if !ok {
-				b.log.Error("fifo watch stopped; leaked tokens are now found only when leases end")
+				b.log.Error("inotify watch stopped; leaked tokens are now found only when leases end, and leases end up to a second after their owner")
 				events = nil
 				continue
 			}
-			b.onFIFOEvent(ev)
+			b.onWatchEvent(ev)
 		case <-b.wake:
 			b.mu.Lock()
 			b.pass()
@@ -223,7 +224,7 @@ func (b *Broker) Run(ctx context.Context) error {
 func (b *Broker) tick() {
 	b.mu.Lock()
 	b.endOrphans(time.Now())
-	b.startScan(b.dueScans())
+	b.startScan(b.settleDue(b.dueScans()))
 	defer b.mu.Unlock()
 	b.pass()
 	b.startJobCount(time.Now())

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,7 +68,9 @@ func startBroker(t *testing.T, dir string, budget int) *Broker {
 // startBrokerWith is startBroker with more options; it logs to the test.
 func startBrokerWith(t *testing.T, opts Options) *Broker {
 	t.Helper()
-	opts.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{t}})
+	if opts.Logger == nil {
+		opts.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{t}})
+	}
 	b, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -255,37 +258,10 @@ func TestShrinkingBudgetIsCollectedAndGrowsBack(t *testing.T) {
 
 func TestTokensOfAKilledBuildAreReclaimed(t *testing.T) {
 	b := startBroker(t, t.TempDir(), 5)
-	l, err := b.Register(LeaseRequest{Name: "doomed", Owner: self(), GID: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitStatus(t, b, "4 tokens granted", func(st api.Status) bool { return st.Granted == 4 })
-
-	child := exec.Command(os.Args[0], "-test.run=^$")
-	child.Env = append(os.Environ(), "TOKEND_BROKER_TEST_CHILD=hold", "TOKEND_HOLD=3",
-		"MAKEFLAGS="+jobserver.WithAuth("", jobserver.FIFOAuth(l.fifo.Path())))
-	out, err := child.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, _ := bufio.NewReader(out).ReadString('\n')
-	if line != "held\n" {
-		child.Process.Kill()
-		child.Wait()
-		t.Fatalf("child said %q, want held", line)
-	}
-	st := b.Status()
-	if got := leaseByID(st, l.ID); got.Held != 3 {
-		t.Fatalf("lease holds %d, want 3: %+v", got.Held, got)
-	}
-	child.Process.Kill()
-	child.Wait()
+	l := killHolder(t, b)
 	killed := time.Now()
 
-	st = waitStatus(t, b, "3 leaked tokens reclaimed", func(st api.Status) bool { return st.ReclaimedTotal == 3 })
+	st := waitStatus(t, b, "3 leaked tokens reclaimed", func(st api.Status) bool { return st.ReclaimedTotal == 3 })
 	t.Logf("reclaimed %v after the last holder died", time.Since(killed))
 	if got := leaseByID(st, l.ID); got.Reclaimed != 3 {
 		t.Fatalf("lease reclaimed %d, want 3", got.Reclaimed)
@@ -294,6 +270,70 @@ func TestTokensOfAKilledBuildAreReclaimed(t *testing.T) {
 	// in the budget for whoever is hungry.
 	if st.Allowance-st.Granted != 3 {
 		t.Fatalf("%d tokens free in the budget after reclaiming 3: %+v", st.Allowance-st.Granted, st)
+	}
+}
+
+// killHolder registers a lease in b, whose budget is 5, and kills a
+// client of it that holds 3 of its 4 tokens.
+func killHolder(t *testing.T, b *Broker) *Lease {
+	t.Helper()
+	l, err := b.Register(LeaseRequest{Name: "doomed", Owner: self(), GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, b, "4 tokens granted", func(st api.Status) bool { return st.Granted == 4 })
+	child := startHolding(t, b, l, 3)
+	child.Process.Kill()
+	child.Wait()
+	return l
+}
+
+// startHolding starts a client of l's FIFO that takes n tokens and keeps
+// them, like a make whose jobs run, until it is killed.
+func startHolding(t *testing.T, b *Broker, l *Lease, n int) *exec.Cmd {
+	t.Helper()
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), "TOKEND_BROKER_TEST_CHILD=hold", fmt.Sprintf("TOKEND_HOLD=%d", n),
+		"MAKEFLAGS="+jobserver.WithAuth("", jobserver.FIFOAuth(l.fifo.Path())))
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if line != "held\n" {
+		t.Fatalf("child said %q, want held", line)
+	}
+	if got := leaseByID(b.Status(), l.ID); got.Held != n {
+		t.Fatalf("lease holds %d, want %d: %+v", got.Held, n, got)
+	}
+	return child
+}
+
+// TestUnopenedFIFONeedsNoScan: inotify tells that nobody ever opened a
+// lease's FIFO, so it goes as it ends without a look at /proc; one that a
+// client opened needs that look. The broker's /proc here does not exist,
+// so every scan fails.
+func TestUnopenedFIFONeedsNoScan(t *testing.T) {
+	var logs lockedBuilder
+	b := startBrokerWith(t, Options{RuntimeDir: t.TempDir(), Budget: 5, ProcDir: filepath.Join(t.TempDir(), "no-proc"),
+		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: io.MultiWriter(testWriter{t}, &logs)})})
+	unused, err := b.Register(LeaseRequest{Name: "unused", Owner: self(), GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.End(0, unused.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, b, "the unused lease gone", func(st api.Status) bool { return leaseByID(st, unused.ID).Name == "<gone>" })
+
+	killHolder(t, b)
+	waitStatus(t, b, "a failed scan", func(api.Status) bool { return strings.Contains(logs.String(), "cannot look for jobserver holders") })
+	if st := b.Status(); st.ReclaimedTotal != 0 {
+		t.Fatalf("reclaimed %d tokens of a fifo a client opened, without a scan", st.ReclaimedTotal)
 	}
 }
 
@@ -353,6 +393,40 @@ func TestOwnerExitEndsLease(t *testing.T) {
 	waitStatus(t, b, "both leases gone", func(st api.Status) bool {
 		return leaseByID(st, byPID.ID).Name == "<gone>" && leaseByID(st, byDir.ID).Name == "<gone>"
 	})
+}
+
+// TestOwnerDirGoneEndsLeaseAtOnce: a lease owned by a directory ends when
+// the directory is removed or renamed, by inotify. The broker never ticks
+// here, so the periodic look at every owner cannot be what ends it.
+func TestOwnerDirGoneEndsLeaseAtOnce(t *testing.T) {
+	b := startBrokerWith(t, Options{RuntimeDir: t.TempDir(), Budget: 4, Tick: time.Hour})
+	parent := t.TempDir()
+	removed, renamed := filepath.Join(parent, "removed.drv.chroot"), filepath.Join(parent, "renamed.drv.chroot")
+	var ids []string
+	for _, dir := range []string{removed, renamed} {
+		if err := os.Mkdir(dir, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		l, err := b.Register(LeaseRequest{Name: filepath.Base(dir), Owner: api.Owner{Dir: dir}, GID: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, l.ID)
+	}
+	if err := os.Remove(removed); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(renamed, renamed+".old"); err != nil {
+		t.Fatal(err)
+	}
+	st := waitStatus(t, b, "both leases ending", func(st api.Status) bool {
+		return leaseByID(st, ids[0]).Ending && leaseByID(st, ids[1]).Ending
+	})
+	for i, dir := range []string{removed, renamed} {
+		if got, want := leaseByID(st, ids[i]).EndReason, "owner directory "+dir+" removed"; got != want {
+			t.Errorf("lease of %s ended with %q, want %q", dir, got, want)
+		}
+	}
 }
 
 func TestInflatedFIFOIsTrimmed(t *testing.T) {

@@ -59,8 +59,19 @@ type Lease struct {
 	inode     fileid.ID
 	opens     int       // clients' opens seen, so a scan racing an open is discarded
 	closeSeen time.Time // a client closed the FIFO; nobody may hold it any more
-	removing  bool      // ended and nobody holds it: removed at the end of the tick
+	// seenSinceMade is set while inotify has reported every open of the
+	// FIFO since tokend made it: not for an adopted lease, nor after
+	// inotify dropped events. Opens cannot be counted to tell how many
+	// clients hold it, because inotify merges an event into the one before
+	// it while neither is read (two opens in a row are one), but no open
+	// at all is certain.
+	seenSinceMade bool
+	removing      bool // ended and nobody holds it: removed at the end of the tick
 }
+
+// neverOpened reports whether the watch knows that no client ever opened
+// l's FIFO, so that nobody can hold it.
+func (l *Lease) neverOpened() bool { return l.seenSinceMade && l.opens == 0 }
 
 // fifoPath is where lease id's FIFO lives in the runtime directory.
 func fifoPath(dir, id string) string { return filepath.Join(dir, "leases", id+".fifo") }

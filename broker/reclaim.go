@@ -31,38 +31,6 @@ func (b *Broker) endOrphans(now time.Time) {
 	}
 }
 
-// onFIFOEvent notes a client opening or closing a lease's FIFO, or a
-// build reading its gate. A close makes the lease due for a search for
-// holders after the grace period; the first read of a gate makes the
-// build ask for admission.
-func (b *Broker) onFIFOEvent(ev fifoEvent) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	w, ok := b.byWatch[ev.wd]
-	if !ok {
-		return
-	}
-	l := w.lease
-	switch {
-	case w.gate:
-		// The build read its gate: it asks for its slot from now on.
-		if !ev.close && l.asked.IsZero() && !l.ending {
-			l.asked = time.Now()
-			b.dirty = true
-			b.log.Info("lease asks for admission", "lease", l.ID, "name", l.Name)
-			b.poke()
-		}
-	case ev.close:
-		l.closeSeen = time.Now()
-	default:
-		l.opens++
-		if !l.joined {
-			l.joined = true
-			b.dirty = true
-		}
-	}
-}
-
 // scanRequest is a lease to look for holders of, with the open count seen
 // before looking, so an open during the scan voids the answer.
 type scanRequest struct {
@@ -93,28 +61,56 @@ func (b *Broker) reclaim(r scanResult) {
 		b.log.Error("cannot look for jobserver holders", "error", r.err)
 		return
 	}
-	due, counts := r.due, r.counts
-	for _, s := range due {
-		l := s.lease
-		if l.opens != s.opens {
+	for _, s := range r.due {
+		if s.lease.opens != s.opens {
 			continue // a client came while we looked; look again after it closes
 		}
-		l.closeSeen = time.Time{}
-		if counts[l.inode] > 0 {
-			if l.ending {
-				l.closeSeen = time.Now() // keep looking until the last one is gone
-			}
-			continue
-		}
-		if l.ending {
-			b.release(l)
-		}
-		b.writeOffLeaked(l)
+		b.settle(s.lease, r.counts[s.lease.inode] > 0)
 	}
 	// Saved at once, not at the end of the next tick: a tokend killed
 	// before then restarted with the tokens release took out of the FIFO
 	// still counted as granted, and wrote them off as leaked.
 	b.checkpoint()
+}
+
+// settleDue settles the leases due for a look at their holders whose FIFO
+// no client ever opened (a nix build without the setup hook, as most
+// small derivations are), and returns the others, for a scan of /proc.
+// That scan reads every process's descriptors; nix starting and ending
+// 125 short builds a second (BenchmarkHookLatency) kept one running all
+// the time, 15% of tokend's time. A due lease waited out Options.Grace
+// since it ended, so an open just before it ended has been seen.
+func (b *Broker) settleDue(due []scanRequest) []scanRequest {
+	var scan []scanRequest
+	for _, s := range due {
+		if !s.lease.neverOpened() {
+			scan = append(scan, s)
+			continue
+		}
+		b.settle(s.lease, false)
+	}
+	if len(scan) < len(due) {
+		b.checkpoint()
+	}
+	return scan
+}
+
+// settle acts on what was found of l's holders: while it is held, an
+// ended lease is looked at again later; once nobody holds it, an ended
+// lease is released and whatever l's clients did not give back is
+// written off.
+func (b *Broker) settle(l *Lease, held bool) {
+	l.closeSeen = time.Time{}
+	if held {
+		if l.ending {
+			l.closeSeen = time.Now() // keep looking until the last one is gone
+		}
+		return
+	}
+	if l.ending {
+		b.release(l)
+	}
+	b.writeOffLeaked(l)
 }
 
 // release empties an ended lease nobody holds any more and marks it for

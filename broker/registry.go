@@ -55,7 +55,7 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Lease{Registration: reg, fifo: f, admitted: !req.Wait && !req.Gate}
+	l := &Lease{Registration: reg, fifo: f, admitted: !req.Wait && !req.Gate, seenSinceMade: true}
 	if req.Gate {
 		if l.gate, err = createGate(gatePath(b.run.path, reg.ID), req.GID); err == nil {
 			err = l.gate.write(false, b.opts.OOMScoreAdj, l.Created)
@@ -88,6 +88,9 @@ func (b *Broker) Register(req LeaseRequest) (*Lease, error) {
 		if err != nil {
 			b.untrack(l)
 		} else {
+			// The whole state is saved: the pass need not save it again
+			// unless it moves tokens.
+			b.dirty = false
 			b.Record(api.Event{Kind: api.EventStart, Lease: l.ID, Name: l.Name}) // before its admission, which the pass may record
 			b.pass()
 		}
@@ -169,31 +172,14 @@ func (b *Broker) end(l *Lease, reason string) {
 	b.Record(api.Event{Kind: api.EventEnd, Lease: l.ID, Name: l.Name, Reason: reason})
 }
 
-// watched is what an inotify watch is on: a lease's FIFO, or its gate.
-type watched struct {
-	lease *Lease
-	gate  bool
-}
-
-// track makes l known to the broker and watches its FIFO and gate.
+// track makes l known to the broker and watches its files.
 func (b *Broker) track(l *Lease) error {
 	id, err := fileid.Of(l.fifo.Path())
 	if err != nil {
 		return fmt.Errorf("lease %s: %w", l.ID, err)
 	}
-	wd, err := b.watch.add(l.fifo.Path())
-	if err != nil {
+	if err := b.watchFiles(l); err != nil {
 		return err
-	}
-	b.byWatch[wd] = watched{lease: l}
-	if l.gate != nil {
-		gwd, err := b.watch.add(l.gate.path)
-		if err != nil {
-			b.watch.remove(wd)
-			delete(b.byWatch, wd)
-			return err
-		}
-		b.byWatch[gwd] = watched{lease: l, gate: true}
 	}
 	l.inode = id
 	b.leases[l.ID] = l
@@ -202,12 +188,7 @@ func (b *Broker) track(l *Lease) error {
 
 // untrack forgets l and stops watching its files.
 func (b *Broker) untrack(l *Lease) {
-	for wd, w := range b.byWatch {
-		if w.lease == l {
-			b.watch.remove(wd)
-			delete(b.byWatch, wd)
-		}
-	}
+	b.unwatchFiles(l)
 	delete(b.leases, l.ID)
 }
 
