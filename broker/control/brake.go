@@ -21,7 +21,8 @@ func (e *engine) frozen(in []leaseInput) []leaseInput {
 // brake is the last resort. When headroom, less what memory outside the
 // leases is expected to take (outsideGrowth), is under half the reserve
 // and headroom is still falling, it freezes the youngest lease that can
-// be frozen, never the oldest, which must make progress. Sustained
+// be frozen, never the keeper (the oldest, or the one with the smallest
+// links), which must make progress. Sustained
 // pressure does the same, at most once a pressure window: real
 // compilers near a limit thrash (their text pages evicted and read
 // again) long before the OOM killer comes, with headroom to spare, and a
@@ -29,26 +30,22 @@ func (e *engine) frozen(in []leaseInput) []leaseInput {
 // thrashing; as Buck2 suspends its youngest action. Links of unknown
 // size it lets grow one at a time: when two leases or more run one and
 // memory does not fit the growth to come (free < 0), the youngest of them
-// is frozen until the older link is done. A link runs on its build's
+// is frozen until the older link is done; where history tells every
+// running lease's link size, a lease whose link does not fit waits for
+// the keeper to be done. A link runs on its build's
 // implicit slot, the last job of a build, which no token holds back, and
 // once it has grown nothing gives its memory back: this is where a cold
 // tokend lost builds to the OOM killer beside a growing program. It thaws
 // the oldest frozen lease once memory has recovered (headroom back over
 // the reserve, room for the expected growth of every job, frozen ones
-// included, and no pressure) for a growth interval, or at once after a growth interval if
-// the frozen lease has become the oldest.
+// included, and no pressure) for a growth interval, or at once after a
+// growth interval if the frozen lease has become the keeper.
 func (e *engine) brake(in []leaseInput, m measure, frozen []leaseInput, now time.Time) []action {
 	head, reserve, outsideGrowth, free := m.head, m.reserve, m.outsideGrowth, m.free
 	var acts []action
-	var oldest string
-	for _, li := range in {
-		if li.Admitted && !li.Ending {
-			oldest = li.ID
-			break
-		}
-	}
+	keeper, bySize := e.keeper(in)
 	freezable := func(li leaseInput) bool {
-		return li.ID != oldest && li.Admitted && !li.Ending && li.Freezable && !e.leases[li.ID].frozen
+		return li.ID != keeper && li.Admitted && !li.Ending && li.Freezable && !e.leases[li.ID].frozen
 	}
 	freeze := func(li leaseInput, why string) {
 		ls := e.leases[li.ID]
@@ -71,7 +68,7 @@ func (e *engine) brake(in []leaseInput, m measure, frozen []leaseInput, now time
 		if outsideGrowth > 0 {
 			why += fmt.Sprintf(" once memory outside the leases has grown by the %s expected", bytesize.Human(outsideGrowth))
 		}
-		for i := len(in) - 1; i >= 0 && in[i].ID != oldest; i-- {
+		for i := len(in) - 1; i >= 0; i-- {
 			if freezable(in[i]) {
 				freeze(in[i], why)
 				break
@@ -80,10 +77,19 @@ func (e *engine) brake(in []leaseInput, m measure, frozen []leaseInput, now time
 	case m.pressured && now.Sub(e.lastPressureFreeze) >= pressureWindow:
 		why := fmt.Sprintf("memory pressure: tasks stalled %.0f%% of the last %v (full %.0f%%)",
 			100*m.some, m.span.Round(100*time.Millisecond), 100*m.full)
-		for i := len(in) - 1; i >= 0 && in[i].ID != oldest; i-- {
+		for i := len(in) - 1; i >= 0; i-- {
 			if freezable(in[i]) {
 				freeze(in[i], why)
 				e.lastPressureFreeze = now
+				break
+			}
+		}
+	case bySize && free < 0:
+		keeps := e.leases[keeper].estimate(classLink)
+		for i := len(in) - 1; i >= 0; i-- {
+			if ls := e.leases[in[i].ID]; freezable(in[i]) && ls.runsLink() {
+				freeze(in[i], fmt.Sprintf("its link, expected at %s, fits only once the build whose links take %s is done; memory is %s short of their growth to come",
+					bytesize.Human(ls.estimate(classLink)), bytesize.Human(keeps), bytesize.Human(uint64(-free))))
 				break
 			}
 		}
@@ -111,16 +117,51 @@ func (e *engine) brake(in []leaseInput, m measure, frozen []leaseInput, now time
 	ls := e.leases[f.ID]
 	dwell := e.p.GrowthInterval
 	due := now.Sub(ls.frozenAt) >= dwell && now.Sub(e.lastThaw) >= dwell
-	if due && (f.ID == oldest || recovered && now.Sub(e.recoveredSince) >= dwell) {
+	if due && (f.ID == keeper || recovered && now.Sub(e.recoveredSince) >= dwell) {
 		ls.frozen = false
 		e.lastThaw = now
 		why := fmt.Sprintf("memory recovered: headroom %s", bytesize.Human(head))
-		if f.ID == oldest {
-			why = "it became the oldest lease, which must make progress"
+		if f.ID == keeper {
+			why = "it became the lease that must make progress"
 		}
 		acts = append(acts, action{Lease: f.ID, Name: f.Name, Why: why})
 		e.log.Info("memory brake: thawed a lease", "lease", f.ID, "name", f.Name,
-			"frozen_for", now.Sub(ls.frozenAt).Round(time.Millisecond), "headroom", bytesize.Human(head), "oldest", f.ID == oldest)
+			"frozen_for", now.Sub(ls.frozenAt).Round(time.Millisecond), "headroom", bytesize.Human(head), "keeper", f.ID == keeper)
 	}
 	return acts
+}
+
+// keeper is the lease the brake never freezes, so that one always makes
+// progress: the oldest running lease, unless the history of every running
+// lease tells the size of its links and they differ. Then it is the lease
+// whose links are the smallest (bySize): a link runs on its build's
+// implicit slot and nothing gives its memory back, so where memory fits
+// the largest link only alone, the others must be done first. In the
+// bench's hog scenario one package links at 3 GiB and the other at
+// 1.6 GiB beside a 3 GiB program in 6 GiB: keeping the oldest, whichever
+// linked first, lost a build to the OOM killer in one warm run of three.
+func (e *engine) keeper(in []leaseInput) (id string, bySize bool) {
+	var running []string
+	for _, li := range in {
+		if li.Admitted && !li.Ending {
+			running = append(running, li.ID)
+		}
+	}
+	if len(running) == 0 {
+		return "", false
+	}
+	id = running[0]
+	least, most := uint64(0), uint64(0)
+	for i, r := range running {
+		ls := e.leases[r]
+		if !ls.evidenced(classLink) {
+			return running[0], false
+		}
+		link := ls.estimate(classLink)
+		if i == 0 || link < least {
+			id, least = r, link
+		}
+		most = max(most, link)
+	}
+	return id, least < most
 }

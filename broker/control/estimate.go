@@ -383,17 +383,19 @@ func (e *engine) record(ls *leaseState, partial bool, now time.Time) {
 	}
 }
 
-// linksUnknown tells whether the lease runs a link whose size nothing
-// has shown yet: no link of this lease has finished, and its history has
-// none.
-func (l *leaseState) linksUnknown() bool {
-	if l.known[classLink] || len(l.seen[classLink]) > 0 {
-		return false
-	}
+// runsLink tells whether the lease runs a link of a size worth a job.
+func (l *leaseState) runsLink() bool {
 	for _, p := range l.procs {
 		if p.class == classLink && !p.exiting && p.Peak >= heavyFloor {
 			return true
 		}
 	}
 	return false
+}
+
+// linksUnknown tells whether the lease runs a link whose size nothing
+// has shown yet: no link of this lease has finished, and its history has
+// none.
+func (l *leaseState) linksUnknown() bool {
+	return !l.known[classLink] && len(l.seen[classLink]) == 0 && l.runsLink()
 }

@@ -396,6 +396,31 @@ func TestReplayV1Hog(t *testing.T) {
 			t.Errorf("warm: %v: links of known size were held back", r)
 		}
 	}
+
+	// Known to differ, where memory fits the larger only alone: the lease
+	// with the smaller link is the keeper, and the other waits frozen as
+	// soon as its link runs, even the oldest, while it is still small.
+	for _, tt := range []struct {
+		aLink, bLink uint64
+		want         string
+	}{
+		{2000 * mib, 1100 * mib, "step 64: budget 1 (growth reserve), freeze a"},
+		{1100 * mib, 2000 * mib, "step 73: budget 1 (outside growth), freeze b"},
+	} {
+		h := newTestHistory(t)
+		h.record(0, "a", run(252*mib, tt.aLink), time.Now())
+		h.record(0, "b", run(252*mib, tt.bLink), time.Now())
+		rs := replay(t, "v1-hog", Params{}, 2, h)
+		var froze []string
+		for _, r := range rs {
+			if len(r.Actions) > 0 {
+				froze = append(froze, r.String())
+			}
+		}
+		if len(froze) != 1 || froze[0] != tt.want {
+			t.Errorf("links of a %d MiB, b %d MiB: brake %q, want %q", tt.aLink/mib, tt.bLink/mib, froze, tt.want)
+		}
+	}
 }
 
 // Traces with nothing growing outside the leases forecast no outside
