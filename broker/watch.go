@@ -96,13 +96,20 @@ func (w *leaseWatch) run(ctx context.Context) {
 
 func (w *leaseWatch) close() error { return w.f.Close() }
 
-// watched is what an inotify watch is on: a lease's FIFO, its gate, or
-// its owner directory.
+// watched is what an inotify watch is on: one of a lease's files.
 type watched struct {
 	lease *Lease
-	gate  bool
-	owner bool
+	file  leaseFile
 }
+
+// leaseFile is which of a lease's files a watch is on.
+type leaseFile int
+
+const (
+	fifoFile  leaseFile = iota
+	gateFile            // the nix build's gate
+	ownerFile           // the owner directory
+)
 
 // watchFiles watches l's FIFO, its gate and its owner directory.
 func (b *Broker) watchFiles(l *Lease) error {
@@ -110,14 +117,14 @@ func (b *Broker) watchFiles(l *Lease) error {
 	if err != nil {
 		return err
 	}
-	b.byWatch[wd] = watched{lease: l}
+	b.byWatch[wd] = watched{lease: l, file: fifoFile}
 	if l.gate != nil {
 		gwd, err := b.watch.add(l.gate.path, watchOpens)
 		if err != nil {
 			b.unwatchFiles(l)
 			return err
 		}
-		b.byWatch[gwd] = watched{lease: l, gate: true}
+		b.byWatch[gwd] = watched{lease: l, file: gateFile}
 	}
 	if l.Owner.Dir != "" {
 		// The owner check every ownerCheckInterval stays the fallback.
@@ -125,7 +132,7 @@ func (b *Broker) watchFiles(l *Lease) error {
 		if err != nil {
 			b.log.Warn("cannot watch the lease's owner directory; the lease ends up to a second after it goes", "lease", l.ID, "dir", l.Owner.Dir, "error", err)
 		} else {
-			b.byWatch[owd] = watched{lease: l, owner: true}
+			b.byWatch[owd] = watched{lease: l, file: ownerFile}
 		}
 	}
 	return nil
@@ -162,10 +169,8 @@ func (b *Broker) onWatchEvent(ev watchEvent) {
 	}
 	l := w.lease
 	switch {
-	case w.owner:
-		if ev.mask&removed == 0 {
-			return
-		}
+	case w.file == ownerFile:
+		// Watched for its removal only.
 		if ev.mask&unix.IN_IGNORED != 0 {
 			delete(b.byWatch, ev.wd)
 		}
@@ -174,7 +179,7 @@ func (b *Broker) onWatchEvent(ev watchEvent) {
 			b.pass()
 		}
 	case ev.mask&watchOpens == 0:
-	case w.gate:
+	case w.file == gateFile:
 		// The build read its gate: it asks for its slot from now on.
 		if ev.mask&unix.IN_OPEN != 0 && l.asked.IsZero() && !l.ending {
 			l.asked = time.Now()

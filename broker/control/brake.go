@@ -113,7 +113,16 @@ func (e *engine) brake(in []leaseInput, m measure, frozen []leaseInput, now time
 	case e.recoveredSince.IsZero():
 		e.recoveredSince = now
 	}
+	// A frozen keeper goes first. The keeper changes (a link growing past
+	// the other lease's estimate makes that one the keeper), and a keeper
+	// left frozen behind an older frozen lease, which memory does not let
+	// go, would leave no lease running.
 	f := frozen[0]
+	for _, fl := range frozen {
+		if fl.ID == keeper {
+			f = fl
+		}
+	}
 	ls := e.leases[f.ID]
 	dwell := e.p.GrowthInterval
 	due := now.Sub(ls.frozenAt) >= dwell && now.Sub(e.lastThaw) >= dwell
