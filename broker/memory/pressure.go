@@ -3,6 +3,7 @@ package memory
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -31,10 +32,25 @@ func (d *Domain) readPressure() (Pressure, error) {
 	if st.Some == nil || st.Full == nil {
 		return Pressure{}, fmt.Errorf("memory: %s lacks a some or full line", d.pressure)
 	}
-	return Pressure{
-		Some: time.Duration(st.Some.Total) * time.Microsecond,
-		Full: time.Duration(st.Full.Total) * time.Microsecond,
-	}, nil
+	some, err := stallTotal(st.Some.Total)
+	if err != nil {
+		return Pressure{}, fmt.Errorf("memory: %s: some: %w", d.pressure, err)
+	}
+	full, err := stallTotal(st.Full.Total)
+	if err != nil {
+		return Pressure{}, fmt.Errorf("memory: %s: full: %w", d.pressure, err)
+	}
+	return Pressure{Some: some, Full: full}, nil
+}
+
+// stallTotal is a PSI total, a u64 of microseconds in the kernel, as a
+// Duration, which holds 292 years of them: more than any host has
+// stalled, so a larger total is no real PSI file's.
+func stallTotal(us uint64) (time.Duration, error) {
+	if us > math.MaxInt64/uint64(time.Microsecond) {
+		return 0, fmt.Errorf("stall total of %d µs is more than 292 years; not a PSI file of this host", us)
+	}
+	return time.Duration(us) * time.Microsecond, nil
 }
 
 // readPressureFile parses a cgroup's memory.pressure, which procfs cannot
@@ -70,7 +86,9 @@ func readPressureFile(path string) (Pressure, error) {
 		if err != nil {
 			return Pressure{}, fmt.Errorf("memory: %s: %s line %q: want total=<microseconds>: %w", path, kind, line, err)
 		}
-		*dst = time.Duration(us) * time.Microsecond
+		if *dst, err = stallTotal(us); err != nil {
+			return Pressure{}, fmt.Errorf("memory: %s: %s line %q: %w", path, kind, line, err)
+		}
 		seen[kind] = true
 	}
 	if !seen["some"] || !seen["full"] {
