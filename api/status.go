@@ -61,6 +61,10 @@ type LeaseStatus struct {
 	// Share is how many tokens the lease should have now: its fair share
 	// of the allowance, or what it uses when that is less.
 	Share int `json:"share"`
+	// First: the lease's share is served before the others' (the memory
+	// controller's choice, where memory runs the builds' links only one
+	// after the other and this build's are the smallest).
+	First bool `json:"first,omitempty"`
 	// OverShareSince is when the lease came to hold more than its share
 	// while another lease waited, once that has lasted the share grace;
 	// zero otherwise. Its clients hold those tokens: they come back as its

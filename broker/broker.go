@@ -94,6 +94,7 @@ type Broker struct {
 	totals        totals
 	memory        *api.MemoryStatus // the memory controller's view, once it has one
 	leaseMemory   map[string]api.LeaseMemory
+	first         string        // the lease whose share is served first (ServeFirst); "" for none
 	admissions    chan struct{} // closed and replaced when a lease is admitted or removed
 	dirty         bool          // state differs from the state file
 	ownersChecked time.Time

@@ -197,16 +197,7 @@ func TestLeasesShareTheBudgetWithoutExceedingIt(t *testing.T) {
 
 	// Later builds wait for admission, as tokenctl run does, so their
 	// implicit slots never push the host over the budget.
-	var ids []string
-	for _, name := range []string{"b", "c"} {
-		l, err := b.Register(LeaseRequest{Name: name, Owner: self(), GID: -1, Wait: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, l.ID)
-		waitStatus(t, b, name+" to be admitted", func(st api.Status) bool { return leaseByID(st, l.ID).Admitted })
-		j.run(t, dial(t, l.fifo.Path()), 8, 5*time.Millisecond)
-	}
+	busyLeases(t, b, j, "b", "c")
 	st := waitStatus(t, b, "equal shares", func(st api.Status) bool {
 		for _, l := range st.Leases {
 			if l.Granted != 1 {
@@ -223,6 +214,52 @@ func TestLeasesShareTheBudgetWithoutExceedingIt(t *testing.T) {
 		t.Fatalf("%d jobs ran at once under a budget of 6", p)
 	}
 	t.Logf("peak concurrency %d under budget 6", j.peak.Load())
+}
+
+// busyLeases registers a lease for each name, waiting for admission as
+// tokenctl run does, and keeps 8 clients of each busy with short jobs;
+// it returns their IDs.
+func busyLeases(t *testing.T, b *Broker, j *jobs, names ...string) []string {
+	t.Helper()
+	var ids []string
+	for _, name := range names {
+		l, err := b.Register(LeaseRequest{Name: name, Owner: self(), GID: -1, Wait: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, l.ID)
+		waitStatus(t, b, name+" to be admitted", func(st api.Status) bool { return leaseByID(st, l.ID).Admitted })
+		j.run(t, dial(t, l.fifo.Path()), 8, 5*time.Millisecond)
+	}
+	return ids
+}
+
+// TestServedFirstGetsTheAllowance: the lease the memory controller names
+// takes the whole allowance from a hungry neighbour, which goes on at its
+// implicit slot, within the budget; unnamed, the two share again.
+func TestServedFirstGetsTheAllowance(t *testing.T) {
+	b := startBroker(t, t.TempDir(), 6)
+	j := newJobs()
+	defer j.close()
+	ids := busyLeases(t, b, j, "a", "b")
+	granted := func(a, bb int) func(api.Status) bool {
+		return func(st api.Status) bool {
+			return leaseByID(st, ids[0]).Granted == a && leaseByID(st, ids[1]).Granted == bb
+		}
+	}
+	waitStatus(t, b, "equal shares", granted(2, 2))
+
+	b.ServeFirst(ids[1], "test")
+	st := waitStatus(t, b, "b served first", granted(0, 4))
+	if !leaseByID(st, ids[1]).First || leaseByID(st, ids[0]).First {
+		t.Fatalf("status First: a %v, b %v; want only b", leaseByID(st, ids[0]).First, leaseByID(st, ids[1]).First)
+	}
+	b.ServeFirst("", "")
+	waitStatus(t, b, "equal shares again", granted(2, 2))
+	j.close()
+	if p := j.peak.Load(); p > 6 {
+		t.Fatalf("%d jobs ran at once under a budget of 6", p)
+	}
 }
 
 func TestShrinkingBudgetIsCollectedAndGrowsBack(t *testing.T) {

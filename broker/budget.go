@@ -93,3 +93,23 @@ func (b *Broker) applyBudget() {
 	}
 	b.budget, b.budgetReason = n, reason
 }
+
+// ServeFirst makes the share of lease id be served before the others', or
+// no lease's for id "": the memory controller's way of making one build
+// finish first where memory runs the builds' links only one after the
+// other. The others keep their implicit slots, so each still makes
+// progress. why says why, for the log; a change runs a pass.
+func (b *Broker) ServeFirst(id, why string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if id == b.first {
+		return
+	}
+	b.first = id
+	if l, ok := b.leases[id]; ok {
+		b.log.Info("lease served first", "lease", id, "name", l.Name, "why", why)
+	} else {
+		b.log.Info("no lease served first any more")
+	}
+	b.pass()
+}

@@ -104,6 +104,7 @@ func (b *Broker) observe() *passState {
 			ending:  l.ending,
 			out:     !l.ending && !l.counted(),
 			waiting: !l.ending && !l.admitted && l.asking(),
+			first:   l.ID == b.first,
 		}
 		l.hungry = p.use[i].hungry
 		p.granted += p.use[i].granted

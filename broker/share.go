@@ -2,6 +2,7 @@ package broker
 
 import (
 	"math"
+	"slices"
 	"sort"
 )
 
@@ -14,6 +15,7 @@ type usage struct {
 	ending  bool
 	out     bool // holds no slot (a nix build that has not asked yet): no share
 	waiting bool // asks for its slot and is not admitted yet
+	first   bool // its share is served before the others' (Broker.ServeFirst)
 }
 
 // shares decides how many tokens each lease should have. allowance is what
@@ -24,7 +26,8 @@ type usage struct {
 // water-filled, a lease that is not hungry asking only for the tokens it
 // holds (at least one), so a lone build can use everything and hungry builds converge to
 // equal shares. Ending leases, and leases that hold no slot yet, get
-// nothing.
+// nothing. A lease served first has its demand met before the rest is
+// shared.
 func shares(allowance int, leases []usage) []int {
 	target := make([]int, len(leases))
 	granted, anyHungry, anyEnding := 0, false, false
@@ -70,6 +73,12 @@ func shares(allowance int, leases []usage) []int {
 		return leases[active[a]].granted < leases[active[b]].granted
 	})
 	remaining := max(allowance, 0)
+	if k := slices.IndexFunc(active, func(i int) bool { return leases[i].first }); k >= 0 {
+		i := active[k]
+		target[i] = min(demand[i], remaining)
+		remaining -= target[i]
+		active = slices.Delete(active, k, k+1)
+	}
 	for k, i := range active {
 		share := remaining / (len(active) - k)
 		target[i] = min(demand[i], share)

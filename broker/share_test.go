@@ -79,6 +79,24 @@ func TestShares(t *testing.T) {
 			want:      []int{0, 4},
 		},
 		{
+			name:      "a hungry lease served first gets what the allowance has",
+			allowance: 4,
+			leases:    []usage{{granted: 2, hungry: true}, {granted: 2, hungry: true, first: true}},
+			want:      []int{0, 4},
+		},
+		{
+			name:      "a lease served first asks only for what it uses; the rest is shared",
+			allowance: 6,
+			leases:    []usage{{granted: 2, free: 1, idle: 1, first: true}, {hungry: true}, {hungry: true}},
+			want:      []int{1, 2, 3},
+		},
+		{
+			name:      "an ending lease served first still gets nothing",
+			allowance: 4,
+			leases:    []usage{{granted: 2, ending: true, first: true}, {hungry: true}},
+			want:      []int{0, 4},
+		},
+		{
 			name:      "zero allowance gives nothing",
 			allowance: 0,
 			leases:    []usage{{granted: 2, hungry: true}, {hungry: true}},
@@ -96,8 +114,9 @@ func TestShares(t *testing.T) {
 }
 
 // FuzzShares checks the properties every distribution must keep: no
-// negative share, nothing for ending leases, and when anything moves, no
-// more than the allowance in total.
+// negative share, nothing for ending leases, the whole allowance for a
+// hungry lease served first, and when anything moves, no more than the
+// allowance in total.
 func FuzzShares(f *testing.F) {
 	f.Add(6, uint64(0x0102030405))
 	f.Add(0, uint64(0xffff))
@@ -114,7 +133,8 @@ func FuzzShares(f *testing.F) {
 			s := seed >> (8 * (i % 8))
 			g := int(s % 9)
 			free := int((s >> 4) % uint64(g+1))
-			leases[i] = usage{granted: g, free: free, idle: free / 2, hungry: free == 0, ending: s&0x80 != 0}
+			leases[i] = usage{granted: g, free: free, idle: free / 2, hungry: free == 0, ending: s&0x80 != 0,
+				first: i == int(seed>>59)%n}
 			total += g
 			if leases[i].ending || leases[i].hungry {
 				unchanged = false
@@ -128,6 +148,9 @@ func FuzzShares(f *testing.F) {
 			}
 			if leases[i].ending && g != 0 {
 				t.Fatalf("ending lease got %d", g)
+			}
+			if u := leases[i]; u.first && u.hungry && !u.ending && g != allowance {
+				t.Fatalf("hungry lease served first got %d of an allowance of %d: %+v", g, allowance, leases)
 			}
 			sum += g
 		}

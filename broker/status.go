@@ -44,7 +44,7 @@ func (b *Broker) leaseStatus(l *Lease) api.LeaseStatus {
 		Granted: g, Free: min(free, g), Held: max(g-free, 0), Reissued: l.fifo.Reissued(), Owed: l.owed,
 		Reclaimed: l.reclaimed, Inflated: l.inflated, Admitted: l.admitted, Hungry: l.hungry,
 		Ending: l.ending, EndReason: l.endReason, State: l.state(), Asked: l.asked, Share: l.share,
-		CountedJobs: l.jobs,
+		CountedJobs: l.jobs, First: l.ID == b.first,
 	}
 	if l.overReported {
 		ls.OverShareSince = l.overSince

@@ -174,3 +174,42 @@ func (e *engine) keeper(in []leaseInput) (id string, bySize bool) {
 	}
 	return id, least < most
 }
+
+// servedFirst is the lease whose share the broker serves before the
+// others' (Broker.ServeFirst), and why: the keeper, when it is chosen by
+// link size and the running builds' links, at their expected sizes, do
+// not fit together in what the reserve and the memory outside the builds
+// (with its expected growth) leave. Such links run one after the other
+// whatever the budget, the smaller first. Under equal shares the builds
+// keep in step and reach their links together, and the larger one waits
+// frozen for the keeper's last jobs while a CPU idles: in the bench's
+// warm hog runs pkg02 waited 3 to 10 s so. Served first, the keeper
+// finishes early, while every other build goes on at its implicit slot.
+// The choice holds while that lease stays the keeper by size: the
+// outside memory's forecast moves by hundreds of MiB from tick to tick,
+// and a choice that came and went with it would move tokens back and
+// forth.
+func (e *engine) servedFirst(in []leaseInput, m measure) (id, why string) {
+	keeper, bySize := e.keeper(in)
+	if !bySize || keeper != e.first {
+		e.first = ""
+	}
+	if !bySize {
+		return "", ""
+	}
+	var links uint64
+	for _, li := range in {
+		if li.Admitted && !li.Ending {
+			links += e.leases[li.ID].estimate(classLink)
+		}
+	}
+	left := m.limit - min(m.limit, m.reserve+m.outside+m.outsideGrowth)
+	if e.first == "" && links > left {
+		e.first = keeper
+	}
+	if e.first == "" {
+		return "", ""
+	}
+	return keeper, fmt.Sprintf("its links, expected at %s, are the smallest, and the running builds' links, %s together, did not fit in the %s that the reserve and memory outside the builds left",
+		bytesize.Human(e.leases[keeper].estimate(classLink)), bytesize.Human(links), bytesize.Human(left))
+}

@@ -278,6 +278,7 @@ func (c *Controller) tick() {
 	// asks finds its kills counted.
 	c.oom.read(&in)
 	d := c.engine.step(in)
+	c.b.ServeFirst(d.First, d.FirstWhy)
 	if d.Changed {
 		c.steer(d)
 	} else {
@@ -436,6 +437,7 @@ func (c *Controller) thawLeftovers() {
 // saves it.
 func (c *Controller) stop() error {
 	var err error
+	c.b.ServeFirst("", "")
 	st := c.b.Status()
 	live := make(map[string]bool, len(st.Leases))
 	ending := map[string]bool{}

@@ -70,6 +70,9 @@ type decision struct {
 	Leases  map[string]api.LeaseMemory
 	// OOMKills are the kills laid on leases this tick, as events.
 	OOMKills []api.Event
+	// First is the lease whose share the broker is to serve first, "" for
+	// none; FirstWhy says why (engine.servedFirst).
+	First, FirstWhy string
 }
 
 // engine decides the budget from one tick's input at a time. It does no
@@ -102,7 +105,9 @@ type engine struct {
 	outside            []sample // memory outside the leases over the pressure window, oldest first
 	recoveredSince     time.Time
 	lastThaw           time.Time
-	leases             map[string]*leaseState
+	// first is the lease served first (servedFirst); "" for none.
+	first  string
+	leases map[string]*leaseState
 	// finished are the peaks of the last compiles that finished in each
 	// user's leases, for engine.pool.
 	finished map[int][]uint64
@@ -117,7 +122,8 @@ func newEngine(p Params, cpus int, domain, pressureFile string, hist *History, l
 
 // step takes one tick's input and decides, in phases: what the leases
 // run and want (demand), what memory allows (measure), the budget that
-// follows (target), the brake, and what to publish.
+// follows (target), the brake, what to publish, and which lease's share
+// goes first.
 func (e *engine) step(in tickInput) decision {
 	now := in.Reading.At
 	limit, _ := domainSize(in.Reading)
@@ -135,6 +141,7 @@ func (e *engine) step(in tickInput) decision {
 	}
 	dec := e.publish(target, reason, m, d, acts, now)
 	dec.OOMKills, e.kills = e.kills, nil
+	dec.First, dec.FirstWhy = e.servedFirst(in.Leases, m)
 	return dec
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -33,10 +34,24 @@ const (
 	// out of five cannot move it.
 	historyRuns = 5
 	// historyStep bounds how far one run moves an estimate: to at most
-	// twice or half the estimate before it (for the first run, the
-	// estimate the lease started from). A first odd run, before there is
-	// a median to hide it, moves it no further.
+	// twice or half the estimate before it. The first whole run is taken
+	// as measured: what came before it was a default, a guess, not
+	// evidence to defend. Bounded by it, a ripgrep build's first run
+	// (313 MiB, its largest rustc) left an estimate of 512 MiB, half the
+	// 1 GiB default, and in the bench's warm cargo runs two such builds
+	// in 768 MiB started together only when memory happened to be low:
+	// in one run of two the second build waited 87 s.
 	historyStep = 2
+	// oomGrowth is how many times the size a job reached when the OOM
+	// killer took it its next run is expected at. A killed job had not
+	// reached its peak, and how far it would have grown is unknown:
+	// expected at that size, a 3 GiB link killed at 1.6 GiB came back in
+	// the bench's warm hog runs as the smaller of two links and was let
+	// run beside the other, and was killed again. Doubled, a job killed
+	// again is killed larger, and one that finishes shows its peak, which
+	// the estimate then follows; the domain less the reserve caps the
+	// seed (engine.track).
+	oomGrowth = 2
 )
 
 // HistoryFile is the job history's name in the state directory (and, before
@@ -248,13 +263,14 @@ type leaseRun struct {
 
 // record remembers what a lease of uid and name showed. Each class's
 // estimate follows the upper median of the last historyRuns runs, moved
-// by at most historyStep from where it was, and never below what a job
-// of this lease reached when it was OOM-killed. A class the lease ran no
-// job of keeps its estimate. A partial run can only raise an estimate
-// (or, with none yet, the estimate the lease started from): a class
-// whose peak is no more than that is left as it was, since the rest of
-// the run might have reached it, and one above it counts as a run whose
-// result is no lower than it; only whole runs count in Runs.
+// by at most historyStep from where it was (the first whole run sets it),
+// and never below oomGrowth times what a job of this lease reached when
+// it was OOM-killed. A class the lease ran no job of keeps its estimate.
+// A partial run can only raise an estimate (or, with none yet, the
+// estimate the lease started from): a class whose peak is no more than
+// that is left as it was, since the rest of the run might have reached
+// it, and one above it counts as a run whose result is no lower than it;
+// only whole runs count in Runs.
 func (h *History) record(uid int, name string, run leaseRun, now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -264,7 +280,7 @@ func (h *History) record(uid int, name string, run leaseRun, now time.Time) {
 		peak := max(run.peak[c], run.oom[c])
 		cp := p.class(c)
 		from := cp.Estimate
-		if from == 0 {
+		if from == 0 && run.partial {
 			from = run.prior[c]
 		}
 		if peak == 0 || run.partial && peak <= from {
@@ -273,7 +289,7 @@ func (h *History) record(uid int, name string, run leaseRun, now time.Time) {
 		changed = true
 		cp.Recent = append(cp.Recent, peak)
 		cp.Recent = cp.Recent[max(len(cp.Recent)-historyRuns, 0):]
-		cp.Estimate = max(bounded(upperMedian(cp.Recent), from), run.oom[c])
+		cp.Estimate = max(bounded(upperMedian(cp.Recent), from), afterOOM(run.oom[c]))
 		if run.partial {
 			cp.Estimate = max(cp.Estimate, from)
 		}
@@ -289,18 +305,28 @@ func (h *History) record(uid int, name string, run leaseRun, now time.Time) {
 
 // recordOOM remembers at once that a job of class c of a lease of uid and
 // name was OOM-killed at size bytes: the next lease of that name starts
-// expecting at least that, so it is admitted with room for the job that
-// was killed, even while the killed one's lease still runs.
+// expecting oomGrowth times that, so it is admitted with room for the job
+// that was killed to grow past it, even while the killed one's lease
+// still runs.
 func (h *History) recordOOM(uid int, name string, c class, size uint64, now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	p := h.user(uid)[name]
 	if c != classDriver {
 		cp := p.class(c)
-		cp.Estimate = max(cp.Estimate, size)
+		cp.Estimate = max(cp.Estimate, afterOOM(size))
 	}
 	p.OOMKills++
 	h.update(uid, name, p, now)
+}
+
+// afterOOM is what a job killed by the OOM killer at size is expected at
+// next time, without overflow.
+func afterOOM(size uint64) uint64 {
+	if size > math.MaxUint64/oomGrowth {
+		return math.MaxUint64
+	}
+	return oomGrowth * size
 }
 
 // bounded is v, moved no further than historyStep from from.

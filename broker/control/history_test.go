@@ -51,9 +51,8 @@ func TestHistoryRoundTrip(t *testing.T) {
 }
 
 // One odd run among ordinary ones does not move an estimate: it follows
-// the upper median of the last runs. A first odd run, with no median yet,
-// moves it by at most a factor of two from the estimate the lease started
-// from, so what a seed from history can be is bounded by what came before.
+// the upper median of the last runs, moved by at most a factor of two a
+// run. The first whole run sets it, whatever the default it started from.
 func TestHistoryOneOddRunCannotSwingIt(t *testing.T) {
 	h := newTestHistory(t)
 	now := time.Now()
@@ -77,7 +76,7 @@ func TestHistoryOneOddRunCannotSwingIt(t *testing.T) {
 
 	for _, tt := range []struct {
 		peak, want uint64
-	}{{64 << 30, 2 << 30}, {64 * mib, 512 * mib}, {1200 * mib, 1200 * mib}} {
+	}{{64 << 30, 64 << 30}, {64 * mib, 64 * mib}, {313 * mib, 313 * mib}} {
 		h := newTestHistory(t)
 		h.record(0, "first", run(tt.peak, 0), now)
 		if got := h.seed(0, "first", classCompile); got != tt.want {
@@ -202,9 +201,10 @@ func TestHistoryTakenOverFromTheRuntimeDir(t *testing.T) {
 	}
 }
 
-// A job the OOM killer took is remembered at once at the size it reached,
-// above what the lease's finished jobs showed, and the lease's run, when
-// it ends, does not bring the estimate back below it.
+// A job the OOM killer took is remembered at once at twice the size it
+// reached, above what the lease's finished jobs showed, and the lease's
+// run, when it ends, does not bring the estimate back below it; a later
+// run that finishes brings it down toward what that run shows.
 func TestHistoryRemembersOOMKills(t *testing.T) {
 	h := newTestHistory(t)
 	now := time.Now()
@@ -212,14 +212,18 @@ func TestHistoryRemembersOOMKills(t *testing.T) {
 		h.record(0, "chromium", run(800*mib, 0), now)
 	}
 	h.recordOOM(0, "chromium", classCompile, 1500*mib, now)
-	if got, p := h.seed(0, "chromium", classCompile), h.users[0]["chromium"]; got != 1500*mib || p.OOMKills != 1 {
-		t.Errorf("seed %d MiB, %d OOM kills; want 1500 MiB and 1", got/mib, p.OOMKills)
+	if got, p := h.seed(0, "chromium", classCompile), h.users[0]["chromium"]; got != 3000*mib || p.OOMKills != 1 {
+		t.Errorf("seed %d MiB, %d OOM kills; want 3000 MiB and 1", got/mib, p.OOMKills)
 	}
 	killed := run(800*mib, 0)
 	killed.oom[classCompile] = 1500 * mib
 	h.record(0, "chromium", killed, now)
+	if got := h.seed(0, "chromium", classCompile); got != 3000*mib {
+		t.Errorf("after the killed lease ended: %d MiB, want twice the 1500 it reached", got/mib)
+	}
+	h.record(0, "chromium", run(1700*mib, 0), now)
 	if got := h.seed(0, "chromium", classCompile); got != 1500*mib {
-		t.Errorf("after the killed lease ended: %d MiB, want the 1500 it reached", got/mib)
+		t.Errorf("after a run that finished at 1700 MiB: %d MiB, want 1500, half the 3000 (the median of the runs is 800)", got/mib)
 	}
 }
 

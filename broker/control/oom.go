@@ -194,7 +194,7 @@ func (e *engine) oomKilled(id string, p proc, rss uint64, from string, now time.
 		detail = fmt.Sprintf("%s, pid %d (%s)", detail, p.PID, api.Printable(p.Name))
 	}
 	e.kills = append(e.kills, api.Event{Kind: api.EventOOMKill, Time: now, Lease: id, Name: ls.name, Kills: 1, Detail: detail})
-	e.log.Warn("a job of a lease was OOM-killed; its next build expects a job that size", args...)
+	e.log.Warn("a job of a lease was OOM-killed; its next build expects a job twice that size", args...)
 }
 
 // oomWatch reads the tick's OOM kills for the engine: from the kernel log

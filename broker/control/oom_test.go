@@ -33,7 +33,8 @@ func cc(pid int, rss uint64) proc {
 
 // A kill the kernel log reports is laid on the lease whose process it
 // took, by pid: counted in its status and the total, logged with the
-// size, remembered in the history of its user and name at once, and
+// size, remembered in the history of its user and name at once (at
+// twice that size), and
 // the lease's own estimate is never less than that size from then on.
 func TestOOMKillFromTheKernelLog(t *testing.T) {
 	h, logs, step := oomEngine(t)
@@ -56,8 +57,8 @@ func TestOOMKillFromTheKernelLog(t *testing.T) {
 	if d.Status.OOMKills != 1 || d.Status.OOMKillsOutside != 1 {
 		t.Errorf("status counts %d kills in leases and %d outside, want 1 and 1", d.Status.OOMKills, d.Status.OOMKillsOutside)
 	}
-	if got := h.seed(1000, "llvm", classCompile); got != 650*mib {
-		t.Errorf("history of uid 1000's llvm: %d MiB, want the 650 the killed job reached", got/mib)
+	if got := h.seed(1000, "llvm", classCompile); got != 1300*mib {
+		t.Errorf("history of uid 1000's llvm: %d MiB, want twice the 650 the killed job reached", got/mib)
 	}
 	if h.seed(0, "llvm", classCompile) != 0 {
 		t.Error("root's llvm learned from uid 1000's kill")
@@ -102,8 +103,8 @@ func TestOOMKillFromCounters(t *testing.T) {
 	if d.Leases["b"].OOMKills != 1 || d.Leases["a"].OOMKills != 0 || d.Leases["b"].OOMKilled != 700*mib {
 		t.Errorf("kills a %d, b %d (at %d MiB); want the 700 MiB job of b", d.Leases["a"].OOMKills, d.Leases["b"].OOMKills, d.Leases["b"].OOMKilled/mib)
 	}
-	if h.seed(0, "b", classCompile) != 700*mib {
-		t.Errorf("history of b: %d MiB, want 700", h.seed(0, "b", classCompile)/mib)
+	if h.seed(0, "b", classCompile) != 1400*mib {
+		t.Errorf("history of b: %d MiB, want twice the 700 its killed job reached", h.seed(0, "b", classCompile)/mib)
 	}
 	// The counter moves before the victim is gone: it counts once the
 	// victim leaves, within the second.

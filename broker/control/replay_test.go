@@ -202,15 +202,14 @@ func TestReplayV1RampDefaults(t *testing.T) {
 	}
 }
 
-// Replays of v1-ramp learn each lease's jobs: after the first, whose jobs
-// peaked at about 452, 502 and 352 MiB, every estimate is 512 MiB, half
-// the 1 GiB they started from, as far as one run may move it; after the
-// second, the runs agree and the estimates are theirs. The third replay
-// starts every lease from them.
+// Replays of v1-ramp learn each lease's jobs: the first, whose jobs
+// peaked at about 452, 502 and 352 MiB, sets every estimate to its own
+// peak (the 1 GiB they started from was a default), and the second,
+// agreeing, keeps them. The third replay starts every lease from them.
 func TestReplayHistorySeedsEstimates(t *testing.T) {
 	h := newTestHistory(t)
 	for i, want := range []map[string]uint64{
-		{"alpha": 512, "beta": 512, "gamma": 512},
+		{"alpha": 452, "beta": 502, "gamma": 352},
 		{"alpha": 452, "beta": 502, "gamma": 352},
 	} {
 		replay(t, "v1-ramp", Params{}, 2, h)
@@ -400,12 +399,15 @@ func TestReplayV1Hog(t *testing.T) {
 	// Known to differ, where memory fits the larger only alone: the lease
 	// with the smaller link is the keeper, and the other waits frozen as
 	// soon as its link runs, even the oldest, while it is still small.
+	// The keeper's share is served first from the step on where the two
+	// links no longer fit beside the outside program.
 	for _, tt := range []struct {
 		aLink, bLink uint64
 		want         string
+		keeper       string
 	}{
-		{2000 * mib, 1100 * mib, "step 64: budget 1 (growth reserve), freeze a"},
-		{1100 * mib, 2000 * mib, "step 73: budget 1 (outside growth), freeze b"},
+		{2000 * mib, 1100 * mib, "step 64: budget 1 (growth reserve), freeze a", "b"},
+		{1100 * mib, 2000 * mib, "step 73: budget 1 (outside growth), freeze b", "a"},
 	} {
 		h := newTestHistory(t)
 		h.record(0, "a", run(252*mib, tt.aLink), time.Now())
@@ -420,6 +422,35 @@ func TestReplayV1Hog(t *testing.T) {
 		if len(froze) != 1 || froze[0] != tt.want {
 			t.Errorf("links of a %d MiB, b %d MiB: brake %q, want %q", tt.aLink/mib, tt.bLink/mib, froze, tt.want)
 		}
+		checkServedFirst(t, rs, tt.aLink+tt.bLink, tt.keeper)
+	}
+}
+
+// checkServedFirst checks that a replay served the keeper's share first
+// from the first step at which links of the given total did not fit
+// beside the memory outside the leases, and on while both leases ran, and
+// at no step before.
+func checkServedFirst(t *testing.T, rs []replayed, links uint64, keeper string) {
+	t.Helper()
+	from := -1
+	for _, r := range rs {
+		m := r.Status
+		short := links > m.Limit-min(m.Limit, m.Reserve+m.Outside+m.OutsideGrowth)
+		both := r.Leases["a"].Jobs > 0 && r.Leases["b"].Jobs > 0
+		if from < 0 && short && both {
+			from = r.step
+		}
+		switch {
+		case r.First != "" && r.First != keeper:
+			t.Errorf("step %d: %q served first, want the keeper %q", r.step, r.First, keeper)
+		case r.First != "" && from < 0:
+			t.Errorf("step %d: %q served first while links of %d MiB fit", r.step, r.First, links/mib)
+		case r.First == "" && from >= 0 && both:
+			t.Errorf("step %d: nothing served first since step %d, where links of %d MiB stopped fitting", r.step, from, links/mib)
+		}
+	}
+	if from < 0 {
+		t.Errorf("links of %d MiB fit at every step: the test shows nothing", links/mib)
 	}
 }
 

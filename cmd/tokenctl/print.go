@@ -190,6 +190,9 @@ func leaseState(l api.LeaseStatus, now time.Time) string {
 	if l.Reissued > 0 {
 		s += fmt.Sprintf(", %d reissued", l.Reissued)
 	}
+	if l.First {
+		s += ", served first"
+	}
 	return s
 }
 
