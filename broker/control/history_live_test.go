@@ -15,6 +15,7 @@ import (
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/buildtest"
+	"github.com/tokend/tokend/internal/bytesize"
 )
 
 // What a build of one name taught tokend outlives tokend: after a restart
@@ -137,9 +138,9 @@ func waitLeaseSource(t *testing.T, d *daemon, id string) string {
 // only (issue 13: a member's small "chromium" run set the estimate a
 // later root build of chromium started from). Root builds chromium with
 // 400 MiB jobs; uid 65534 then builds its own chromium twice with 100 MiB
-// jobs. Root's next chromium starts from root's run (512 MiB: half the
-// 1 GiB default, as far as one run moves an estimate), the member's from
-// the member's runs (256 MiB: halved again on the way to 100).
+// jobs. Root's next chromium starts from root's run (about 400 MiB: a
+// first run sets the estimate), the member's from the member's runs
+// (about 100 MiB).
 func TestHistoryOfAMemberLeavesRootsAlone(t *testing.T) {
 	d, gmake := tokendWithMembers(t)
 	buildAs(t, d, gmake, 0, "chromium", 400)
@@ -148,8 +149,8 @@ func TestHistoryOfAMemberLeavesRootsAlone(t *testing.T) {
 	}
 
 	root := register(t, d, "chromium")
-	if m := waitLeaseMemory(t, d, root.ID); m.Source != "history" || m.Estimates.Compile != 512*mib {
-		t.Errorf("root's chromium after a member's runs: %d MiB from %s, want 512 MiB from root's own history", m.Estimates.Compile/mib, m.Source)
+	if m := waitLeaseMemory(t, d, root.ID); m.Source != "history" || m.Estimates.Compile < 390*mib || m.Estimates.Compile > 450*mib {
+		t.Errorf("root's chromium after a member's runs: %d MiB from %s, want about 400 MiB from root's own history", m.Estimates.Compile/mib, m.Source)
 	}
 	cmd := exec.Command(bins.tokenctl, "--socket", d.socket, "run", "--name", "chromium", "--", "sleep", "5")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: buildtest.Nobody, Gid: buildtest.Nobody}}
@@ -164,8 +165,8 @@ func TestHistoryOfAMemberLeavesRootsAlone(t *testing.T) {
 		}
 		return false
 	})
-	if member.Source != "history" || member.Estimates.Compile != 256*mib {
-		t.Errorf("the member's chromium: %d MiB from %s, want 256 MiB from the member's own runs", member.Estimates.Compile/mib, member.Source)
+	if member.Source != "history" || member.Estimates.Compile < 95*mib || member.Estimates.Compile > 150*mib {
+		t.Errorf("the member's chromium: %d MiB from %s, want about 100 MiB from the member's own runs", member.Estimates.Compile/mib, member.Source)
 	}
 	p.Kill()
 }
@@ -286,10 +287,10 @@ func TestHistoryCommand(t *testing.T) {
 		t.Fatalf("tokenctl history --json: %v\n%s", err, out)
 	}
 	if len(h) != 2 || h[0].UID != 0 || h[0].Name != "pkg" || h[0].Compile < 590*mib || h[0].Compile > 640*mib || h[0].Runs != 1 ||
-		h[1].UID != buildtest.Nobody || h[1].Compile != 512*mib || h[0].LastSeen.IsZero() {
-		t.Errorf("history %+v; want root's pkg at about 600 MiB and uid %d's at 512 (half the default)", h, buildtest.Nobody)
+		h[1].UID != buildtest.Nobody || h[1].Compile < 95*mib || h[1].Compile > 150*mib || h[0].LastSeen.IsZero() {
+		t.Errorf("history %+v; want root's pkg at about 600 MiB and uid %d's at about 100", h, buildtest.Nobody)
 	}
-	if out, ok := tokenctlAs(t, d, 0, "history"); !ok || !strings.Contains(out, "OOM KILLS") || !strings.Contains(out, "512MiB") {
+	if out, ok := tokenctlAs(t, d, 0, "history"); !ok || !strings.Contains(out, "OOM KILLS") || !strings.Contains(out, bytesize.Human(h[1].Compile)) {
 		t.Errorf("tokenctl history (%v):\n%s", ok, out)
 	}
 	if out, ok := tokenctlAs(t, d, buildtest.Nobody, "history", "forget", "pkg"); ok || !strings.Contains(out, "only root may") {
