@@ -106,10 +106,13 @@ func (b *Broker) ServeFirst(id, why string) {
 		return
 	}
 	b.first = id
-	if l, ok := b.leases[id]; ok {
-		b.log.Info("lease served first", "lease", id, "name", l.Name, "why", why)
-	} else {
+	switch l, ok := b.leases[id]; {
+	case id == "":
 		b.log.Info("no lease served first any more")
+	case ok:
+		b.log.Info("lease served first", "lease", id, "name", l.Name, "why", why)
+	default:
+		b.log.Info("lease served first", "lease", id, "why", why)
 	}
 	b.pass()
 }

@@ -206,10 +206,11 @@ func (e *engine) servedFirst(in []leaseInput, m measure) (id, why string) {
 	left := m.limit - min(m.limit, m.reserve+m.outside+m.outsideGrowth)
 	if e.first == "" && links > left {
 		e.first = keeper
+		e.firstWhy = fmt.Sprintf("its links, expected at %s, are the smallest, and the running builds' links, %s together, do not fit in the %s that the reserve and memory outside the builds leave",
+			bytesize.Human(e.leases[keeper].estimate(classLink)), bytesize.Human(links), bytesize.Human(left))
 	}
 	if e.first == "" {
 		return "", ""
 	}
-	return keeper, fmt.Sprintf("its links, expected at %s, are the smallest, and the running builds' links, %s together, did not fit in the %s that the reserve and memory outside the builds left",
-		bytesize.Human(e.leases[keeper].estimate(classLink)), bytesize.Human(links), bytesize.Human(left))
+	return e.first, e.firstWhy
 }

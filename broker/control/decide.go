@@ -105,9 +105,10 @@ type engine struct {
 	outside            []sample // memory outside the leases over the pressure window, oldest first
 	recoveredSince     time.Time
 	lastThaw           time.Time
-	// first is the lease served first (servedFirst); "" for none.
-	first  string
-	leases map[string]*leaseState
+	// first is the lease served first (servedFirst), "" for none;
+	// firstWhy says why, as it was when it was chosen.
+	first, firstWhy string
+	leases          map[string]*leaseState
 	// finished are the peaks of the last compiles that finished in each
 	// user's leases, for engine.pool.
 	finished map[int][]uint64
