@@ -180,6 +180,17 @@ func realScenarios() []Scenario {
 			MaxJobs: 2, LimitMiB: 1024, MaxStaticJ: 4, Timeout: 300 * time.Second, TokendInside: true,
 		},
 		{
+			Name: "gcc-thrash",
+			About: "two packages of large nlohmann-json units (g++ -O2, 0.52 to 0.67 GiB a unit) in 1.5 GiB, the page cache emptied before each run " +
+				"so that the compiler's text and the headers are charged to the run's group: two compiles at once peaked at 1.2 GiB; " +
+				"four (-j2 each) thrash: in 1792 MiB they sat at the limit at 45% memory stall for a minute with no kill and no unit done",
+			Real: &RealBuild{Source: nlohmannJSON, Packages: []RealPackage{
+				{Name: "json-thrash-a", Units: []string{"unit-conversions.cpp", "unit-regression1.cpp", "unit.cpp"}},
+				{Name: "json-thrash-b", Units: []string{"unit-bjdata.cpp", "unit-class_parser.cpp", "unit.cpp"}},
+			}},
+			MaxJobs: 2, LimitMiB: 1536, MaxStaticJ: 4, Timeout: 150 * time.Second, DropCaches: true,
+		},
+		{
 			Name: "cargo-pkgs",
 			About: "two release builds of ripgrep 13 at once (cargo, 92 rustc runs each, 0.15 to 0.3 GiB a rustc), " +
 				"each in its own target directory, in 768 MiB: one build at -j2 peaked at 483 MiB with its page cache; " +

@@ -17,8 +17,8 @@ func realOnly(t *testing.T) []Scenario {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(scs) != 4 {
-		t.Fatalf("%d real scenarios, want 4", len(scs))
+	if len(scs) != 5 {
+		t.Fatalf("%d real scenarios, want 5", len(scs))
 	}
 	return scs
 }
@@ -105,12 +105,31 @@ func TestRealMakefile(t *testing.T) {
 	}
 }
 
+// The underestimating tokend runs only when named: a run of every
+// strategy measures tokend on its defaults.
+func TestSelectUnderestimate(t *testing.T) {
+	all := Strategies(2, false)
+	if slices.ContainsFunc(all, func(s Strategy) bool { return s.JobEstimateMiB != 0 }) {
+		t.Errorf("the sweep holds a tokend with a job estimate: %+v", all)
+	}
+	got, err := SelectStrategies(all, "static-j1,tokend-est128")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[1].Kind != Tokend || got[1].JobEstimateMiB != 128 || got[1].Warm {
+		t.Errorf("static-j1,tokend-est128: %+v", got)
+	}
+	if _, err := SelectStrategies(all, "tokend-est64"); err == nil || !strings.Contains(err.Error(), `"tokend-est64"`) {
+		t.Errorf("tokend-est64: %v, want an error naming it", err)
+	}
+}
+
 func TestSelectRealAndStandIn(t *testing.T) {
 	all := Scenarios(false)
 	for list, want := range map[string]string{
-		"real":            "gcc-pkgs,gcc-lto-hog,gcc-small,cargo-pkgs",
+		"real":            "gcc-pkgs,gcc-lto-hog,gcc-small,gcc-thrash,cargo-pkgs",
 		"standin":         "light,heavy,hog,burst",
-		"hog,real,hog":    "hog,gcc-pkgs,gcc-lto-hog,gcc-small,cargo-pkgs",
+		"hog,real,hog":    "hog,gcc-pkgs,gcc-lto-hog,gcc-small,gcc-thrash,cargo-pkgs",
 		"gcc-small,burst": "gcc-small,burst",
 	} {
 		got, err := SelectScenarios(all, list)
@@ -157,9 +176,9 @@ func TestPlanWarmAfterCold(t *testing.T) {
 				t.Errorf("seed %d: %s runs %s: cargo has no -l", seed, c.Scenario.Name, c.Strategy.Name)
 			}
 		}
-		// Four stand-ins run every strategy; three g++ scenarios all but
+		// Four stand-ins run every strategy; four g++ scenarios all but
 		// static-j8; the cargo one all but static-j8 and the load limit.
-		want := 3 * (4*len(sts) + 3*(len(sts)-1) + len(sts) - 2)
+		want := 3 * (4*len(sts) + 4*(len(sts)-1) + len(sts) - 2)
 		if len(order) != want {
 			t.Errorf("seed %d: %d runs, want %d", seed, len(order), want)
 		}

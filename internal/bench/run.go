@@ -124,6 +124,11 @@ func Run(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int) (
 	// which stands for the user's own program, is never its victim.
 	bs.enter = lim.Enter() + " && echo 1000 > /proc/self/oom_score_adj && exec \"$@\""
 
+	if sc.DropCaches {
+		if err := dropCaches(); err != nil {
+			return res, err
+		}
+	}
 	res.Load1Start = load1()
 	busy0, err := hostBusy()
 	if err != nil {
@@ -157,6 +162,16 @@ func Run(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int) (
 	}
 	res.Load1End = load1()
 	return res, finish(&res, lim, env.CPUs, (busy1-busy0).Seconds()-(s.outsideCPU()-outside0))
+}
+
+// dropCaches writes back and drops the host's clean page cache, dentries
+// and inodes (vm.drop_caches 3), which needs root.
+func dropCaches() error {
+	syscall.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
+		return fmt.Errorf("empty the page cache before the run: %w (run tokend-bench as root)", err)
+	}
+	return nil
 }
 
 // newBuilds are the builds of sc's packages in dir under st, with the
@@ -205,7 +220,7 @@ func setUp(ctx context.Context, env Env, sc Scenario, st Strategy, rep, seq int,
 			return nil, err
 		}
 		s.warmFrom = names
-		if s.td, err = startTokend(ctx, env.Bin, filepath.Join(dir, "tokend"), state, lim, sc.TokendInside); err != nil {
+		if s.td, err = startTokend(ctx, env.Bin, st, filepath.Join(dir, "tokend"), state, lim, sc.TokendInside); err != nil {
 			return nil, err
 		}
 		if env.Logs != "" {

@@ -41,6 +41,14 @@ type Scenario struct {
 	// TokendInside runs tokend inside the run's memory limit, as on a
 	// small machine where the limit is the whole machine.
 	TokendInside bool
+	// DropCaches empties the host's page cache before each run, so that
+	// the compiler's text and the headers are read afresh and charged to
+	// the run's memory cgroup, as for the first build on a host to use a
+	// toolchain. A group charged for its own file pages thrashes near its
+	// limit; one whose file pages were charged to a group before it has
+	// little to reclaim and is OOM-killed instead (measured: see the
+	// gcc-thrash scenario).
+	DropCaches bool
 }
 
 // Packages are the scenario's builds; src is the unpacked source tree of
@@ -194,6 +202,8 @@ type Strategy struct {
 	// Warm gives tokend the history its cold run of the same scenario and
 	// repetition left: a tokend that has built these packages before.
 	Warm bool
+	// JobEstimateMiB is tokend's --job-estimate; 0 leaves its default.
+	JobEstimateMiB int
 }
 
 // ColdName is the strategy whose history a warm tokend starts from.
@@ -222,19 +232,26 @@ func Strategies(cpus int, quick bool) []Strategy {
 	return s
 }
 
+// Underestimate is tokend told to expect far smaller jobs than a build
+// has: a wrong setting that admits too many, so that the run shows how the
+// controller gets out of the thrash or the OOM kills that follow. It is
+// run only when named.
+var Underestimate = Strategy{Name: "tokend-est128", Kind: Tokend, JobEstimateMiB: 128}
+
 // SelectStrategies keeps the strategies named in the comma-separated list;
-// "" or "all" keeps them all.
+// "" or "all" keeps them all, which leaves out Underestimate.
 func SelectStrategies(all []Strategy, list string) ([]Strategy, error) {
 	if list == "" || list == "all" {
 		return all, nil
 	}
+	known := append(slices.Clip(all), Underestimate)
 	var out []Strategy
 	for _, name := range strings.Split(list, ",") {
-		i := slices.IndexFunc(all, func(s Strategy) bool { return s.Name == name })
+		i := slices.IndexFunc(known, func(s Strategy) bool { return s.Name == name })
 		if i < 0 {
 			return nil, fmt.Errorf("unknown strategy %q", name)
 		}
-		out = append(out, all[i])
+		out = append(out, known[i])
 	}
 	for _, st := range out {
 		if st.Warm && !slices.ContainsFunc(out, func(o Strategy) bool { return o.Name == ColdName }) {

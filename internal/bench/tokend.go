@@ -69,11 +69,11 @@ type tokend struct {
 	log      *os.File
 }
 
-// startTokend starts tokend on its defaults in its own runtime and state
-// directories, outside the benchmark's cgroups (inside them if inside)
-// but pointed at them where it has flags for that, and waits for its
-// socket to answer.
-func startTokend(ctx context.Context, bin Binaries, runtimeDir, stateDir string, lim *Limit, inside bool) (*tokend, error) {
+// startTokend starts tokend on its defaults, but for st's job estimate, in
+// its own runtime and state directories, outside the benchmark's cgroups
+// (inside them if inside) but pointed at them where it has flags for that,
+// and waits for its socket to answer.
+func startTokend(ctx context.Context, bin Binaries, st Strategy, runtimeDir, stateDir string, lim *Limit, inside bool) (*tokend, error) {
 	if err := os.MkdirAll(runtimeDir, 0o755); err != nil {
 		return nil, fmt.Errorf("tokend runtime dir: %w", err)
 	}
@@ -82,6 +82,9 @@ func startTokend(ctx context.Context, bin Binaries, runtimeDir, stateDir string,
 		return nil, fmt.Errorf("tokend log: %w", err)
 	}
 	args := []string{"--runtime-dir", runtimeDir, "--state-dir", stateDir}
+	if st.JobEstimateMiB > 0 {
+		args = append(args, "--job-estimate", fmt.Sprintf("%dMiB", st.JobEstimateMiB))
+	}
 	for _, f := range bin.TokendCgroupFlags {
 		switch f {
 		case "memory-cgroup":
