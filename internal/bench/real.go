@@ -181,7 +181,7 @@ func realScenarios() []Scenario {
 		},
 		{
 			Name: "gcc-thrash",
-			About: "two packages of large nlohmann-json units (g++ -O2, 0.52 to 0.67 GiB a unit) in 1.5 GiB, the page cache emptied before each run " +
+			About: "two packages of large nlohmann-json units (g++ -O2, 0.51 to 0.66 GiB a unit) in 1.5 GiB, the page cache emptied before each run " +
 				"so that the compiler's text and the headers are charged to the run's group: two compiles at once peaked at 1.2 GiB; " +
 				"four (-j2 each) thrash: in 1792 MiB they sat at the limit at 45% memory stall for a minute with no kill and no unit done",
 			Real: &RealBuild{Source: nlohmannJSON, Packages: []RealPackage{

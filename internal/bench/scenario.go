@@ -232,19 +232,19 @@ func Strategies(cpus int, quick bool) []Strategy {
 	return s
 }
 
-// Underestimate is tokend told to expect far smaller jobs than a build
-// has: a wrong setting that admits too many, so that the run shows how the
-// controller gets out of the thrash or the OOM kills that follow. It is
+// underestimate is tokend told to expect far smaller jobs than a build
+// has: a wrong setting that admits too many, so that the run shows what
+// the controller does in the thrash or the OOM kills that follow. It is
 // run only when named.
-var Underestimate = Strategy{Name: "tokend-est128", Kind: Tokend, JobEstimateMiB: 128}
+var underestimate = Strategy{Name: "tokend-est128", Kind: Tokend, JobEstimateMiB: 128}
 
 // SelectStrategies keeps the strategies named in the comma-separated list;
-// "" or "all" keeps them all, which leaves out Underestimate.
+// "" or "all" keeps them all, which leaves out underestimate.
 func SelectStrategies(all []Strategy, list string) ([]Strategy, error) {
 	if list == "" || list == "all" {
 		return all, nil
 	}
-	known := append(slices.Clip(all), Underestimate)
+	known := append(slices.Clip(all), underestimate)
 	var out []Strategy
 	for _, name := range strings.Split(list, ",") {
 		i := slices.IndexFunc(known, func(s Strategy) bool { return s.Name == name })
