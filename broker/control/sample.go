@@ -3,14 +3,11 @@ package control
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"time"
-
-	"github.com/prometheus/procfs"
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/broker/memory"
@@ -19,7 +16,6 @@ import (
 // sampler reads the processes of leases and classifies them.
 type sampler struct {
 	mem  memory.Sampler
-	fs   procfs.FS
 	proc string // the procfs mount, for command lines
 }
 
@@ -31,16 +27,8 @@ func newSampler(procRoot string) (sampler, error) {
 	if err != nil {
 		return sampler{}, err
 	}
-	fs, err := procfs.NewFS(procRoot)
-	if err != nil {
-		return sampler{}, fmt.Errorf("procfs at %s: %w", procRoot, err)
-	}
-	return sampler{mem: mem, fs: fs, proc: procRoot}, nil
+	return sampler{mem: mem, proc: procRoot}, nil
 }
-
-// pfExiting is the kernel's PF_EXITING task flag (include/linux/sched.h),
-// set in /proc/PID/stat's flags once a process has begun to exit.
-const pfExiting = 0x4
 
 // lease samples the processes of l: those in its cgroup, or, while the
 // cgroup holds none (not made yet, or the command started outside it),
@@ -121,21 +109,10 @@ func (s sampler) classify(ps []memory.Proc) []proc {
 		// Only a process below its peak, or one whose memory reads zero,
 		// can be tearing its memory down.
 		if p.RSS < p.Peak || p.RSS == 0 {
-			out[i].exiting = s.exiting(p.PID)
+			out[i].exiting = s.mem.Exiting(p.PID)
 		}
 	}
 	return out
-}
-
-// exiting tells whether a process has begun to exit: its memory is about
-// to come back, and the job it ran is over.
-func (s sampler) exiting(pid int) bool {
-	p, err := s.fs.Proc(pid)
-	if err != nil {
-		return false
-	}
-	st, err := p.Stat()
-	return err == nil && st.Flags&pfExiting != 0
 }
 
 // argv0 is a process's first argument, "" if it cannot be read.

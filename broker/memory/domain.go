@@ -8,6 +8,7 @@
 package memory
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -38,13 +39,9 @@ type Config struct {
 
 // Domain reads the signals of one memory domain. Build one with NewDomain.
 type Domain struct {
-	proc     procfs.FS
 	procRoot string
 	cgroup   *memcg // nil for the host alone
 	pressure string
-	// hostPSI: the pressure file is the host's, which procfs parses; a
-	// cgroup's memory.pressure has no procfs reader.
-	hostPSI bool
 }
 
 // NewDomain checks that the files c names exist and tells a v1 from a v2
@@ -55,12 +52,12 @@ func NewDomain(c Config) (*Domain, error) {
 	if procRoot == "" {
 		procRoot = procfs.DefaultMountPoint
 	}
-	proc, err := procfs.NewFS(procRoot)
-	if err != nil {
+	if _, err := os.Stat(filepath.Join(procRoot, "meminfo")); err != nil {
 		return nil, fmt.Errorf("memory: procfs at %s: %w (pass the procfs mount point as Config.Proc)", procRoot, err)
 	}
-	d := &Domain{proc: proc, procRoot: procRoot}
+	d := &Domain{procRoot: procRoot}
 	if c.Cgroup != "" {
+		var err error
 		if d.cgroup, err = openMemcg(c.Cgroup); err != nil {
 			return nil, err
 		}
@@ -72,7 +69,6 @@ func NewDomain(c Config) (*Domain, error) {
 		d.pressure = filepath.Join(c.Cgroup, "memory.pressure")
 	default:
 		d.pressure = filepath.Join(procRoot, "pressure", "memory")
-		d.hostPSI = true
 	}
 	if _, err := os.Stat(d.pressure); err != nil {
 		return nil, fmt.Errorf("memory: pressure file: %w (PSI needs a kernel built with CONFIG_PSI and not booted with psi=0; on cgroup v2 it needs a group's memory.pressure)", err)
@@ -154,14 +150,10 @@ func (r Reading) Headroom() uint64 {
 // a few microseconds apart; the kernel offers no atomic snapshot.
 func (d *Domain) Read() (Reading, error) {
 	var r Reading
-	mi, err := d.proc.Meminfo()
-	if err != nil {
-		return Reading{}, fmt.Errorf("memory: read meminfo under the procfs mount: %w", err)
+	var err error
+	if r.MemTotal, r.MemAvailable, err = readMeminfo(filepath.Join(d.procRoot, "meminfo")); err != nil {
+		return Reading{}, err
 	}
-	if mi.MemTotalBytes == nil || mi.MemAvailableBytes == nil {
-		return Reading{}, errors.New("memory: meminfo has no MemTotal or MemAvailable (MemAvailable needs Linux 3.14 or later)")
-	}
-	r.MemTotal, r.MemAvailable = *mi.MemTotalBytes, *mi.MemAvailableBytes
 	if d.cgroup != nil {
 		m, err := d.cgroup.read()
 		if err != nil {
@@ -169,11 +161,44 @@ func (d *Domain) Read() (Reading, error) {
 		}
 		r.Cgroup = &m
 	}
-	if r.Pressure, err = d.readPressure(); err != nil {
+	if r.Pressure, err = readPressureFile(d.pressure); err != nil {
 		return Reading{}, err
 	}
 	r.At = time.Now()
 	return r, nil
+}
+
+// readMeminfo reads MemTotal and MemAvailable, in bytes, from a meminfo
+// file.
+func readMeminfo(path string) (total, available uint64, err error) {
+	var haveTotal, haveAvailable bool
+	err = readKernelFile(path, func(b []byte) error {
+		for line := range bytes.Lines(b) {
+			key, value, _ := bytes.Cut(line, []byte{':'})
+			var dst *uint64
+			switch string(key) {
+			case "MemTotal":
+				dst, haveTotal = &total, true
+			case "MemAvailable":
+				dst, haveAvailable = &available, true
+			default:
+				continue
+			}
+			v, err := parseKB(value)
+			if err != nil {
+				return fmt.Errorf("line %q: %w", bytes.TrimSpace(line), err)
+			}
+			*dst = v
+		}
+		return nil
+	})
+	switch {
+	case err != nil:
+		return 0, 0, fmt.Errorf("memory: meminfo under the procfs mount: %w", err)
+	case !haveTotal || !haveAvailable:
+		return 0, 0, fmt.Errorf("memory: %s has no MemTotal or MemAvailable (MemAvailable needs Linux 3.14 or later)", path)
+	}
+	return total, available, nil
 }
 
 // isGone reports errors that mean a process or cgroup went away while we

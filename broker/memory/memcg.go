@@ -1,7 +1,6 @@
 package memory
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 )
 
 // memcg reads one memory cgroup directory; procfs has no reader for these
@@ -113,12 +111,15 @@ func (c *memcg) readV1() (Memcg, error) {
 
 func (c *memcg) path(name string) string { return filepath.Join(c.dir, name) }
 
-func readTrimmed(path string) (string, error) {
-	b, err := os.ReadFile(path)
+func readTrimmed(path string) (s string, err error) {
+	err = readKernelFile(path, func(b []byte) error {
+		s = string(bytes.TrimSpace(b))
+		return nil
+	})
 	if err != nil {
 		return "", fmt.Errorf("memory: %w", err)
 	}
-	return string(bytes.TrimSpace(b)), nil
+	return s, nil
 }
 
 // readUint reads a file holding one decimal number.
@@ -155,25 +156,29 @@ func readLimit(path string) (uint64, error) {
 // is absent: a missing key means a kernel or cgroup version this package
 // does not understand, and a silent zero would inflate headroom.
 func readKeyed(path string, want map[string]*uint64) error {
-	b, err := os.ReadFile(path)
+	seen := make(map[string]bool, len(want))
+	err := readKernelFile(path, func(b []byte) error {
+		for line := range bytes.Lines(b) {
+			line = bytes.TrimSuffix(line, []byte{'\n'})
+			key, val, ok := bytes.Cut(line, []byte{' '})
+			if !ok {
+				return fmt.Errorf("%s: line %q is not \"key value\"", path, line)
+			}
+			dst, wanted := want[string(key)]
+			if !wanted {
+				continue
+			}
+			v, err := strconv.ParseUint(string(val), 10, 64)
+			if err != nil {
+				return fmt.Errorf("%s: key %s: %w", path, key, err)
+			}
+			*dst = v
+			seen[string(key)] = true
+		}
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("memory: %w", err)
-	}
-	seen := make(map[string]bool, len(want))
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		key, val, ok := strings.Cut(sc.Text(), " ")
-		if !ok {
-			return fmt.Errorf("memory: %s: line %q is not \"key value\"", path, sc.Text())
-		}
-		dst, wanted := want[key]
-		if !wanted {
-			continue
-		}
-		if *dst, err = strconv.ParseUint(val, 10, 64); err != nil {
-			return fmt.Errorf("memory: %s: key %s: %w", path, key, err)
-		}
-		seen[key] = true
 	}
 	for k := range want {
 		if !seen[k] {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -21,28 +20,6 @@ type Pressure struct {
 	Full time.Duration `json:"full_ns"`
 }
 
-func (d *Domain) readPressure() (Pressure, error) {
-	if !d.hostPSI {
-		return readPressureFile(d.pressure)
-	}
-	st, err := d.proc.PSIStatsForResource("memory")
-	if err != nil {
-		return Pressure{}, fmt.Errorf("memory: %s: %w%s", d.pressure, err, psiHint(err))
-	}
-	if st.Some == nil || st.Full == nil {
-		return Pressure{}, fmt.Errorf("memory: %s lacks a some or full line", d.pressure)
-	}
-	some, err := stallTotal(st.Some.Total)
-	if err != nil {
-		return Pressure{}, fmt.Errorf("memory: %s: some: %w", d.pressure, err)
-	}
-	full, err := stallTotal(st.Full.Total)
-	if err != nil {
-		return Pressure{}, fmt.Errorf("memory: %s: full: %w", d.pressure, err)
-	}
-	return Pressure{Some: some, Full: full}, nil
-}
-
 // stallTotal is a PSI total, a u64 of microseconds in the kernel, as a
 // Duration, which holds 292 years of them: more than any host has
 // stalled, so a larger total is no real PSI file's.
@@ -53,19 +30,19 @@ func stallTotal(us uint64) (time.Duration, error) {
 	return time.Duration(us) * time.Microsecond, nil
 }
 
-// readPressureFile parses a cgroup's memory.pressure, which procfs cannot
-// read: its lines look like
+// readPressureFile parses a PSI memory file, the host's or a cgroup's
+// memory.pressure (which procfs cannot read): its lines look like
 //
 //	some avg10=0.00 avg60=0.00 avg300=0.00 total=12345
 //	full avg10=0.00 avg60=0.00 avg300=0.00 total=6789
 func readPressureFile(path string) (Pressure, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
+	var text string
+	if err := readKernelFile(path, func(b []byte) error { text = string(b); return nil }); err != nil {
 		return Pressure{}, fmt.Errorf("memory: %w%s", err, psiHint(err))
 	}
 	var p Pressure
 	seen := map[string]bool{}
-	for line := range strings.Lines(string(b)) {
+	for line := range strings.Lines(text) {
 		kind, rest, _ := strings.Cut(strings.TrimSpace(line), " ")
 		var dst *time.Duration
 		switch kind {

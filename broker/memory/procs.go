@@ -1,6 +1,7 @@
 package memory
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -8,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/prometheus/procfs"
 
@@ -53,19 +53,42 @@ func NewSampler(root string) (Sampler, error) {
 func (s Sampler) PIDs(pids ...int) ([]Proc, error) {
 	var out []Proc
 	for _, pid := range pids {
-		p, err := s.fs.Proc(pid)
-		if err == nil {
-			var st procfs.ProcStatus
-			if st, err = p.NewStatus(); err == nil {
-				out = append(out, Proc{PID: pid, Name: st.Name, RSS: st.VmRSS, Peak: st.VmHWM})
-				continue
-			}
-		}
-		if !isGone(err) {
+		var st statusFields
+		err := readKernelFile(s.file(pid, "status"), func(b []byte) (err error) {
+			st, err = parseStatus(b)
+			return err
+		})
+		switch {
+		case err == nil:
+			out = append(out, Proc{PID: pid, Name: st.name, RSS: st.rss, Peak: st.hwm})
+		case !isGone(err):
 			return nil, fmt.Errorf("memory: sample process %d: %w", pid, err)
 		}
 	}
 	return out, nil
+}
+
+// Exiting tells whether a process has begun to exit (the kernel's
+// PF_EXITING flag): its memory is about to come back, and the job it ran
+// is over. A process that is gone, or cannot be read, is not exiting.
+func (s Sampler) Exiting(pid int) bool {
+	st, err := s.stat(pid)
+	return err == nil && st.flags&pfExiting != 0
+}
+
+// pfExiting is the kernel's PF_EXITING task flag (include/linux/sched.h).
+const pfExiting = 0x4
+
+func (s Sampler) stat(pid int) (st statFields, err error) {
+	err = readKernelFile(s.file(pid, "stat"), func(b []byte) (err error) {
+		st, err = parseStat(b)
+		return err
+	})
+	return st, err
+}
+
+func (s Sampler) file(pid int, name string) string {
+	return s.root + "/" + strconv.Itoa(pid) + "/" + name
 }
 
 // Forest is every process's parent and root directory at one moment,
@@ -89,14 +112,14 @@ func (s Sampler) Forest() (Forest, error) {
 	children := map[int][]int{}
 	rooted := map[fileid.ID][]int{}
 	for _, p := range all {
-		st, err := p.Stat()
+		st, err := s.stat(p.PID)
 		if err != nil {
 			if isGone(err) {
 				continue
 			}
 			return Forest{}, fmt.Errorf("memory: read parent of process %d: %w", p.PID, err)
 		}
-		children[st.PPID] = append(children[st.PPID], p.PID)
+		children[st.ppid] = append(children[st.ppid], p.PID)
 		// Following /proc/PID/root reaches the directory itself: a
 		// process in a nix sandbox reads its root as "/" in its own mount
 		// namespace, but stat sees the sandbox directory on the host.
@@ -152,19 +175,18 @@ func (s Sampler) Cgroup(dir string) ([]Proc, error) {
 // CgroupProcs lists the processes directly in the cgroup directory dir, as
 // its cgroup.procs file does (v1 or v2), in the kernel's order.
 func CgroupProcs(dir string) ([]int, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
-	if err != nil {
-		return nil, err
-	}
 	var pids []int
-	for f := range strings.FieldsSeq(string(b)) {
-		pid, err := strconv.Atoi(f)
-		if err != nil {
-			return pids, fmt.Errorf("%s/cgroup.procs: %q is not a PID", dir, f)
+	err := readKernelFile(filepath.Join(dir, "cgroup.procs"), func(b []byte) error {
+		for f := range bytes.FieldsSeq(b) {
+			pid, err := strconv.Atoi(string(f))
+			if err != nil {
+				return fmt.Errorf("%s/cgroup.procs: %q is not a PID", dir, f)
+			}
+			pids = append(pids, pid)
 		}
-		pids = append(pids, pid)
-	}
-	return pids, nil
+		return nil
+	})
+	return pids, err
 }
 
 func cgroupPIDs(dir string, pids []int) ([]int, error) {
