@@ -101,14 +101,14 @@ func New(b *broker.Broker, c Config) (*Controller, error) {
 		return nil, err
 	}
 	if _, err := domain.Read(); err != nil {
-		return nil, err
+		return nil, errors.Join(err, domain.Close())
 	}
 	s, err := newSampler(mc.Proc)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, domain.Close())
 	}
 	if c.History == nil {
-		return nil, errors.New("memory controller: no job history given")
+		return nil, errors.Join(errors.New("memory controller: no job history given"), domain.Close(), s.mem.Close())
 	}
 	hist := c.History
 	name := "host"
@@ -470,5 +470,5 @@ func (c *Controller) stop() error {
 	if c.cgroups != nil {
 		c.cgroups.Close()
 	}
-	return errors.Join(err, c.oom.close(), c.hist.Save())
+	return errors.Join(err, c.oom.close(), c.hist.Save(), c.domain.Close(), c.sampler.mem.Close())
 }

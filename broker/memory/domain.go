@@ -42,6 +42,7 @@ type Domain struct {
 	procRoot string
 	cgroup   *memcg // nil for the host alone
 	pressure string
+	files    *kernelFiles
 }
 
 // NewDomain checks that the files c names exist and tells a v1 from a v2
@@ -55,10 +56,10 @@ func NewDomain(c Config) (*Domain, error) {
 	if _, err := os.Stat(filepath.Join(procRoot, "meminfo")); err != nil {
 		return nil, fmt.Errorf("memory: procfs at %s: %w (pass the procfs mount point as Config.Proc)", procRoot, err)
 	}
-	d := &Domain{procRoot: procRoot}
+	d := &Domain{procRoot: procRoot, files: newKernelFiles()}
 	if c.Cgroup != "" {
 		var err error
-		if d.cgroup, err = openMemcg(c.Cgroup); err != nil {
+		if d.cgroup, err = openMemcg(c.Cgroup, d.files); err != nil {
 			return nil, err
 		}
 	}
@@ -75,6 +76,10 @@ func NewDomain(c Config) (*Domain, error) {
 	}
 	return d, nil
 }
+
+// Close closes the files the domain keeps open between reads. A Read
+// after Close still works, opening and closing each file.
+func (d *Domain) Close() error { return d.files.close() }
 
 // PressureFile is the PSI file the domain reads and watches.
 func (d *Domain) PressureFile() string { return d.pressure }
@@ -151,7 +156,7 @@ func (r Reading) Headroom() uint64 {
 func (d *Domain) Read() (Reading, error) {
 	var r Reading
 	var err error
-	if r.MemTotal, r.MemAvailable, err = readMeminfo(filepath.Join(d.procRoot, "meminfo")); err != nil {
+	if r.MemTotal, r.MemAvailable, err = d.files.readMeminfo(filepath.Join(d.procRoot, "meminfo")); err != nil {
 		return Reading{}, err
 	}
 	if d.cgroup != nil {
@@ -161,7 +166,7 @@ func (d *Domain) Read() (Reading, error) {
 		}
 		r.Cgroup = &m
 	}
-	if r.Pressure, err = readPressureFile(d.pressure); err != nil {
+	if r.Pressure, err = d.files.readPressure(d.pressure); err != nil {
 		return Reading{}, err
 	}
 	r.At = time.Now()
@@ -170,9 +175,9 @@ func (d *Domain) Read() (Reading, error) {
 
 // readMeminfo reads MemTotal and MemAvailable, in bytes, from a meminfo
 // file.
-func readMeminfo(path string) (total, available uint64, err error) {
+func (k *kernelFiles) readMeminfo(path string) (total, available uint64, err error) {
 	var haveTotal, haveAvailable bool
-	err = readKernelFile(path, func(b []byte) error {
+	err = k.read(path, func(b []byte) error {
 		for line := range bytes.Lines(b) {
 			key, value, _ := bytes.Cut(line, []byte{':'})
 			var dst *uint64

@@ -74,7 +74,7 @@ func TestFixturePressureParsersAgree(t *testing.T) {
 		Some: time.Duration(stats.Some.Total) * time.Microsecond,
 		Full: time.Duration(stats.Full.Total) * time.Microsecond,
 	}
-	got, err := readPressureFile(fixture("proc", "pressure", "memory"))
+	got, err := uncached.readPressure(fixture("proc", "pressure", "memory"))
 	if err != nil {
 		t.Fatal(err)
 	}

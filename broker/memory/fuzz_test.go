@@ -25,7 +25,7 @@ func FuzzReadPressureFile(f *testing.F) {
 	f.Add([]byte("full total=18446744073709551615\nsome total=x\n"))
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data []byte) {
-		p, err := readPressureFile(fuzzFile(t, dir, data))
+		p, err := uncached.readPressure(fuzzFile(t, dir, data))
 		if err == nil && (p.Some < 0 || p.Full < 0) {
 			t.Fatalf("negative stall from %q: %+v", data, p)
 		}
@@ -41,7 +41,7 @@ func FuzzReadKeyed(f *testing.F) {
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var inactive, anon uint64 = 1<<64 - 1, 1<<64 - 1
-		err := readKeyed(fuzzFile(t, dir, data), map[string]*uint64{"inactive_file": &inactive, "anon": &anon})
+		err := uncached.readKeyed(fuzzFile(t, dir, data), map[string]*uint64{"inactive_file": &inactive, "anon": &anon})
 		if err == nil && (inactive == 1<<64-1 && anon == 1<<64-1) {
 			t.Fatalf("accepted %q without reading its keys", data)
 		}
@@ -55,7 +55,7 @@ func FuzzReadLimit(f *testing.F) {
 	f.Add([]byte("-1"))
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data []byte) {
-		v, err := readLimit(fuzzFile(t, dir, data))
+		v, err := uncached.readLimit(fuzzFile(t, dir, data))
 		if err == nil && v == Unlimited && string(bytes.TrimSpace(data)) != "max" && string(bytes.TrimSpace(data)) != "18446744073709551615" {
 			t.Fatalf("%q read as no limit", data)
 		}

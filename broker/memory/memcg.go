@@ -15,9 +15,10 @@ import (
 type memcg struct {
 	dir     string
 	version int
+	files   *kernelFiles
 }
 
-func openMemcg(dir string) (*memcg, error) {
+func openMemcg(dir string, files *kernelFiles) (*memcg, error) {
 	if fi, err := os.Stat(dir); err != nil {
 		return nil, fmt.Errorf("memory: cgroup: %w (Config.Cgroup must be an existing cgroup directory)", err)
 	} else if !fi.IsDir() {
@@ -29,7 +30,7 @@ func openMemcg(dir string) (*memcg, error) {
 	}{{"memory.current", 2}, {"memory.limit_in_bytes", 1}} {
 		_, err := os.Stat(filepath.Join(dir, probe.file))
 		if err == nil {
-			return &memcg{dir: dir, version: probe.version}, nil
+			return &memcg{dir: dir, version: probe.version, files: files}, nil
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("memory: cgroup %s: %w", dir, err)
@@ -55,16 +56,16 @@ func (c *memcg) read() (Memcg, error) {
 func (c *memcg) readV2() (Memcg, error) {
 	m := Memcg{Version: 2}
 	var err error
-	if m.Max, err = readLimit(c.path("memory.max")); err != nil {
+	if m.Max, err = c.files.readLimit(c.path("memory.max")); err != nil {
 		return Memcg{}, err
 	}
-	if m.High, err = readLimit(c.path("memory.high")); err != nil {
+	if m.High, err = c.files.readLimit(c.path("memory.high")); err != nil {
 		return Memcg{}, err
 	}
-	if m.Usage, err = readUint(c.path("memory.current")); err != nil {
+	if m.Usage, err = c.files.readUint(c.path("memory.current")); err != nil {
 		return Memcg{}, err
 	}
-	if err := readKeyed(c.path("memory.stat"), map[string]*uint64{
+	if err := c.files.readKeyed(c.path("memory.stat"), map[string]*uint64{
 		"inactive_file": &m.InactiveFile,
 		"active_file":   &m.ActiveFile,
 		"anon":          &m.Anon,
@@ -72,7 +73,7 @@ func (c *memcg) readV2() (Memcg, error) {
 	}); err != nil {
 		return Memcg{}, err
 	}
-	if err := readKeyed(c.path("memory.events"), map[string]*uint64{
+	if err := c.files.readKeyed(c.path("memory.events"), map[string]*uint64{
 		"max":      &m.LimitHits,
 		"oom_kill": &m.OOMKills,
 	}); err != nil {
@@ -84,13 +85,13 @@ func (c *memcg) readV2() (Memcg, error) {
 func (c *memcg) readV1() (Memcg, error) {
 	m := Memcg{Version: 1, High: Unlimited}
 	var err error
-	if m.Max, err = readUint(c.path("memory.limit_in_bytes")); err != nil {
+	if m.Max, err = c.files.readUint(c.path("memory.limit_in_bytes")); err != nil {
 		return Memcg{}, err
 	}
-	if m.Usage, err = readUint(c.path("memory.usage_in_bytes")); err != nil {
+	if m.Usage, err = c.files.readUint(c.path("memory.usage_in_bytes")); err != nil {
 		return Memcg{}, err
 	}
-	if err := readKeyed(c.path("memory.stat"), map[string]*uint64{
+	if err := c.files.readKeyed(c.path("memory.stat"), map[string]*uint64{
 		"total_inactive_file": &m.InactiveFile,
 		"total_active_file":   &m.ActiveFile,
 		"total_rss":           &m.Anon,
@@ -98,10 +99,10 @@ func (c *memcg) readV1() (Memcg, error) {
 	}); err != nil {
 		return Memcg{}, err
 	}
-	if m.LimitHits, err = readUint(c.path("memory.failcnt")); err != nil {
+	if m.LimitHits, err = c.files.readUint(c.path("memory.failcnt")); err != nil {
 		return Memcg{}, err
 	}
-	if err := readKeyed(c.path("memory.oom_control"), map[string]*uint64{
+	if err := c.files.readKeyed(c.path("memory.oom_control"), map[string]*uint64{
 		"oom_kill": &m.OOMKills,
 	}); err != nil {
 		return Memcg{}, fmt.Errorf("%w (memory.oom_control counts oom_kill since Linux 4.13)", err)
@@ -111,8 +112,8 @@ func (c *memcg) readV1() (Memcg, error) {
 
 func (c *memcg) path(name string) string { return filepath.Join(c.dir, name) }
 
-func readTrimmed(path string) (s string, err error) {
-	err = readKernelFile(path, func(b []byte) error {
+func (k *kernelFiles) readTrimmed(path string) (s string, err error) {
+	err = k.read(path, func(b []byte) error {
 		s = string(bytes.TrimSpace(b))
 		return nil
 	})
@@ -123,8 +124,8 @@ func readTrimmed(path string) (s string, err error) {
 }
 
 // readUint reads a file holding one decimal number.
-func readUint(path string) (uint64, error) {
-	s, err := readTrimmed(path)
+func (k *kernelFiles) readUint(path string) (uint64, error) {
+	s, err := k.readTrimmed(path)
 	if err != nil {
 		return 0, err
 	}
@@ -136,8 +137,8 @@ func readUint(path string) (uint64, error) {
 }
 
 // readLimit reads a v2 limit file: a number of bytes, or "max" for none.
-func readLimit(path string) (uint64, error) {
-	s, err := readTrimmed(path)
+func (k *kernelFiles) readLimit(path string) (uint64, error) {
+	s, err := k.readTrimmed(path)
 	if err != nil {
 		return 0, err
 	}
@@ -155,9 +156,9 @@ func readLimit(path string) (uint64, error) {
 // memory.events, memory.oom_control) into want, and fails if any wanted key
 // is absent: a missing key means a kernel or cgroup version this package
 // does not understand, and a silent zero would inflate headroom.
-func readKeyed(path string, want map[string]*uint64) error {
+func (k *kernelFiles) readKeyed(path string, want map[string]*uint64) error {
 	seen := make(map[string]bool, len(want))
-	err := readKernelFile(path, func(b []byte) error {
+	err := k.read(path, func(b []byte) error {
 		for line := range bytes.Lines(b) {
 			line = bytes.TrimSuffix(line, []byte{'\n'})
 			key, val, ok := bytes.Cut(line, []byte{' '})

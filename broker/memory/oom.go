@@ -220,7 +220,7 @@ func (d *Domain) OOMKills() (uint64, error) {
 	}
 	var n uint64
 	path := filepath.Join(d.procRoot, "vmstat")
-	if err := readKeyed(path, map[string]*uint64{"oom_kill": &n}); err != nil {
+	if err := d.files.readKeyed(path, map[string]*uint64{"oom_kill": &n}); err != nil {
 		return 0, fmt.Errorf("%w (vmstat counts oom_kill since Linux 4.13)", err)
 	}
 	return n, nil
@@ -234,7 +234,7 @@ func GroupOOMKills(dir string) (n uint64, ok bool, err error) {
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return 0, false, nil
 	}
-	if err := readKeyed(path, map[string]*uint64{"oom_kill": &n}); err != nil {
+	if err := uncached.readKeyed(path, map[string]*uint64{"oom_kill": &n}); err != nil {
 		return 0, false, err
 	}
 	return n, true, nil

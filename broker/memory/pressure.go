@@ -35,9 +35,9 @@ func stallTotal(us uint64) (time.Duration, error) {
 //
 //	some avg10=0.00 avg60=0.00 avg300=0.00 total=12345
 //	full avg10=0.00 avg60=0.00 avg300=0.00 total=6789
-func readPressureFile(path string) (Pressure, error) {
+func (k *kernelFiles) readPressure(path string) (Pressure, error) {
 	var text string
-	if err := readKernelFile(path, func(b []byte) error { text = string(b); return nil }); err != nil {
+	if err := k.read(path, func(b []byte) error { text = string(b); return nil }); err != nil {
 		return Pressure{}, fmt.Errorf("memory: %w%s", err, psiHint(err))
 	}
 	var p Pressure

@@ -1,11 +1,19 @@
 package memory
 
 import (
+	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
+
+	"github.com/tokend/tokend/internal/cgtest"
 )
 
 // TestLiveProcFilesAgreeWithProcfs reads every process of this host with
@@ -26,6 +34,7 @@ func TestLiveProcFilesAgreeWithProcfs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = s.Close() })
 	all, err := pfs.AllProcs()
 	if err != nil {
 		t.Fatal(err)
@@ -120,4 +129,180 @@ func FuzzParseStatus(f *testing.F) {
 			t.Fatalf("accepted %q without a Name line", data)
 		}
 	})
+}
+
+// A kept descriptor is read again from offset 0, and the kernel writes the
+// file anew each time: a changed limit reads changed through the same
+// descriptor, a cgroup made again under the same name reads as the new
+// group, and one removed reads as gone.
+func TestLiveKeptFilesFollowTheKernel(t *testing.T) {
+	m := cgtest.Need(t)
+	dir := filepath.Join(m.V1Memory, cgtest.Name("tokend-test"))
+	g, err := cgtest.Make(dir, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := os.Stat(dir); err == nil {
+			_ = g.Remove()
+		}
+	})
+	k := newKernelFiles()
+	t.Cleanup(func() { _ = k.close() })
+	limit := g.File("memory.limit_in_bytes")
+	read := func(want uint64) {
+		t.Helper()
+		if v, err := k.readUint(limit); err != nil || v != want {
+			t.Fatalf("limit = %d, %v; want %d", v, err, want)
+		}
+	}
+	read(64 << 20)
+	fd := k.kept[limit].fd
+	if err := os.WriteFile(limit, []byte("134217728"), 0); err != nil {
+		t.Fatal(err)
+	}
+	read(128 << 20)
+	if k.kept[limit].fd != fd {
+		t.Errorf("the changed limit was read through descriptor %d, want the kept %d", k.kept[limit].fd, fd)
+	}
+	if err := g.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if g, err = cgtest.Make(dir, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	read(32 << 20)
+	if err := g.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := k.readUint(limit); !isGone(err) {
+		t.Errorf("limit of a removed cgroup = %d, %v; want an error isGone accepts", v, err)
+	}
+	if _, kept := k.kept[limit]; kept {
+		t.Error("the removed cgroup's file is still kept open")
+	}
+}
+
+// The status file of a process that exited reads as gone, through a kept
+// descriptor as through a path, and is no longer kept.
+func TestLiveKeptStatusOfExitedProcess(t *testing.T) {
+	sleeper := exec.Command("sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewSampler("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	pid := sleeper.Process.Pid
+	if procs, err := s.PIDs(pid); err != nil || len(procs) != 1 || procs[0].Name != "sleep" {
+		t.Fatalf("PIDs(%d) = %+v, %v; want the sleep", pid, procs, err)
+	}
+	_ = sleeper.Process.Kill()
+	_ = sleeper.Wait()
+	if procs, err := s.PIDs(pid); err != nil || len(procs) != 0 {
+		t.Errorf("PIDs of the exited sleep = %+v, %v; want none, no error", procs, err)
+	}
+	if _, kept := s.files.kept[s.file(pid, "status")]; kept {
+		t.Error("the exited process's status file is still kept open")
+	}
+}
+
+// A file left unread for keptIdle is closed by the next sweep; after
+// close, reads still work and keep nothing open.
+func TestKeptFilesSweepAndClose(t *testing.T) {
+	k := newKernelFiles()
+	idle, busy := "/proc/self/status", "/proc/meminfo"
+	for _, path := range []string{idle, busy} {
+		if _, err := k.readTrimmed(path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fd := k.kept[idle].fd
+	k.kept[idle].used = time.Now().Add(-2 * keptIdle)
+	k.swept = time.Time{}
+	if _, err := k.readTrimmed(busy); err != nil {
+		t.Fatal(err)
+	}
+	if _, kept := k.kept[idle]; kept {
+		t.Errorf("%s unread for %v is still kept", idle, 2*keptIdle)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); !errors.Is(err, unix.EBADF) {
+		t.Errorf("descriptor %d of the swept file: fcntl = %v, want EBADF", fd, err)
+	}
+	if err := k.close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := k.readTrimmed(busy); err != nil || !strings.HasPrefix(s, "MemTotal:") {
+		t.Errorf("read after close = %.20q, %v; want meminfo", s, err)
+	}
+	if len(k.kept) != 0 {
+		t.Errorf("after close %d files are kept open", len(k.kept))
+	}
+}
+
+// Processes in a cgroup's child groups count as the cgroup's, as its memory
+// accounting counts them; the listing of children is skipped only when the
+// directory's link count says it has none.
+func TestLiveCgroupIncludesChildGroups(t *testing.T) {
+	m := cgtest.Need(t)
+	parent := cgtest.MakeT(t, m.V1Memory, 0)
+	child, err := cgtest.Make(parent.File("child"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := cgtest.Command([]cgtest.Group{child}, "sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	s, err := NewSampler("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	var procs []Proc
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if procs, err = s.Cgroup(string(parent)); err != nil {
+			t.Fatal(err)
+		}
+		if len(procs) == 1 && procs[0].Name == "sleep" {
+			break
+		}
+	}
+	if len(procs) != 1 || procs[0].Name != "sleep" {
+		t.Errorf("processes of %s = %+v, want the sleep in its child group", parent, procs)
+	}
+}
+
+// A kept status file reads the process's memory as it is now: this test's
+// own RSS, read through one descriptor before and after it touches 64 MiB.
+func TestKeptStatusFollowsMemory(t *testing.T) {
+	s, err := NewSampler("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	pid := os.Getpid()
+	before, err := s.PIDs(pid)
+	if err != nil || len(before) != 1 {
+		t.Fatalf("PIDs(self) = %+v, %v", before, err)
+	}
+	fd := s.files.kept[s.file(pid, "status")].fd
+	mem := make([]byte, 64<<20)
+	for i := range mem {
+		mem[i] = 1
+	}
+	after, err := s.PIDs(pid)
+	if err != nil || len(after) != 1 {
+		t.Fatalf("PIDs(self) = %+v, %v", after, err)
+	}
+	if s.files.kept[s.file(pid, "status")].fd != fd {
+		t.Error("the second read did not go through the kept descriptor")
+	}
+	if after[0].RSS < before[0].RSS+48<<20 {
+		t.Errorf("RSS %d MiB after touching 64 MiB, %d MiB before: want at least 48 MiB more", after[0].RSS>>20, before[0].RSS>>20)
+	}
+	runtime.KeepAlive(mem)
 }

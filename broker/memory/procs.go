@@ -11,6 +11,7 @@ import (
 	"strconv"
 
 	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/internal/fileid"
 )
@@ -32,8 +33,9 @@ type Proc struct {
 // Sampler reads per-process memory from a procfs mount. Processes exit
 // while it reads: those it misses are left out, never reported as errors.
 type Sampler struct {
-	fs   procfs.FS
-	root string
+	fs    procfs.FS
+	root  string
+	files *kernelFiles // shared by copies
 }
 
 // NewSampler reads from the procfs mounted at root; "" means /proc.
@@ -45,8 +47,12 @@ func NewSampler(root string) (Sampler, error) {
 	if err != nil {
 		return Sampler{}, fmt.Errorf("memory: procfs at %s: %w (pass the procfs mount point)", root, err)
 	}
-	return Sampler{fs: fs, root: root}, nil
+	return Sampler{fs: fs, root: root, files: newKernelFiles()}, nil
 }
+
+// Close closes the files the sampler and its copies keep open between
+// samples. Samples after Close still work, opening and closing each file.
+func (s Sampler) Close() error { return s.files.close() }
 
 // PIDs samples the given processes, in the order given, leaving out those
 // that no longer exist.
@@ -54,7 +60,7 @@ func (s Sampler) PIDs(pids ...int) ([]Proc, error) {
 	var out []Proc
 	for _, pid := range pids {
 		var st statusFields
-		err := readKernelFile(s.file(pid, "status"), func(b []byte) (err error) {
+		err := s.files.read(s.file(pid, "status"), func(b []byte) (err error) {
 			st, err = parseStatus(b)
 			return err
 		})
@@ -163,7 +169,7 @@ func (f Forest) Tree(root int) ([]Proc, error) {
 // groups below it, which its memory accounting includes. Groups removed
 // while it walks are left out; dir itself must exist.
 func (s Sampler) Cgroup(dir string) ([]Proc, error) {
-	pids, err := cgroupPIDs(dir, nil)
+	pids, err := s.cgroupPIDs(dir, nil)
 	if err != nil {
 		return nil, fmt.Errorf("memory: processes of cgroup %s: %w (pass a cgroup directory)", dir, err)
 	}
@@ -175,6 +181,10 @@ func (s Sampler) Cgroup(dir string) ([]Proc, error) {
 // CgroupProcs lists the processes directly in the cgroup directory dir, as
 // its cgroup.procs file does (v1 or v2), in the kernel's order.
 func CgroupProcs(dir string) ([]int, error) {
+	// Never kept open: a v1 cgroup.procs keeps the list it made at open
+	// for rereads, and renews the list's lease at each, so a kept
+	// descriptor read four times a second showed a process moved into
+	// the group five seconds before as absent (cgroup_pidlist_start).
 	var pids []int
 	err := readKernelFile(filepath.Join(dir, "cgroup.procs"), func(b []byte) error {
 		for f := range bytes.FieldsSeq(b) {
@@ -189,11 +199,18 @@ func CgroupProcs(dir string) ([]int, error) {
 	return pids, err
 }
 
-func cgroupPIDs(dir string, pids []int) ([]int, error) {
+func (s Sampler) cgroupPIDs(dir string, pids []int) ([]int, error) {
 	here, err := CgroupProcs(dir)
 	pids = append(pids, here...)
 	if err != nil {
 		return pids, err
+	}
+	// cgroupfs, like tmpfs, counts a directory's subdirectories in its
+	// link count: at 2 there are none, and one stat saves the open, the
+	// reads and the close of listing the directory at every sample.
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err == nil && st.Nlink == 2 {
+		return pids, nil
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -203,7 +220,7 @@ func cgroupPIDs(dir string, pids []int) ([]int, error) {
 		if !e.IsDir() {
 			continue
 		}
-		if pids, err = cgroupPIDs(filepath.Join(dir, e.Name()), pids); err != nil && !isGone(err) {
+		if pids, err = s.cgroupPIDs(filepath.Join(dir, e.Name()), pids); err != nil && !isGone(err) {
 			return pids, err
 		}
 	}
