@@ -30,7 +30,7 @@ func stallTotal(us uint64) (time.Duration, error) {
 	return time.Duration(us) * time.Microsecond, nil
 }
 
-// readPressureFile parses a PSI memory file, the host's or a cgroup's
+// readPressure parses a PSI memory file, the host's or a cgroup's
 // memory.pressure (which procfs cannot read): its lines look like
 //
 //	some avg10=0.00 avg60=0.00 avg300=0.00 total=12345

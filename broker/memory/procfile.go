@@ -45,10 +45,9 @@ const keptIdle = 5 * time.Second
 // again under the same name, is read as a path read would read it. A nil
 // *kernelFiles, or one closed, opens and closes the file at every read.
 type kernelFiles struct {
-	mu     sync.Mutex
-	kept   map[string]*keptFile
-	swept  time.Time
-	closed bool
+	mu    sync.Mutex
+	kept  map[string]*keptFile // nil once closed
+	swept time.Time
 }
 
 type keptFile struct {
@@ -70,7 +69,7 @@ func (k *kernelFiles) read(path string, parse func([]byte) error) error {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.closed {
+	if k.kept == nil {
 		return readKernelFile(path, parse)
 	}
 	now := time.Now()
@@ -131,7 +130,7 @@ func (k *kernelFiles) close() error {
 			err = errors.Join(err, fmt.Errorf("close %s: %w", path, cerr))
 		}
 	}
-	k.kept, k.closed = nil, true
+	k.kept = nil
 	return err
 }
 

@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -290,8 +289,14 @@ func TestKeptStatusFollowsMemory(t *testing.T) {
 		t.Fatalf("PIDs(self) = %+v, %v", before, err)
 	}
 	fd := s.files.kept[s.file(pid, "status")].fd
-	mem := make([]byte, 64<<20)
-	for i := range mem {
+	// Fresh anonymous pages, resident only once touched: a Go heap
+	// allocation could reuse pages a test before left resident.
+	mem, err := unix.Mmap(-1, 0, 64<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Munmap(mem) })
+	for i := 0; i < len(mem); i += os.Getpagesize() {
 		mem[i] = 1
 	}
 	after, err := s.PIDs(pid)
@@ -304,5 +309,4 @@ func TestKeptStatusFollowsMemory(t *testing.T) {
 	if after[0].RSS < before[0].RSS+48<<20 {
 		t.Errorf("RSS %d MiB after touching 64 MiB, %d MiB before: want at least 48 MiB more", after[0].RSS>>20, before[0].RSS>>20)
 	}
-	runtime.KeepAlive(mem)
 }
