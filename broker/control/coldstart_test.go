@@ -104,3 +104,22 @@ func TestColdStartLearnsFromOtherLeases(t *testing.T) {
 		})
 	}
 }
+
+// A lease whose compile fits is admitted however little room it leaves
+// beside the reserve: the reserve is the margin. Two builds of
+// gcc-thrash's large units in a group where, once the first build's first
+// compile has finished and shown the size of a compile, a second compile
+// fits beside the first build's next one with 26 MiB to spare (1600 less
+// the 200 MiB reserve, 30 MiB of makes and two 672 MiB compiles). With a
+// margin of an eighth of a job (84 MiB) beyond the fit, as before, the
+// second lease was not admitted in the whole 60 s.
+func TestAdmitsWithLittleToSpare(t *testing.T) {
+	builds := [][]compile{
+		{{672, 20}, {672, 20}, {210, 5}},
+		{{668, 20}, {668, 20}, {210, 5}},
+	}
+	at := coldRun(t, 1600<<20, builds, 60)
+	if at[1] < 20 || at[1] > 24 {
+		t.Errorf("second lease admitted at %.2f s, want 20 to 24 s: once the first compile has finished, within a growth interval; all: %v", at[1], at)
+	}
+}

@@ -79,9 +79,6 @@ const (
 	// decreaseNum/decreaseDen is the multiplicative decrease on sustained
 	// pressure, at most once per window.
 	decreaseNum, decreaseDen = 3, 4
-	// hysteresisDen: growing needs 1/hysteresisDen of a job more room
-	// than keeping the budget.
-	hysteresisDen = 8
 	// capRelaxDen: the soft cap relaxes by 1/capRelaxDen of the domain per
 	// growth interval (2% per 3 s by default; Senpai loosens 1% per 6 s).
 	capRelaxDen = 50

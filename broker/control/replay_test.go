@@ -178,8 +178,7 @@ func TestReplayV1RampDefaults(t *testing.T) {
 		"step 0: budget 1 (growth reserve)",
 		// alpha's first two jobs ended at 452 MiB, which is now its
 		// estimate; 3 s after the last change, with alpha still hungry,
-		// there is room for one more job even with an eighth of a job of
-		// hysteresis: grow by one.
+		// there is room for one more job: grow by one.
 		"step 13: budget 2 (headroom)",
 		// gamma started at step 16 with nothing of its own to go by: it
 		// expects its job at what the other leases showed, alpha's 452
